@@ -1,0 +1,213 @@
+"""Backbones as ordered lists of units, each rebuildable from a spec, with probed output shapes.
+
+A *unit* is the smallest piece a split may cut after: the stem, one residual block, ... The last
+unit is always the output head (pooling + linear classifier). Everything before it is a
+*hidden* unit; a split of K modules cuts between hidden units, and the head always trains with
+the last module.
+
+Shapes are never tabulated: :meth:`Backbone.probe` runs one dummy image through the units.
+Each unit also carries a :class:`UnitSpec`, so methods such as AugLocal can build *fresh* copies
+of later units' structure (:func:`build_unit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from bench.errors import UserError
+from bench.registry import Registry
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """Enough to rebuild a unit from scratch: its kind, channels and stride."""
+
+    kind: str
+    in_channels: int
+    out_channels: int
+    stride: int = 1
+
+    def with_io(self, in_channels: int, out_channels: int, stride: int) -> UnitSpec:
+        return replace(self, in_channels=in_channels, out_channels=out_channels, stride=stride)
+
+
+UNIT_KINDS: Registry[Callable[[UnitSpec], nn.Module]] = Registry("unit kind")
+
+
+def build_unit(spec: UnitSpec) -> nn.Module:
+    """A freshly initialised unit with the structure ``spec`` describes."""
+    unit = UNIT_KINDS.get(spec.kind)(spec)
+    init_weights(unit)
+    return unit
+
+
+def init_weights(module: nn.Module) -> None:
+    """He-normal convolutions, unit BatchNorm, as in the CIFAR ResNet code of InfoPro/AugLocal."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+@UNIT_KINDS.register("stem")
+def _stem(spec: UnitSpec) -> nn.Module:
+    return conv_bn_relu(spec.in_channels, spec.out_channels, spec.stride)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual; a 1x1 conv + BN projection where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+@UNIT_KINDS.register("basic")
+def _basic(spec: UnitSpec) -> nn.Module:
+    return BasicBlock(spec.in_channels, spec.out_channels, spec.stride)
+
+
+@UNIT_KINDS.register("head")
+def _head(spec: UnitSpec) -> nn.Module:
+    # out_channels of a head spec is the number of classes.
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(spec.in_channels, spec.out_channels)
+    )
+
+
+class Backbone:
+    """An ordered list of units; ``units[-1]`` is the output head.
+
+    ``specs[i]`` is the spec of ``units[i]`` or ``None`` for a user's own unit that cannot be
+    rebuilt. ``shapes[i]`` is the probed output shape of unit ``i`` (without the batch dim).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        units: Sequence[nn.Module],
+        input_shape: Shape,
+        specs: Sequence[UnitSpec | None] | None = None,
+    ) -> None:
+        if len(units) < 2:
+            raise UserError(f"backbone {name!r} needs at least one hidden unit and a head")
+        self.name = name
+        self.units = nn.ModuleList(units)
+        self.input_shape = tuple(input_shape)
+        self.specs = list(specs) if specs is not None else [None] * len(units)
+        self.shapes = self.probe()
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, input_shape: Shape, name: str = "custom"):
+        """Use a user's own ``nn.Sequential`` of units (last child = head) without registering."""
+        return cls(name, list(seq.children()), input_shape)
+
+    @property
+    def n_hidden(self) -> int:
+        """Number of hidden units: the most modules a split can make."""
+        return len(self.units) - 1
+
+    @property
+    def num_classes(self) -> int:
+        return self.shapes[-1][0]
+
+    @torch.no_grad()
+    def probe(self) -> list[Shape]:
+        """Output shape of every unit, found by running one zero image through them (eval mode)."""
+        was_training = [u.training for u in self.units]
+        shapes = []
+        h = torch.zeros(1, *self.input_shape)
+        try:
+            for unit in self.units:
+                h = unit.eval()(h)
+                shapes.append(tuple(h.shape[1:]))
+        finally:
+            for unit, mode in zip(self.units, was_training):
+                unit.train(mode)
+        return shapes
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.units.parameters())
+
+
+BACKBONES: Registry[Callable[[int], Backbone]] = Registry("net")
+
+
+def from_specs(name: str, specs: Sequence[UnitSpec], input_shape: Shape) -> Backbone:
+    return Backbone(name, [build_unit(s) for s in specs], input_shape, specs)
+
+
+def cifar_resnet(depth: int, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64)):
+    """CIFAR ResNet-(6n+2) as in the InfoPro/AugLocal code: 3x3 stem, 3 stages of n BasicBlocks."""
+    if (depth - 2) % 6:
+        raise UserError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
+    n = (depth - 2) // 6
+    specs = [UnitSpec("stem", 3, widths[0])]
+    cin = widths[0]
+    for stage, width in enumerate(widths):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            specs.append(UnitSpec("basic", cin, width, stride))
+            cin = width
+    specs.append(UnitSpec("head", cin, num_classes))
+    return from_specs(f"resnet{depth}", specs, (3, 32, 32))
+
+
+for _depth in (20, 32, 44, 56, 110):
+    BACKBONES.add(
+        f"resnet{_depth}", lambda num_classes=10, _d=_depth: cifar_resnet(_d, num_classes)
+    )
+
+
+@BACKBONES.register("smallnet")
+def smallnet(num_classes: int = 10) -> Backbone:
+    """A 4-hidden-unit ResNet on 3x16x16 inputs, fast enough for CPU demos and tests."""
+    specs = [
+        UnitSpec("stem", 3, 16),
+        UnitSpec("basic", 16, 16),
+        UnitSpec("basic", 16, 32, 2),
+        UnitSpec("basic", 32, 64, 2),
+        UnitSpec("head", 64, num_classes),
+    ]
+    return from_specs("smallnet", specs, (3, 16, 16))
+
+
+def get_backbone(name: str, num_classes: int = 10) -> Backbone:
+    return BACKBONES.get(name)(num_classes)
+
+
+def spatial_size(shape: Shape) -> int:
+    """Side of a (C, H, W) feature map; 1 for flat features."""
+    return shape[1] if len(shape) == 3 else 1
+

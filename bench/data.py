@@ -1,0 +1,183 @@
+"""Datasets: a registry of loaders that all return a :class:`DataBundle`.
+
+``digits`` (scikit-learn's bundled 8x8 handwritten digits, real and offline) and ``synthetic``
+(deterministic class templates plus noise) live in memory. ``cifar10``, ``svhn`` and ``stl10``
+load through torchvision from ``--data-root`` (see :mod:`bench.torchvision_data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from bench.errors import UserError
+from bench.registry import Registry
+
+Shape = tuple[int, ...]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What methods may know about the data: classes, image shape and normalisation statistics."""
+
+    name: str
+    num_classes: int
+    image_shape: Shape
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class Loader(Protocol):
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class DataBundle:
+    info: DataInfo
+    train: Loader
+    test: Loader
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """Everything a dataset factory may use. ``image_shape`` is the backbone's input shape."""
+
+    image_shape: Shape
+    batch_size: int
+    seed: int = 0
+    data_root: Path | None = None
+    download: bool = False
+    augment: bool = True
+    num_workers: int = 0
+
+
+DATASETS: Registry[Callable[[DataRequest], DataBundle]] = Registry("dataset")
+
+
+def load_dataset(name: str, request: DataRequest) -> DataBundle:
+    if request.batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {request.batch_size}")
+    factory = DATASETS.get(name)
+    return factory(request)
+
+
+class TensorLoader:
+    """Batches of in-memory tensors; reshuffled each pass from a seeded generator, so two runs
+    with the same seed see the same batches in the same order."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def fit_images(images: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """Resize (N, C0, H0, W0) images to ``shape`` = (C, H, W): bilinear resampling, and the
+    channels tiled (grey -> RGB) when C0 divides C."""
+    c, h, w = shape
+    if images.shape[1] != c:
+        if c % images.shape[1]:
+            raise UserError(f"cannot tile {images.shape[1]}-channel images to {c} channels")
+        images = images.repeat(1, c // images.shape[1], 1, 1)
+    if images.shape[2:] != (h, w):
+        images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+    return images
+
+
+def in_memory_bundle(
+    name: str,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    num_classes: int,
+    request: DataRequest,
+) -> DataBundle:
+    """Normalise with the training set's per-channel statistics and wrap in loaders."""
+    mean = x_train.mean(dim=(0, 2, 3))
+    std = x_train.std(dim=(0, 2, 3))
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
+
+    info = DataInfo(
+        name, num_classes, tuple(x_train.shape[1:]), tuple(mean.tolist()), tuple(std.tolist())
+    )
+    train = TensorLoader(norm(x_train), y_train, request.batch_size, True, request.seed)
+    test = TensorLoader(norm(x_test), y_test, request.batch_size, False)
+    return DataBundle(info, train, test)
+
+
+@DATASETS.register("digits")
+def digits(request: DataRequest) -> DataBundle:
+    """scikit-learn's 1,797 handwritten digits, a fixed stratified 80/20 split (1,437 / 360),
+    scaled to [0, 1] and resampled to the backbone's input shape."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target, dtype=torch.long)
+    i_train, i_test = train_test_split(
+        list(range(len(labels))), test_size=0.2, random_state=0, stratify=data.target
+    )
+    images = fit_images(images, request.image_shape)
+    return in_memory_bundle(
+        "digits",
+        images[i_train],
+        labels[i_train],
+        images[i_test],
+        labels[i_test],
+        10,
+        request,
+    )
+
+
+@DATASETS.register("synthetic")
+def synthetic(
+    request: DataRequest, n_train: int = 512, n_test: int = 256, num_classes: int = 10
+) -> DataBundle:
+    """Deterministic: one fixed random template per class plus Gaussian noise. The same for
+    every seed, so shape and memory tests see identical data."""
+    g = torch.Generator().manual_seed(1234)
+    templates = torch.rand(num_classes, *request.image_shape, generator=g)
+
+    def draw(n: int) -> Batch:
+        y = torch.arange(n) % num_classes
+        return templates[y] + 0.5 * torch.randn(n, *request.image_shape, generator=g), y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return in_memory_bundle(
+        "synthetic", x_train, y_train, x_test, y_test, num_classes, request
+    )
+
+
+# Registers cifar10, svhn and stl10; imported last because it builds on the names above.
+from bench import torchvision_data  # noqa: E402,F401
