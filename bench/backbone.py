@@ -210,4 +210,3 @@ def get_backbone(name: str, num_classes: int = 10) -> Backbone:
 def spatial_size(shape: Shape) -> int:
     """Side of a (C, H, W) feature map; 1 for flat features."""
     return shape[1] if len(shape) == 3 else 1
-

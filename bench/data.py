@@ -174,9 +174,7 @@ def synthetic(
 
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)
-    return in_memory_bundle(
-        "synthetic", x_train, y_train, x_test, y_test, num_classes, request
-    )
+    return in_memory_bundle("synthetic", x_train, y_train, x_test, y_test, num_classes, request)
 
 
 # Registers cifar10, svhn and stl10; imported last because it builds on the names above.

@@ -1,4 +1,4 @@
-"""A tiny name -> factory registry, in the style of torchvision/timm (`register`, `names`, `get`)."""
+"""A name -> factory registry in the style of torchvision/timm (`register`, `names`, `get`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,181 @@
+"""The ``locbench`` command line: ``list``, ``run``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.errors import UserError
+
+DEMO_METHODS = (("bp", None), ("dgl", 4))
+
+
+def parse_cuts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cuts must be comma-separated unit indices like 3,7,11, got {text!r}"
+        ) from None
+
+
+def parse_hparam(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"method parameters are KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="bp", help="training method (see `locbench list`)")
+    p.add_argument("--net", default="smallnet", help="backbone (see `locbench list`)")
+    p.add_argument("--dataset", default="digits", help="dataset (see `locbench list`)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--K", type=int, default=None, help="modules (default: one per unit)")
+    split.add_argument(
+        "--cuts", type=parse_cuts, default=None, help="cut after these hidden units, e.g. 3,7,11"
+    )
+    p.add_argument(
+        "--hp",
+        type=parse_hparam,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method hyperparameter, repeatable (e.g. --hp variant=paper)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="default: the dataset's preset")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the dataset's preset")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--data-root", default=None, help="folder holding cifar10/svhn/stl10 files")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--warmup-steps", type=int, default=3, help="steps before the measured window")
+    p.add_argument("--measure-steps", type=int, default=20, help="steps in the measured window")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="results folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="locbench",
+        description="Benchmark supervised local learning: memory, time and accuracy per method.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", help="known methods, backbones and datasets")
+    run = sub.add_parser("run", help="train and measure one configuration")
+    add_run_arguments(run)
+    demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from bench.config import RunConfig
+
+    return RunConfig(
+        method=args.method,
+        net=args.net,
+        dataset=args.dataset,
+        K=args.K,
+        cuts=args.cuts,
+        method_params=dict(args.hp),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        device=args.device,
+        data_root=str(args.data_root) if args.data_root else None,
+        download=args.download,
+        augment=not args.no_augment,
+        num_workers=args.workers,
+        warmup_steps=args.warmup_steps,
+        measure_steps=args.measure_steps,
+    )
+
+
+def run_one(config, out: Path, progress: bool):
+    """Prepare (user errors surface here, before any training), train, save; return the record."""
+    from tqdm import tqdm
+
+    from bench.records import save_record
+    from bench.run import execute, prepare
+
+    prepared = prepare(config)
+    cfg = prepared.config
+    total = cfg.epochs * len(prepared.data.train)
+    label = f"{cfg.method} {cfg.net} K={prepared.split.K}"
+    with tqdm(total=total, desc=label, disable=not progress, unit="step", leave=False) as bar:
+        record = execute(cfg, on_step=lambda step, info: bar.update(1), prepared=prepared)
+    path = save_record(record, out)
+    return record, path
+
+
+def summary_line(record, path: Path) -> str:
+    acc = f"{record.final_test_acc:.2f}%" if record.final_test_acc is not None else "n/a"
+    msg = f" ({record.message})" if record.message else ""
+    return (
+        f"{record.config['method']}: status {record.status}{msg}, test accuracy {acc}, "
+        f"record {path}"
+    )
+
+
+def cmd_list(_: argparse.Namespace) -> None:
+    from bench.backbone import BACKBONES
+    from bench.data import DATASETS
+    from methods import METHODS
+
+    print("methods:  " + ", ".join(METHODS.names()))
+    print("nets:     " + ", ".join(BACKBONES.names()))
+    print("datasets: " + ", ".join(DATASETS.names()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    record, path = run_one(config_from_args(args), args.out, not args.no_progress)
+    print(summary_line(record, path))
+    return 0 if record.status == "ok" else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bench.config import RunConfig
+    from bench.records import curves_frame, results_frame
+    from reports.charts import plot_curves
+    from reports.tables import format_table, summary_table
+
+    records = []
+    for method, K in DEMO_METHODS:
+        config = RunConfig(method=method, K=K, net="smallnet", dataset="digits", epochs=args.epochs)
+        record, path = run_one(config, args.out, not args.no_progress)
+        print(summary_line(record, path), file=sys.stderr)
+        records.append(record)
+    print(format_table(summary_table(results_frame(records))))
+    chart = plot_curves(curves_frame(records), args.out / "demo_curves.png")
+    print(f"chart: {chart}")
+    return 0 if all(r.status == "ok" for r in records) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"list": cmd_list, "run": cmd_run, "demo": cmd_demo}
+    try:
+        return commands[args.command](args) or 0
+    except UserError as e:
+        print(f"locbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("locbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Run records: one JSON file per run, written atomically, loaded into pandas.
+
+Bytes in records; MiB (2**20 bytes) only in tables and charts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.errors import UserError
+
+SCHEMA = "locbench.run/1"
+STATUSES = ("ok", "oom", "diverged", "error")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    config: dict
+    env: dict
+    status: str = "ok"
+    message: str = ""
+    K: int | None = None
+    module_starts: list[int] | None = None
+    params_backbone: int | None = None
+    params_aux: int | None = None
+    final_test_acc: float | None = None
+    best_test_acc: float | None = None
+    final_train_loss: float | None = None
+    measured_steps: int = 0
+    step_time_median_s: float | None = None
+    step_time_p10_s: float | None = None
+    step_time_p90_s: float | None = None
+    images_per_s: float | None = None
+    cuda: dict | None = None
+    started_at: str = ""
+    wall_time_s: float | None = None
+    curve: list[dict] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "record") -> RunRecord:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise UserError(
+                f"{source} is not a locbench run record (schema {got!r}; expected {SCHEMA!r})"
+            )
+        return cls(**d)
+
+    def row(self) -> dict:
+        """One flat row: top-level fields, ``config.*``, ``env.*`` and ``cuda.*`` columns."""
+        d = asdict(self)
+        d.pop("curve")
+        for group in ("config", "env", "cuda"):
+            for key, value in (d.pop(group) or {}).items():
+                d[f"{group}.{key}"] = value
+        return d
+
+
+def environment() -> dict:
+    """Where a number was measured: versions, device, CPU and the code's git commit."""
+    import torch
+    import torchvision
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "git_commit": git_commit(),
+    }
+    return env
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_path(out_dir: Path, record: RunRecord) -> Path:
+    c = record.config
+    name = f"{c['method']}-{c['net']}-K{record.K}-{c['dataset']}-s{c['seed']}-{record.run_id}"
+    return Path(out_dir) / f"{name}.json"
+
+
+def save_record(record: RunRecord, out_dir: Path) -> Path:
+    path = record_path(out_dir, record)
+    write_atomic(path, record.to_json())
+    return path
+
+
+def read_records(folder: str | Path) -> list[RunRecord]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} does not exist")
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        records.append(RunRecord.from_dict(data, source=str(path)))
+    return records
+
+
+def results_frame(records: list[RunRecord]):
+    """Records as a pandas DataFrame, one row per run (no curves)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.row() for r in records])
+
+
+def curves_frame(records: list[RunRecord]):
+    """Per-epoch curves of the records, one row per (run, epoch)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {"run_id": r.run_id, "method": r.config["method"], "K": r.K, **point}
+            for r in records
+            for point in r.curve
+        ]
+    )
+
+
+def load_results(folder: str | Path):
+    """All records in ``folder`` as a pandas DataFrame, one row per run (no curves)."""
+    return results_frame(read_records(folder))
+
+
+def load_curves(folder: str | Path):
+    """Per-epoch curves of all runs in ``folder``, one row per (run, epoch)."""
+    return curves_frame(read_records(folder))

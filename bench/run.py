@@ -1,0 +1,138 @@
+"""One run end to end: config -> backbone -> split -> method -> harness -> record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from bench.backbone import Backbone, get_backbone
+from bench.config import RunConfig
+from bench.data import DataBundle, DataRequest, load_dataset
+from bench.errors import UserError
+from bench.records import RunRecord, environment
+from bench.split import Split, check_K
+from bench.trainer import LocalTrainer, OptimSettings, fit
+from methods import METHODS, Method, make_params
+
+
+@dataclass
+class Prepared:
+    """A run with everything built and checked, before any training step."""
+
+    config: RunConfig
+    backbone: Backbone
+    split: Split
+    data: DataBundle
+    method: Method
+
+
+def requested_split(config: RunConfig, n_hidden: int) -> Split:
+    if config.cuts is not None:
+        return Split.from_cuts(n_hidden, config.cuts)
+    if config.K is None:
+        return Split.every_unit(n_hidden)
+    check_K(config.K, n_hidden)
+    return Split.uniform(n_hidden, config.K)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Resolve and check the config, seed, and build everything. Raises UserError on bad input."""
+    config = config.resolved()
+    method_cls = METHODS.get(config.method)
+    params = make_params(method_cls, config.method_params)
+    # The backbone fixes the input shape, the dataset the number of classes.
+    input_shape = get_backbone(config.net).input_shape
+    request = DataRequest(
+        image_shape=input_shape,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        data_root=Path(config.data_root) if config.data_root else None,
+        download=config.download,
+        augment=config.augment,
+        num_workers=config.num_workers,
+    )
+    data = load_dataset(config.dataset, request)
+    torch.manual_seed(config.seed)
+    backbone = get_backbone(config.net, num_classes=data.info.num_classes)
+    split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
+    method = method_cls(backbone, split, data.info, params)
+    return Prepared(config, backbone, split, data, method)
+
+
+def execute(
+    config: RunConfig,
+    on_step: Callable[[int, dict], None] | None = None,
+    prepared: Prepared | None = None,
+) -> RunRecord:
+    """Train and evaluate one configuration. User errors raise; failures during training
+    (out of memory, NaN loss, anything else) come back as a record with that status."""
+    p = prepared or prepare(config)
+    cfg = p.config
+    record = RunRecord(
+        run_id=cfg.run_id(),
+        config=cfg.to_dict(),
+        env=environment(),
+        K=p.split.K,
+        module_starts=list(p.split.starts),
+        params_backbone=p.backbone.num_params(),
+        params_aux=sum(x.numel() for x in p.method.parameters()),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    t0 = time.perf_counter()
+    try:
+        trainer = LocalTrainer(
+            p.backbone,
+            p.split,
+            p.method,
+            OptimSettings(
+                lr=cfg.lr,
+                epochs=cfg.epochs,
+                warmup_epochs=cfg.warmup_epochs,
+                warmup_start_lr=cfg.warmup_start_lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                nesterov=cfg.nesterov,
+            ),
+            device,
+        )
+        result = fit(
+            trainer, p.data.train, p.data.test, cfg.warmup_steps, cfg.measure_steps, on_step
+        )
+    except torch.cuda.OutOfMemoryError as e:
+        record.status, record.message = "oom", first_line(e)
+        return finish(record, t0)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed run is a row, not a crash
+        record.status, record.message = "error", f"{type(e).__name__}: {first_line(e)}"
+        return finish(record, t0)
+    record.curve = result.curve
+    record.__dict__.update(result.step_times.summary(cfg.batch_size))
+    if result.cuda is not None:
+        record.cuda = vars(result.cuda)
+    if result.curve:
+        record.final_test_acc = result.curve[-1]["test_acc"]
+        record.best_test_acc = max(c["test_acc"] for c in result.curve)
+        record.final_train_loss = result.curve[-1]["train_loss"]
+    if result.diverged:
+        record.status = "diverged"
+        record.message = f"non-finite training loss in epoch {len(result.curve)}"
+    return finish(record, t0)
+
+
+def finish(record: RunRecord, t0: float) -> RunRecord:
+    record.wall_time_s = time.perf_counter() - t0
+    return record
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

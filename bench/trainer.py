@@ -1,0 +1,212 @@
+"""The local-learning harness: K gradient-isolated modules trained by one loop for every method.
+
+The harness, never the model's ``forward``, calls ``backward()``: module k runs forward, its
+local loss is backpropagated at once (freeing its graph), and a detached output feeds module
+k+1. The last module ends in the output head and trains on the task loss. With K = 1 this is
+plain end-to-end backpropagation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.backbone import Backbone
+from bench.data import Loader
+from bench.meters import CudaPeaks, CudaWindow, StepTimer
+from bench.optim import make_sgd, set_lr, warmup_cosine
+from bench.split import Split
+from methods.base import Batch, Method
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float
+    epochs: int
+    warmup_epochs: float = 0.0
+    warmup_start_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+
+
+@dataclass
+class StepLosses:
+    """Detached per-step losses: ``local[k]`` for k < K-1 and the output loss."""
+
+    local: list[torch.Tensor]
+    output: torch.Tensor
+    correct: torch.Tensor
+
+
+def build_modules(backbone: Backbone, split: Split) -> nn.ModuleList:
+    """Module k = its hidden units in order; the last module also ends in the output head."""
+    modules = []
+    for k in range(split.K):
+        units = [backbone.units[i] for i in split.unit_range(k)]
+        if k == split.K - 1:
+            units.append(backbone.units[-1])
+        modules.append(nn.Sequential(*units))
+    return nn.ModuleList(modules)
+
+
+class LocalTrainer:
+    """Owns the device, the optimizer and the step; the method only supplies losses."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        split: Split,
+        method: Method,
+        optim: OptimSettings,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.split, self.method, self.optim = split, method, optim
+        self.device, self.dtype = device, dtype
+        self.modules = build_modules(backbone, split).to(device=device, dtype=dtype)
+        self.method.to(device=device, dtype=dtype)
+        params = list(self.modules.parameters()) + list(self.method.parameters())
+        self.optimizer = make_sgd(
+            params, optim.lr, optim.momentum, optim.weight_decay, optim.nesterov
+        )
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
+        """One training step on a batch already on the device."""
+        self.modules.train()
+        self.method.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = Batch(x, y)
+        last = self.split.K - 1
+        local: list[torch.Tensor] = []
+        h = x
+        for k, module in enumerate(self.modules):
+            out = module(h)
+            if k < last:
+                loss = self.method.local_loss(k, out, batch)
+                loss.backward()
+                local.append(loss.detach())
+                h = self.method.boundary(k, out)
+            else:
+                loss = self.method.output_loss(out, batch)
+                loss.backward()
+                correct = (out.detach().argmax(1) == y).sum()
+        self.optimizer.step()
+        return StepLosses(local, loss.detach(), correct)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.modules.eval()
+        h = x
+        for module in self.modules:
+            h = module(h)
+        return h
+
+    @torch.no_grad()
+    def evaluate(self, loader: Loader) -> tuple[float, float]:
+        """Top-1 accuracy (%) and mean cross entropy of the output head on ``loader``."""
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        n = 0
+        for x, y in loader:
+            x, y = self.to_device(x, y)
+            logits = self.predict(x)
+            correct += (logits.argmax(1) == y).sum()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            n += len(y)
+        return 100.0 * correct.item() / max(n, 1), loss_sum.item() / max(n, 1)
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            x.to(self.device, self.dtype, non_blocking=True),
+            y.to(self.device, non_blocking=True),
+        )
+
+
+@dataclass
+class FitResult:
+    curve: list[dict] = field(default_factory=list)
+    step_times: StepTimer | None = None
+    cuda: CudaPeaks | None = None
+    diverged: bool = False
+
+
+def fit(
+    trainer: LocalTrainer,
+    train: Loader,
+    test: Loader,
+    warmup_steps: int,
+    measure_steps: int,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train for ``trainer.optim.epochs`` epochs, evaluating after each.
+
+    Steps ``[warmup_steps, warmup_steps + measure_steps)`` (clipped to the run) form the
+    measured window: each is timed, and on CUDA the allocator peaks cover exactly them."""
+    optim, device = trainer.optim, trainer.device
+    steps_per_epoch = len(train)
+    total = optim.epochs * steps_per_epoch
+    window_start = min(warmup_steps, max(total - 1, 0))
+    window_end = min(window_start + measure_steps, total)
+    timer = StepTimer(device)
+    cuda_window = CudaWindow(device) if device.type == "cuda" else None
+    result = FitResult(step_times=timer)
+    step = 0
+    for epoch in range(optim.epochs):
+        timer_epoch = StepTimer(device)
+        timer_epoch.start()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        local_sums = torch.zeros(trainer.split.K - 1, device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        lr = optim.lr
+        for i, (x, y) in enumerate(train):
+            lr = warmup_cosine(
+                epoch + i / steps_per_epoch,
+                optim.lr,
+                optim.epochs,
+                optim.warmup_epochs,
+                optim.warmup_start_lr,
+            )
+            set_lr(trainer.optimizer, lr)
+            x, y = trainer.to_device(x, y)
+            measured = window_start <= step < window_end
+            if measured:
+                if step == window_start and cuda_window is not None:
+                    cuda_window.open()
+                timer.start()
+            losses = trainer.train_step(x, y)
+            if measured:
+                timer.stop()
+                if step == window_end - 1 and cuda_window is not None:
+                    result.cuda = cuda_window.close()
+            loss_sum += losses.output.double() * len(y)
+            if losses.local:
+                local_sums += torch.stack(losses.local).double() * len(y)
+            correct += losses.correct
+            seen += len(y)
+            step += 1
+            if on_step is not None:
+                on_step(step, {"epoch": epoch + 1})
+        timer_epoch.stop()
+        train_loss = loss_sum.item() / seen
+        test_acc, test_loss = trainer.evaluate(test)
+        result.curve.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": 100.0 * correct.item() / seen,
+                "local_losses": (local_sums / seen).tolist(),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "epoch_time_s": timer_epoch.times[-1],
+            }
+        )
+        if not torch.isfinite(loss_sum) or not torch.isfinite(local_sums).all():
+            result.diverged = True
+            break
+    return result

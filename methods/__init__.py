@@ -1,0 +1,8 @@
+"""Training methods, one file each, registered by short name in :data:`METHODS`."""
+
+from methods.base import METHODS, Batch, Cut, Method, NoParams, make_params, register
+
+# Importing the seed methods registers them.
+from methods import bp, dgl  # noqa: E402,F401  isort: skip
+
+__all__ = ["METHODS", "Batch", "Cut", "Method", "NoParams", "make_params", "register"]

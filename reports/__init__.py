@@ -1,0 +1,1 @@
+"""Results -> pandas tables and matplotlib charts. Reads records; never trains."""
