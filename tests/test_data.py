@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from bench.data import DataRequest, fit_images, load_dataset
+from bench.errors import UserError
+
+
+def test_digits_split_shapes_and_normalisation():
+    data = load_dataset("digits", DataRequest((3, 32, 32), batch_size=100))
+    x_train, y_train = data.train.x, data.train.y
+    assert len(x_train) == 1437 and len(data.test.x) == 360
+    assert data.info.num_classes == 10 and data.info.image_shape == (3, 32, 32)
+    assert len(data.train) == 15 and len(data.test) == 4
+    assert torch.bincount(data.test.y).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+    assert torch.allclose(x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(x_train.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4)
+    assert torch.equal(x_train[:, 0], x_train[:, 2])  # grey tiled to RGB
+    assert set(y_train.unique().tolist()) == set(range(10))
+
+
+def test_fit_images_tiles_and_resamples():
+    grey = torch.arange(4.0).reshape(1, 1, 2, 2)
+    out = fit_images(grey, (3, 2, 2))
+    assert out.shape == (1, 3, 2, 2) and torch.equal(out[0, 1], grey[0, 0])
+    assert fit_images(grey, (1, 4, 4)).shape == (1, 1, 4, 4)
+    with pytest.raises(UserError, match="cannot tile 2-channel"):
+        fit_images(torch.zeros(1, 2, 2, 2), (3, 2, 2))
+
+
+def test_loader_order_follows_the_seed():
+    first = lambda seed: next(  # noqa: E731
+        iter(load_dataset("synthetic", DataRequest((3, 8, 8), 32, seed=seed)).train)
+    )
+    a, b, c = first(0), first(0), first(1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    a = load_dataset("synthetic", DataRequest((3, 8, 8), 64))
+    b = load_dataset("synthetic", DataRequest((3, 8, 8), 64, seed=5))
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    assert torch.bincount(a.train.y).tolist() == [52, 52] + [51] * 8
+    assert len(a.train) == 8
+
+
+def test_every_pass_reshuffles_but_covers_all_samples():
+    data = load_dataset("synthetic", DataRequest((3, 8, 8), 100))
+    pass1 = torch.cat([y for _, y in data.train])
+    pass2 = torch.cat([y for _, y in data.train])
+    assert len(pass1) == 512 and torch.equal(pass1.sort().values, pass2.sort().values)
+    assert not torch.equal(pass1, pass2)
+
+
+@pytest.mark.parametrize("bs", [0, -3])
+def test_batch_size_below_one(bs):
+    with pytest.raises(UserError, match="batch size must be at least 1"):
+        load_dataset("digits", DataRequest((3, 8, 8), bs))
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(UserError, match="unknown dataset 'mnist'; known: cifar10, digits, stl10"):
+        load_dataset("mnist", DataRequest((3, 8, 8), 8))
