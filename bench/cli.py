@@ -12,19 +12,21 @@ from bench.errors import UserError
 DEMO_METHODS = (("bp", None), ("dgl", 4))
 
 
+# --cuts and --hp are parsed in config_from_args, not by argparse ``type=``: argparse would
+# answer a malformed value with its usage block, and bad input must get one line.
 def parse_cuts(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cuts must be comma-separated unit indices like 3,7,11, got {text!r}"
+        raise UserError(
+            f"--cuts must be comma-separated hidden-unit indices like 3,7,11, got {text!r}"
         ) from None
 
 
 def parse_hparam(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"method parameters are KEY=VALUE, got {text!r}")
+    if not sep or not key.strip():
+        raise UserError(f"--hp takes KEY=VALUE (e.g. --hp variant=paper), got {text!r}")
     return key.strip(), value.strip()
 
 
@@ -34,12 +36,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="dataset (see `locbench list`)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--K", type=int, default=None, help="modules (default: one per unit)")
-    split.add_argument(
-        "--cuts", type=parse_cuts, default=None, help="cut after these hidden units, e.g. 3,7,11"
-    )
+    split.add_argument("--cuts", default=None, help="cut after these hidden units, e.g. 3,7,11")
     p.add_argument(
         "--hp",
-        type=parse_hparam,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -86,8 +85,8 @@ def config_from_args(args: argparse.Namespace):
         net=args.net,
         dataset=args.dataset,
         K=args.K,
-        cuts=args.cuts,
-        method_params=dict(args.hp),
+        cuts=parse_cuts(args.cuts) if args.cuts is not None else None,
+        method_params=dict(parse_hparam(h) for h in args.hp),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

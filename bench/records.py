@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from bench.errors import UserError
@@ -53,6 +53,16 @@ class RunRecord:
             got = d.get("schema") if isinstance(d, dict) else type(d).__name__
             raise UserError(
                 f"{source} is not a locbench run record (schema {got!r}; expected {SCHEMA!r})"
+            )
+        names = {f.name for f in fields(cls)}
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        unknown, missing = sorted(set(d) - names), sorted(required - set(d))
+        if unknown or missing:
+            raise UserError(
+                f"{source} is not a valid {SCHEMA} record (unknown fields {unknown}, "
+                f"missing fields {missing})"
             )
         return cls(**d)
 
