@@ -76,12 +76,13 @@ class RunRecord:
         return d
 
 
-def environment() -> dict:
-    """Where a number was measured: versions, device, CPU and the code's git commit."""
+def environment(device: str = "cpu") -> dict:
+    """Where a number was measured: versions, the run's device, CPU and the git commit."""
     import torch
     import torchvision
 
-    env = {
+    on_cuda = device.startswith("cuda")
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -89,10 +90,9 @@ def environment() -> dict:
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device_name": torch.cuda.get_device_name(torch.device(device)) if on_cuda else "cpu",
         "git_commit": git_commit(),
     }
-    return env
 
 
 def cpu_name() -> str:

@@ -76,7 +76,7 @@ def execute(
     record = RunRecord(
         run_id=cfg.run_id(),
         config=cfg.to_dict(),
-        env=environment(),
+        env=environment(cfg.device),
         K=p.split.K,
         module_starts=list(p.split.starts),
         params_backbone=p.backbone.num_params(),
