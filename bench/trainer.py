@@ -35,7 +35,8 @@ class OptimSettings:
 
 @dataclass
 class StepLosses:
-    """Detached per-step losses: ``local[k]`` for k < K-1 and the output loss."""
+    """Detached per-step losses: the local losses (of the modules that have one) and the
+    output loss."""
 
     local: list[torch.Tensor]
     output: torch.Tensor
@@ -84,11 +85,12 @@ class LocalTrainer:
         local: list[torch.Tensor] = []
         h = x
         for k, module in enumerate(self.modules):
-            out = module(h)
+            out = self.method.forward_module(k, module, h)
             if k < last:
                 loss = self.method.local_loss(k, out, batch)
-                loss.backward()
-                local.append(loss.detach())
+                if loss is not None:
+                    loss.backward()
+                    local.append(loss.detach())
                 h = self.method.boundary(k, out)
             else:
                 loss = self.method.output_loss(out, batch)
@@ -159,7 +161,7 @@ def fit(
         timer_epoch = StepTimer(device)
         timer_epoch.start()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        local_sums = torch.zeros(trainer.split.K - 1, device=device, dtype=torch.float64)
+        local_sums: torch.Tensor | float = 0.0  # a tensor once a method reports local losses
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         lr = optim.lr
@@ -185,7 +187,8 @@ def fit(
                     result.cuda = cuda_window.close()
             loss_sum += losses.output.double() * len(y)
             if losses.local:
-                local_sums += torch.stack(losses.local).double() * len(y)
+                # sized on first use: end-to-end methods report no local losses
+                local_sums = local_sums + torch.stack(losses.local).double() * len(y)
             correct += losses.correct
             seen += len(y)
             step += 1
@@ -200,13 +203,15 @@ def fit(
                 "lr": lr,
                 "train_loss": train_loss,
                 "train_acc": 100.0 * correct.item() / seen,
-                "local_losses": (local_sums / seen).tolist(),
+                "local_losses": (
+                    (local_sums / seen).tolist() if isinstance(local_sums, torch.Tensor) else []
+                ),
                 "test_loss": test_loss,
                 "test_acc": test_acc,
                 "epoch_time_s": timer_epoch.times[-1],
             }
         )
-        if not torch.isfinite(loss_sum) or not torch.isfinite(local_sums).all():
+        if not torch.isfinite(loss_sum) or not torch.isfinite(torch.as_tensor(local_sums)).all():
             result.diverged = True
             break
     return result

@@ -3,6 +3,6 @@
 from methods.base import METHODS, Batch, Cut, Method, NoParams, make_params, register
 
 # Importing the seed methods registers them.
-from methods import bp, dgl  # noqa: E402,F401  isort: skip
+from methods import auglocal, bp, bp_ckpt, dgl, infopro, predsim  # noqa: E402,F401  isort: skip
 
 __all__ = ["METHODS", "Batch", "Cut", "Method", "NoParams", "make_params", "register"]

@@ -9,10 +9,11 @@ The harness runs one training step like this::
 
     h = x
     for k in range(K):
-        out = modules[k](h)                      # backbone units of module k
+        out = method.forward_module(k, modules[k], h)   # default: modules[k](h)
         if k < K - 1:
             loss = method.local_loss(k, out, batch)
-            loss.backward()                       # frees module k's graph
+            if loss is not None:
+                loss.backward()                   # frees module k's graph
             h = method.boundary(k, out)           # default: out.detach()
         else:
             loss = method.output_loss(out, batch) # out = logits of the output head
@@ -23,9 +24,13 @@ Guarantees the harness gives every hook:
   * ``__init__`` runs on the CPU in float32 after the global seed is set; the harness then moves
     the whole method (its parameters and buffers) to the run's device and dtype with ``.to()``.
     Never call ``.cuda()`` or pick a device yourself.
+  * ``forward_module(k, module, h)`` runs module k (the backbone's units, in train mode); the
+    default just calls it. Override it to change *how* it runs (e.g. activation checkpointing),
+    never what it computes.
   * ``local_loss(k, ...)`` is called for k = 0 .. K-2 in order, once per step, in train mode,
-    with ``out`` still attached to module k's graph; the returned scalar is backpropagated
-    immediately by the harness. Return a 0-dim tensor.
+    with ``out`` still attached to module k's graph; the returned 0-dim tensor is
+    backpropagated immediately by the harness. ``None`` means "no local loss": nothing is
+    backpropagated (end-to-end methods that keep the graph across modules).
   * ``boundary(k, out)`` is called right after that backward. Whatever it returns is module
     k+1's input. Returning a tensor attached to module k's graph breaks gradient isolation.
   * ``output_loss`` sees the output head's logits of the last module.
@@ -38,6 +43,7 @@ in ``Params``, override the hooks you need, and register it with ``@METHODS.regi
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -108,7 +114,11 @@ class Method(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cut.shape[0], self.data.num_classes)
         )
 
-    def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def forward_module(self, k: int, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """Output of module ``k`` on input ``h``. Default: ``module(h)``."""
+        return module(h)
+
+    def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor | None:
         """Local loss of module ``k`` from its output ``out`` (attached to its graph).
 
         Default: cross entropy of the auxiliary network's prediction."""
@@ -146,9 +156,10 @@ def make_params(method: type[Method], values: dict[str, object]) -> object:
         raise UserError(
             f"method {method.name!r} has no parameter {', '.join(unknown)}; known: {known}"
         )
+    hints = typing.get_type_hints(method.Params)
     converted = {}
     for key, value in values.items():
-        kind = type(getattr(method.Params(), key))
+        kind = concrete_type(hints[key])
         try:
             converted[key] = parse_value(value, kind) if isinstance(value, str) else kind(value)
         except ValueError:
@@ -156,6 +167,12 @@ def make_params(method: type[Method], values: dict[str, object]) -> object:
                 f"parameter {key} of {method.name!r} must be a {kind.__name__}, got {value!r}"
             ) from None
     return method.Params(**converted)
+
+
+def concrete_type(hint: object) -> type:
+    """``float`` for ``float``, ``float | None`` and ``Optional[float]``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint  # type: ignore[return-value]
 
 
 def parse_value(text: str, kind: type) -> object:

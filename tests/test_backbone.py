@@ -74,5 +74,5 @@ def test_registry_names_and_bad_depth():
     )
     with pytest.raises(UserError, match="6n\\+2"):
         cifar_resnet(33)
-    with pytest.raises(UserError, match="unknown net 'resnet33'; known: resnet110"):
+    with pytest.raises(UserError, match="unknown net 'resnet33'; known: resnet101, resnet110"):
         get_backbone("resnet33")
