@@ -31,7 +31,11 @@ def parse_hparam(text: str) -> tuple[str, str]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="bp", help="training method (see `locbench list`)")
+    p.add_argument(
+        "--method",
+        default="bp",
+        help="training method: a name (see `locbench list`) or path/to/file.py:ClassName",
+    )
     p.add_argument("--net", default="smallnet", help="backbone (see `locbench list`)")
     p.add_argument("--dataset", default="digits", help="dataset (see `locbench list`)")
     split = p.add_mutually_exclusive_group()
@@ -133,8 +137,12 @@ def cmd_list(_: argparse.Namespace) -> None:
     from bench.backbone import BACKBONES
     from bench.data import DATASETS
     from methods import METHODS
+    from methods.loading import method_entry_points
 
     print("methods:  " + ", ".join(METHODS.names()))
+    plugins = sorted(set(method_entry_points()) - set(METHODS.names()))
+    if plugins:  # installed packages' `locbench.methods` entry points
+        print("plugins:  " + ", ".join(plugins))
     print("nets:     " + ", ".join(BACKBONES.names()))
     print("datasets: " + ", ".join(DATASETS.names()))
 

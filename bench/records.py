@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -136,7 +137,10 @@ def write_atomic(path: Path, text: str) -> None:
 
 def record_path(out_dir: Path, record: RunRecord) -> Path:
     c = record.config
-    name = f"{c['method']}-{c['net']}-K{record.K}-{c['dataset']}-s{c['seed']}-{record.run_id}"
+    # A method given as path/to/file.py:Class keeps only a file-name-safe tail here; the record
+    # itself holds the full spec and the run id hashes it.
+    method = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(c["method"]).name)
+    name = f"{method}-{c['net']}-K{record.K}-{c['dataset']}-s{c['seed']}-{record.run_id}"
     return Path(out_dir) / f"{name}.json"
 
 

@@ -17,7 +17,8 @@ from bench.errors import UserError
 from bench.records import RunRecord, environment
 from bench.split import Split, check_K
 from bench.trainer import LocalTrainer, OptimSettings, fit
-from methods import METHODS, Method, make_params
+from methods import Method, make_params
+from methods.loading import resolve_method
 
 
 @dataclass
@@ -43,7 +44,7 @@ def requested_split(config: RunConfig, n_hidden: int) -> Split:
 def prepare(config: RunConfig) -> Prepared:
     """Resolve and check the config, seed, and build everything. Raises UserError on bad input."""
     config = config.resolved()
-    method_cls = METHODS.get(config.method)
+    method_cls = resolve_method(config.method)
     params = make_params(method_cls, config.method_params)
     # The backbone fixes the input shape, the dataset the number of classes.
     input_shape = get_backbone(config.net).input_shape

@@ -1,0 +1,167 @@
+"""Turn a ``--method`` value into a :class:`~methods.base.Method` class.
+
+Three spellings are accepted, tried in this order:
+
+* a registered short name (``dgl``): ``METHODS.get(name)``;
+* ``path/to/file.py:ClassName``: the file is imported as a module of its own (it need not be
+  inside a package or on ``sys.path``) and ``ClassName`` is taken from it;
+* a name from the ``locbench.methods`` entry-point group, declared by an installed package::
+
+      [project.entry-points."locbench.methods"]
+      mymethod = "mypkg.mymethod:MyMethod"
+
+  Entry points are only looked up when the name is not a registered one, so a broken plugin
+  package never slows down or breaks runs of the built-in methods.
+
+Every failure is a one-line :class:`~bench.errors.UserError`.
+
+Naming: a class loaded from a file keeps the name its own ``@register("x")`` gave it; a class
+that was never registered is named ``ClassName.lower()`` (an entry-point class: the entry
+point's name). The name only labels the method in error messages; run records keep the
+``--method`` value exactly as typed (the file spec), since that is what reproduces the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+
+from bench.errors import UserError
+from methods.base import METHODS, Method
+
+#: Entry-point group through which installed packages provide methods.
+ENTRY_POINT_GROUP = "locbench.methods"
+
+FILE_SPEC_HINT = "use path/to/file.py:ClassName"
+
+
+def resolve_method(spec: str) -> type[Method]:
+    """The method class that ``spec`` (a name, ``file.py:Class`` or an entry point) names."""
+    if spec in METHODS:
+        return METHODS.get(spec)
+    if looks_like_path(spec):
+        return load_from_file(spec)
+    entry_point = method_entry_points().get(spec)
+    if entry_point is not None:
+        return load_entry_point(entry_point)
+    known = sorted(set(METHODS.names()) | set(method_entry_points()))
+    raise UserError(f"unknown method {spec!r}; known: {', '.join(known)}")
+
+
+def looks_like_path(spec: str) -> bool:
+    return ":" in spec or "/" in spec or spec.endswith(".py")
+
+
+def parse_file_spec(spec: str) -> tuple[Path, str]:
+    """Split ``path/to/file.py:ClassName`` on its last colon, after checking the path part."""
+    path, sep, class_name = spec.rpartition(":")
+    if not sep:
+        if spec.endswith(".py"):
+            raise UserError(f"--method {spec!r} names no class; {FILE_SPEC_HINT}")
+        raise UserError(f"--method {spec!r} is not a method name or a .py file; {FILE_SPEC_HINT}")
+    if not path:
+        raise UserError(f"--method {spec!r} names no file; {FILE_SPEC_HINT}")
+    if not path.endswith(".py"):
+        if ":" in path:
+            raise UserError(f"--method {spec!r} has more than one ':'; {FILE_SPEC_HINT}")
+        raise UserError(f"--method {spec!r}: {path!r} is not a .py file; {FILE_SPEC_HINT}")
+    if not class_name:
+        raise UserError(f"--method {spec!r} names no class after ':'; {FILE_SPEC_HINT}")
+    if not class_name.isidentifier():
+        raise UserError(f"--method {spec!r}: {class_name!r} is not a class name; {FILE_SPEC_HINT}")
+    return Path(path).expanduser(), class_name
+
+
+def load_from_file(spec: str) -> type[Method]:
+    path, class_name = parse_file_spec(spec)
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        what = "is not a file" if path.exists() else "not found"
+        raise UserError(f"--method {spec!r}: file {str(path)!r} {what}{where}")
+    module = import_file(path.resolve())
+    if not hasattr(module, class_name):
+        defined = methods_defined_in(module)
+        listing = f"it defines {', '.join(defined)}" if defined else "it defines no Method subclass"
+        raise UserError(f"{path} has no class {class_name!r}; {listing}")
+    cls = getattr(module, class_name)
+    check_method_class(cls, f"{class_name} in {path}")
+    if "name" not in vars(cls) or not cls.name:
+        # Not registered by the file itself (a subclass would otherwise inherit its parent's
+        # registered name, e.g. "dgl", and be mistaken for it in messages).
+        cls.name = class_name.lower()
+    return cls
+
+
+def import_file(path: Path):
+    """Import ``path`` as a module named after its resolved location (imported at most once
+    per process, so a file's own ``@register`` does not run twice)."""
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    module_name = f"locbench_plugin_{stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # In sys.modules before running it: dataclasses and pickling look the module up by name.
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any error in user code becomes one line
+        del sys.modules[module_name]
+        raise UserError(f"importing {path} failed: {type(e).__name__}: {first_line(e)}") from None
+    return module
+
+
+def methods_defined_in(module) -> list[str]:
+    """Names of the Method subclasses defined (not merely imported) in ``module``."""
+    return sorted(
+        name
+        for name, obj in vars(module).items()
+        if isinstance(obj, type)
+        and issubclass(obj, Method)
+        and obj is not Method
+        and obj.__module__ == module.__name__
+    )
+
+
+def check_method_class(obj: object, what: str) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, Method)) or obj is Method:
+        if obj is Method:
+            kind = "the base class itself"
+        elif isinstance(obj, type):
+            kind = "a class not derived from Method"
+        else:
+            kind = f"a {type(obj).__name__}"
+        raise UserError(f"{what} is not a subclass of methods.base.Method (it is {kind})")
+
+
+def method_entry_points() -> dict:
+    """``name -> entry point`` of the ``locbench.methods`` group (first one wins on clashes).
+
+    Looked up through ``importlib.metadata.entry_points`` at call time, so tests can patch it."""
+    found: dict = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def load_entry_point(ep) -> type[Method]:
+    what = f"entry point {ep.name!r} ({ep.value})"
+    try:
+        cls = ep.load()
+    except Exception as e:  # noqa: BLE001 - a broken plugin package becomes one line
+        raise UserError(f"loading {what} failed: {type(e).__name__}: {first_line(e)}") from None
+    check_method_class(cls, what)
+    if "name" not in vars(cls) or not cls.name:
+        cls.name = ep.name
+    return cls
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
