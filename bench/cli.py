@@ -30,16 +30,21 @@ def parse_hparam(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, net: str) -> None:
+    """What is built: method, backbone, split and method hyperparameters."""
     p.add_argument(
         "--method",
         default="bp",
         help="training method: a name (see `locbench list`) or path/to/file.py:ClassName",
     )
-    p.add_argument("--net", default="smallnet", help="backbone (see `locbench list`)")
-    p.add_argument("--dataset", default="digits", help="dataset (see `locbench list`)")
+    p.add_argument("--net", default=net, help="backbone (see `locbench list`)")
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--K", type=int, default=None, help="modules (default: one per unit)")
+    split.add_argument(
+        "--K",
+        type=int,
+        default=None,
+        help="modules (default: one per hidden unit, the published K of every preset net)",
+    )
     split.add_argument("--cuts", default=None, help="cut after these hidden units, e.g. 3,7,11")
     p.add_argument(
         "--hp",
@@ -48,6 +53,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a method hyperparameter, repeatable (e.g. --hp variant=paper)",
     )
+    p.add_argument(
+        "--aux-depth",
+        type=int,
+        default=None,
+        metavar="D",
+        help="auxiliary depth d (same as --hp depth=D; auglocal)",
+    )
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p, net="smallnet")
+    p.add_argument("--dataset", default="digits", help="dataset (see `locbench list`)")
     p.add_argument("--epochs", type=int, default=None, help="default: the dataset's preset")
     p.add_argument("--batch-size", type=int, default=None, help="default: the dataset's preset")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
@@ -74,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="known methods, backbones and datasets")
     run = sub.add_parser("run", help="train and measure one configuration")
     add_run_arguments(run)
+    describe = sub.add_parser(
+        "describe", help="the split, auxiliary nets, parameters and FLOPs of a configuration"
+    )
+    add_model_arguments(describe, net="resnet32")
+    describe.add_argument("--batch-size", type=int, default=64, help="batch for FLOPs per step")
+    describe.add_argument("--classes", type=int, default=10, help="number of classes")
+    describe.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
     demo.add_argument("--epochs", type=int, default=10)
@@ -81,16 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_settings(args: argparse.Namespace) -> dict:
+    params = dict(parse_hparam(h) for h in args.hp)
+    if args.aux_depth is not None:
+        params["depth"] = args.aux_depth
+    return {
+        "method": args.method,
+        "net": args.net,
+        "K": args.K,
+        "cuts": parse_cuts(args.cuts) if args.cuts is not None else None,
+        "method_params": params,
+    }
+
+
 def config_from_args(args: argparse.Namespace):
     from bench.config import RunConfig
 
     return RunConfig(
-        method=args.method,
-        net=args.net,
+        **model_settings(args),
         dataset=args.dataset,
-        K=args.K,
-        cuts=parse_cuts(args.cuts) if args.cuts is not None else None,
-        method_params=dict(parse_hparam(h) for h in args.hp),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -153,6 +186,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if record.status == "ok" else 1
 
 
+def cmd_describe(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.config import RunConfig
+    from bench.describe import describe, format_description
+
+    if args.batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {args.batch_size}")
+    if args.classes < 2:
+        raise UserError(f"need at least 2 classes, got {args.classes}")
+    d = describe(RunConfig(**model_settings(args)), args.batch_size, args.classes)
+    print(json.dumps(d) if args.json else format_description(d))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.config import RunConfig
     from bench.records import curves_frame, results_frame
@@ -173,7 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"list": cmd_list, "run": cmd_run, "demo": cmd_demo}
+    commands = {"list": cmd_list, "run": cmd_run, "describe": cmd_describe, "demo": cmd_demo}
     try:
         return commands[args.command](args) or 0
     except UserError as e:

@@ -124,6 +124,11 @@ class Method(nn.Module):
         Default: cross entropy of the auxiliary network's prediction."""
         return F.cross_entropy(self.aux[k](out), batch.y)
 
+    def aux_modules(self, k: int) -> list[nn.Module]:
+        """Every auxiliary network local module ``k`` uses (for parameter counts and
+        ``locbench describe``). Default: ``[self.aux[k]]``; add decoders and the like."""
+        return [self.aux[k]]
+
     def boundary(self, k: int, out: torch.Tensor) -> torch.Tensor:
         """Input of module ``k+1``; detached, so no gradient crosses the cut."""
         return out.detach()

@@ -44,6 +44,9 @@ class BPCheckpoint(Method):
     def build_aux(self, backbone, cut) -> nn.Module:
         return nn.Identity()  # no auxiliary network: one global loss
 
+    def aux_modules(self, k: int) -> list[nn.Module]:
+        return []
+
     def forward_module(self, k: int, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
         if k == self.split.K - 1 or not torch.is_grad_enabled():
             return module(h)

@@ -117,6 +117,9 @@ class InfoPro(Method):
             nn.Linear(hidden, self.data.num_classes),
         )
 
+    def aux_modules(self, k: int) -> list[nn.Module]:
+        return [self.aux[k], self.decoders[k]]
+
     def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         lambda1, lambda2 = self.lambdas[k]
         # Real images de-normalise into [0, 1]; the clamp only guards synthetic data.

@@ -76,3 +76,14 @@ def test_registry_names_and_bad_depth():
         cifar_resnet(33)
     with pytest.raises(UserError, match="unknown net 'resnet33'; known: resnet101, resnet110"):
         get_backbone("resnet33")
+
+
+def test_subsampled_projection_equals_a_strided_1x1_conv():
+    from bench.backbone import projection
+
+    proj = projection(16, 32, 2)
+    strided = nn.Conv2d(16, 32, 1, stride=2, bias=False)
+    strided.weight.data.copy_(proj[1].weight.data)
+    x = torch.randn(2, 16, 9, 9)  # odd size: both keep rows/cols 0, 2, 4, 6, 8
+    assert torch.equal(proj[1](proj[0](x)), strided(x))
+    assert proj[0](x).shape == (2, 16, 5, 5)

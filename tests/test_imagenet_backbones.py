@@ -143,7 +143,8 @@ def test_bottleneck_projection_and_inner_width():
     unit = build_unit(UnitSpec("bottleneck", 256, 256, 1).with_io(64, 256, 2))
     assert unit.conv1.weight.shape == (64, 64, 1, 1) and unit.conv3.weight.shape == (256, 64, 1, 1)
     assert unit.conv2.weight.shape == (64, 64, 3, 3) and unit.conv2.stride == (2, 2)
-    assert isinstance(unit.shortcut, nn.Sequential) and unit.shortcut[0].stride == (2, 2)
+    assert isinstance(unit.shortcut, nn.Sequential) and unit.shortcut[0].stride == 2
+    assert unit.shortcut[1].weight.shape == (256, 64, 1, 1)
     assert isinstance(build_unit(UnitSpec("bottleneck", 256, 256, 1)).shortcut, nn.Identity)
 
 

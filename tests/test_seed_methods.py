@@ -253,3 +253,10 @@ def test_bp_ckpt_gives_the_gradients_and_running_stats_of_bp():
 
 def test_registry_has_every_seed_method():
     assert set(METHODS.names()) >= {"bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"}
+
+
+def test_predsim_spatial_std_equals_torch_std():
+    from methods.predsim import spatial_std
+
+    x = torch.randn(5, 7, 6, 4, dtype=torch.float64)
+    assert torch.allclose(spatial_std(x), x.flatten(2).std(dim=2), rtol=1e-12, atol=1e-12)

@@ -1,0 +1,157 @@
+"""``locbench describe``: what a configuration builds, without training it.
+
+The split, each module's units and auxiliary layers with parameter counts, and FLOPs per
+training step (forward + backward, ``torch.utils.flop_counter``) for the backbone and the
+auxiliary nets. FLOPs are counted on the ``meta`` device: shapes only, no kernels, so even
+ResNet-110 at batch 1024 takes seconds. A FLOP is one multiply or one add (a multiply-add
+is 2), as ``FlopCounterMode`` counts; the optimizer step is not counted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.backbone import Backbone, get_backbone
+from bench.config import RunConfig
+from bench.data import DataInfo
+from bench.trainer import LocalTrainer, OptimSettings
+from methods import Batch, Method, make_params
+from methods.loading import resolve_method
+
+META = torch.device("meta")
+
+
+def build_method(config: RunConfig, num_classes: int = 10) -> tuple[Backbone, Method]:
+    """Backbone and method of ``config`` on the CPU, with placeholder data statistics."""
+    from bench.run import requested_split
+
+    method_cls = resolve_method(config.method)
+    params = make_params(method_cls, config.method_params)
+    torch.manual_seed(config.seed)
+    backbone = get_backbone(config.net, num_classes=num_classes)
+    c = backbone.input_shape[0]
+    info = DataInfo("describe", num_classes, backbone.input_shape, (0.5,) * c, (0.25,) * c)
+    split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
+    return backbone, method_cls(backbone, split, info, params)
+
+
+def count(modules: list[nn.Module]) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def layer_name(m: nn.Module) -> str:
+    """A short description of one auxiliary layer, e.g. ``BasicBlock(16->32, s2)``."""
+    if isinstance(m, nn.Conv2d):
+        k = "x".join(map(str, m.kernel_size))
+        return f"Conv2d({m.in_channels}->{m.out_channels}, {k}, s{m.stride[0]})"
+    if isinstance(m, nn.Linear):
+        return f"Linear({m.in_features}->{m.out_features})"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return f"{type(m).__name__}({m.num_features})"
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    if convs:
+        stride = max(c.stride[0] for c in convs)
+        return f"{type(m).__name__}({convs[0].in_channels}->{convs[-1].out_channels}, s{stride})"
+    return type(m).__name__
+
+
+def aux_layers(module: nn.Module) -> list[str]:
+    children = list(module.children()) if isinstance(module, nn.Sequential) else [module]
+    return [layer_name(c) for c in children]
+
+
+def step_flops(method: Method, backbone: Backbone, batch_size: int) -> tuple[int, list[int]]:
+    """FLOPs of one training step, and of each local module's auxiliary part of it.
+
+    The auxiliary part of module k is its local loss, forward and backward, on a leaf of the
+    cut's shape; what remains of the step is the backbone's (incl. the output head)."""
+    trainer = LocalTrainer(backbone, method.split, method, OptimSettings(lr=0.1, epochs=1), META)
+    x = torch.empty(batch_size, *backbone.input_shape, device=META)
+    y = torch.zeros(batch_size, dtype=torch.long, device=META)
+    with FlopCounterMode(display=False) as total:
+        trainer.train_step(x, y)
+    aux = []
+    for k in range(method.split.K - 1):
+        shape = backbone.shapes[method.split.last_unit(k)]
+        h = torch.empty(batch_size, *shape, device=META, requires_grad=True)
+        with FlopCounterMode(display=False) as counter:
+            loss = method.local_loss(k, h, Batch(x, y))
+            if loss is not None:
+                loss.backward()
+        aux.append(counter.get_total_flops())
+    return total.get_total_flops(), aux
+
+
+def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> dict:
+    """Everything ``locbench describe --json`` prints."""
+    backbone, method = build_method(config, num_classes)
+    split = method.split
+    backbone_params = backbone.num_params()
+    aux_params = count([method])  # every parameter the method owns
+    total, aux_flops = step_flops(method, backbone, batch_size)
+    modules = []
+    for k in range(split.K):
+        units = list(split.unit_range(k))
+        aux = method.aux_modules(k) if k < split.K - 1 else []  # the last module has the head
+        last = k == split.K - 1
+        own_units = [backbone.units[u] for u in units] + ([backbone.units[-1]] if last else [])
+        modules.append(
+            {
+                "index": k,
+                "units": units,
+                "with_head": last,
+                "output_shape": list(backbone.shapes[units[-1]]),
+                "params_backbone": count(own_units),
+                "params_aux": count(aux),
+                "layers": [name for m in aux for name in aux_layers(m)],
+                "flops_aux": 0 if last else aux_flops[k],
+            }
+        )
+    return {
+        "method": config.method,
+        "net": config.net,
+        "K_requested": config.K,
+        "K": split.K,
+        "module_starts": list(split.starts),
+        "params_backbone": backbone_params,
+        "params_aux": aux_params,
+        "params_total": backbone_params + aux_params,
+        "modules": modules,
+        "batch_size": batch_size,
+        "flops_per_step": {
+            "backbone": total - sum(aux_flops),
+            "aux": sum(aux_flops),
+            "total": total,
+        },
+    }
+
+
+def format_description(d: dict) -> str:
+    asked = d["K_requested"]
+    header = f"{'module':>6}  {'units':<9} {'output':<12} {'aux params':>10} {'aux GFLOP':>10}"
+    lines = [
+        f"{d['method']} on {d['net']}: {d['K']} modules"
+        + (f" (K={asked} requested)" if asked not in (None, d["K"]) else ""),
+        header + "  aux layers",
+    ]
+    for m in d["modules"]:
+        units = m["units"]
+        span = f"{units[0]}" if len(units) == 1 else f"{units[0]}-{units[-1]}"
+        if m["with_head"]:
+            span += "+head"
+        shape = "x".join(map(str, m["output_shape"]))
+        lines.append(
+            f"{m['index']:>6}  {span:<9} {shape:<12} {m['params_aux']:>10,} "
+            f"{m['flops_aux'] / 1e9:>10.3f}  {', '.join(m['layers'])}"
+        )
+    f = d["flops_per_step"]
+    lines += [
+        f"params: backbone {d['params_backbone']:,}, auxiliary {d['params_aux']:,}, "
+        f"total {d['params_total']:,}",
+        f"FLOPs per training step at batch {d['batch_size']} (forward + backward): backbone "
+        f"{f['backbone'] / 1e9:.3f} G, auxiliary {f['aux'] / 1e9:.3f} G, "
+        f"total {f['total'] / 1e9:.3f} G",
+    ]
+    return "\n".join(lines)
