@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.backbone import Backbone, get_backbone
 from bench.config import RunConfig
 from bench.data import DataInfo
+from bench.errors import UserError
 from bench.trainer import LocalTrainer, OptimSettings
 from methods import Batch, Method, make_params
 from methods.loading import resolve_method
@@ -90,7 +91,11 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
     split = method.split
     backbone_params = backbone.num_params()
     aux_params = count([method])  # every parameter the method owns
-    total, aux_flops = step_flops(method, backbone, batch_size)
+    try:
+        total, aux_flops = step_flops(method, backbone, batch_size)
+    except (RuntimeError, ValueError) as e:  # e.g. BatchNorm1d given a batch of one
+        message = str(e).strip().splitlines()[0]
+        raise UserError(f"one training step at batch {batch_size} fails: {message}") from None
     modules = []
     for k in range(split.K):
         units = list(split.unit_range(k))

@@ -139,8 +139,15 @@ def test_warmup_cosine_schedule():
     assert lr(300) == pytest.approx(0.4 * (1 + math.cos(math.pi * 290 / 390)))
 
 
-def test_every_method_lowers_its_training_loss():
-    for name, K in [("bp", None), ("dgl", 3)]:
-        r = execute(RunConfig(method=name, K=K, dataset="digits", epochs=3))
-        losses = [c["train_loss"] for c in r.curve]
-        assert losses[-1] < 0.5 * losses[0], (name, losses)
+@pytest.mark.parametrize(
+    "name, K",
+    [("bp", None), ("bp-ckpt", 3), ("dgl", 3), ("infopro", 3), ("predsim", 3), ("auglocal", 4)],
+)
+def test_every_method_lowers_its_training_loss_on_digits(name, K):
+    r = execute(RunConfig(method=name, K=K, dataset="digits", epochs=3))
+    assert r.status == "ok", r.message
+    losses = [c["train_loss"] for c in r.curve]
+    assert losses[-1] < 0.5 * losses[0], losses
+    local = [c["local_losses"] for c in r.curve]
+    assert len(local[0]) == (0 if name in ("bp", "bp-ckpt") else r.K - 1)
+    assert all(last < first for first, last in zip(local[0], local[-1]))
