@@ -3,10 +3,10 @@ as the AugLocal authors ran it.
 
 Local loss of module k: ``lambda1_k * reconstruction + lambda2_k * cross entropy``.
 
-* reconstruction: the features, bilinearly upsampled to the image size, go through a small
-  decoder (3x3 conv to 12 channels + BN + ReLU, 3x3 conv to the image's channels, sigmoid);
-  binary cross entropy against the *de-normalised* input image, using the dataset's own mean and
-  std (no constants tied to CIFAR);
+* reconstruction: the features, bilinearly upsampled to the image size (align_corners), go
+  through a small decoder (3x3 conv to 12 channels + BN + ReLU, 3x3 conv to the image's
+  channels, sigmoid); binary cross entropy against the *de-normalised* input image, using the
+  dataset's own mean and std (no constants tied to CIFAR);
 * cross entropy: a 3x3 conv doubling the width with stride 2 (keeping it with stride 1 once the
   backbone's widest hidden width is reached) + BN + ReLU, global pooling, Linear to
   ``hidden_dim`` (128), ReLU, Linear to the classes; on CIFAR ResNets this is exactly the
@@ -51,10 +51,36 @@ def interpolate(first: float, last: float, k: int, n_local: int) -> float:
     return first * (1 - ratio) + last * ratio
 
 
+def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with ``align_corners=True``."""
+    if n_in == 1:
+        return torch.ones(n_out, 1)
+    position = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / max(n_out - 1, 1)
+    low = position.floor().long().clamp(max=n_in - 2)
+    frac = position - low
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    weights[rows, low] = 1 - frac
+    weights[rows, low + 1] += frac
+    return weights.float()
+
+
 class Decoder(nn.Module):
-    def __init__(self, channels: int, image_shape: tuple[int, ...], width: int) -> None:
+    """Bilinear upsampling to the image size (``align_corners=True``), then the conv decoder.
+
+    The upsampling is written as two products with interpolation matrices, ``R @ f @ C.T``:
+    the same operator as ``F.interpolate(..., mode="bilinear", align_corners=True)`` (equal to
+    float rounding), 1.2-3x faster forward + backward on CPU, where ``upsample_bilinear2d``
+    took a sixth of an InfoPro step; at equal sizes it is skipped (the identity)."""
+
+    def __init__(self, shape: tuple[int, ...], image_shape: tuple[int, ...], width: int) -> None:
         super().__init__()
-        self.size = tuple(image_shape[1:])
+        channels, height, width_in = shape
+        self.same_size = (height, width_in) == tuple(image_shape[1:])
+        self.register_buffer("rows", interpolation_matrix(height, image_shape[1]), persistent=False)
+        self.register_buffer(
+            "cols", interpolation_matrix(width_in, image_shape[2]).t(), persistent=False
+        )
         self.net = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1),
             nn.BatchNorm2d(width),
@@ -64,7 +90,7 @@ class Decoder(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(features, size=self.size, mode="bilinear", align_corners=True)
+        up = features if self.same_size else self.rows @ features @ self.cols
         return self.net(up)
 
 
@@ -93,7 +119,7 @@ class InfoPro(Method):
             for k in range(n_local)
         ]
         self.decoders = nn.ModuleList(
-            Decoder(backbone.shapes[split.last_unit(k)][0], data.image_shape, p.decoder_width)
+            Decoder(backbone.shapes[split.last_unit(k)], data.image_shape, p.decoder_width)
             for k in range(n_local)
         )
         # De-normalisation statistics as buffers, so .to(device) moves them with the method.

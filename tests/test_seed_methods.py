@@ -260,3 +260,17 @@ def test_predsim_spatial_std_equals_torch_std():
 
     x = torch.randn(5, 7, 6, 4, dtype=torch.float64)
     assert torch.allclose(spatial_std(x), x.flatten(2).std(dim=2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 5, 8, 16, 32])
+def test_infopro_upsampling_equals_bilinear_align_corners(size):
+    from methods.infopro import Decoder
+
+    decoder = Decoder((4, size, size), (3, 32, 32), width=12)
+    f = torch.randn(2, 4, size, size)
+    seen = {}
+    decoder.net.register_forward_pre_hook(lambda m, a: seen.setdefault("up", a[0]))
+    decoder(f)
+    want = torch.nn.functional.interpolate(f, size=(32, 32), mode="bilinear", align_corners=True)
+    assert torch.allclose(seen["up"], want, rtol=0, atol=1e-5)  # float32 weights
+    assert (seen["up"] is f) == (size == 32)
