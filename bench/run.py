@@ -41,13 +41,18 @@ def requested_split(config: RunConfig, n_hidden: int) -> Split:
     return Split.uniform(n_hidden, config.K)
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Resolve and check the config, seed, and build everything. Raises UserError on bad input."""
+def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> Prepared:
+    """Resolve and check the config, seed, and build everything. Raises UserError on bad input.
+
+    ``net``: a factory ``num_classes -> Backbone`` used instead of the registered
+    ``config.net`` (which then only labels the record), e.g. for a user's own
+    ``Backbone.from_sequential(...)`` that is not registered."""
+    make_net = net or (lambda num_classes: get_backbone(config.net, num_classes))
     config = config.resolved()
     method_cls = resolve_method(config.method)
     params = make_params(method_cls, config.method_params)
     # The backbone fixes the input shape, the dataset the number of classes.
-    input_shape = get_backbone(config.net).input_shape
+    input_shape = make_net(10).input_shape
     request = DataRequest(
         image_shape=input_shape,
         batch_size=config.batch_size,
@@ -59,7 +64,7 @@ def prepare(config: RunConfig) -> Prepared:
     )
     data = load_dataset(config.dataset, request)
     torch.manual_seed(config.seed)
-    backbone = get_backbone(config.net, num_classes=data.info.num_classes)
+    backbone = make_net(data.info.num_classes)
     split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
     method = method_cls(backbone, split, data.info, params)
     return Prepared(config, backbone, split, data, method)

@@ -151,3 +151,26 @@ def test_every_method_lowers_its_training_loss_on_digits(name, K):
     local = [c["local_losses"] for c in r.curve]
     assert len(local[0]) == (0 if name in ("bp", "bp-ckpt") else r.K - 1)
     assert all(last < first for first, last in zip(local[0], local[-1]))
+
+
+def test_a_users_own_sequential_trains_unregistered():
+    from torch import nn
+
+    from bench.backbone import Backbone
+    from bench.run import prepare
+
+    def my_net(num_classes: int) -> Backbone:
+        seq = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)),
+        )
+        return Backbone.from_sequential(seq, (3, 12, 12), name="mine")
+
+    config = RunConfig(method="dgl", net="mine", K=3, dataset="digits", epochs=2)
+    p = prepare(config, net=my_net)
+    assert p.backbone.shapes[:3] == [(8, 12, 12), (16, 6, 6), (16, 6, 6)]
+    r = execute(config, prepared=p)
+    assert r.status == "ok" and r.K == 3 and r.config["net"] == "mine"
+    assert r.curve[-1]["train_loss"] < r.curve[0]["train_loss"]

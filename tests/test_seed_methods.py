@@ -274,3 +274,22 @@ def test_infopro_upsampling_equals_bilinear_align_corners(size):
     want = torch.nn.functional.interpolate(f, size=(32, 32), mode="bilinear", align_corners=True)
     assert torch.allclose(seen["up"], want, rtol=0, atol=1e-5)  # float32 weights
     assert (seen["up"] is f) == (size == 32)
+
+
+def test_auglocal_needs_unit_specs():
+    from torch import nn
+
+    from bench.backbone import Backbone
+
+    seq = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)),
+    )
+    net = Backbone.from_sequential(seq, (3, 8, 8))
+    cls = METHODS.get("auglocal")
+    p = make_params(cls, {"depth": 1})
+    split = cls.plan_split(Split.every_unit(3), p)
+    with pytest.raises(UserError, match="copies later units from their specs"):
+        cls(net, split, SMALL, p)
