@@ -57,9 +57,13 @@ class RunConfig:
     download: bool = False
     augment: bool = True
     num_workers: int = 0
-    # Measured window: steps [warmup_steps, warmup_steps + measure_steps) of the first epochs.
+    # After warmup_steps: track_steps steps under the memory tracker, then measure_steps timed
+    # steps (with the CUDA allocator window). memory: auto (cuda on a GPU, else tracked),
+    # tracked, cuda or both.
     warmup_steps: int = 3
+    track_steps: int = 2
     measure_steps: int = 20
+    memory: str = "auto"
 
     def resolved(self) -> RunConfig:
         """Dataset preset filled in, device picked, values checked."""
@@ -74,6 +78,14 @@ class RunConfig:
             ),
             device=pick_device(self.device),
         )
+        on_cuda = cfg.device.startswith("cuda")
+        cfg = dataclasses.replace(
+            cfg, memory=("cuda" if on_cuda else "tracked") if cfg.memory == "auto" else cfg.memory
+        )
+        if cfg.memory not in ("tracked", "cuda", "both"):
+            raise UserError(f"unknown --memory {cfg.memory!r}; accepted: auto, tracked, cuda, both")
+        if cfg.memory != "tracked" and not on_cuda:
+            raise UserError(f"--memory {cfg.memory} needs a CUDA device; use --memory tracked")
         if cfg.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {cfg.batch_size}")
         if cfg.epochs < 1:

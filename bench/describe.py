@@ -24,14 +24,20 @@ from methods.loading import resolve_method
 META = torch.device("meta")
 
 
-def build_method(config: RunConfig, num_classes: int = 10) -> tuple[Backbone, Method]:
-    """Backbone and method of ``config`` on the CPU, with placeholder data statistics."""
+def build_method(
+    config: RunConfig, num_classes: int = 10, image_size: int | None = None
+) -> tuple[Backbone, Method]:
+    """Backbone and method of ``config`` (on the CPU, or fake under ``FakeTensorMode``), with
+    placeholder data statistics; ``image_size`` re-probes the backbone at that input size."""
     from bench.run import requested_split
 
     method_cls = resolve_method(config.method)
     params = make_params(method_cls, config.method_params)
     torch.manual_seed(config.seed)
     backbone = get_backbone(config.net, num_classes=num_classes)
+    if image_size is not None and image_size != backbone.input_shape[1]:
+        shape = (backbone.input_shape[0], image_size, image_size)
+        backbone = Backbone(backbone.name, list(backbone.units), shape, backbone.specs)
     c = backbone.input_shape[0]
     info = DataInfo("describe", num_classes, backbone.input_shape, (0.5,) * c, (0.25,) * c)
     split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)

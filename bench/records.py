@@ -40,6 +40,8 @@ class RunRecord:
     step_time_p90_s: float | None = None
     images_per_s: float | None = None
     cuda: dict | None = None
+    memory: dict | None = None  # tracked peak, breakdown, module peaks, floor (bench.memory)
+    flops: dict | None = None  # per training step: backbone, aux, total (bench.describe)
     started_at: str = ""
     wall_time_s: float | None = None
     curve: list[dict] = field(default_factory=list)
@@ -68,13 +70,24 @@ class RunRecord:
         return cls(**d)
 
     def row(self) -> dict:
-        """One flat row: top-level fields, ``config.*``, ``env.*`` and ``cuda.*`` columns."""
+        """One flat row: top-level fields and ``config.*``, ``env.*``, ``cuda.*``,
+        ``memory.*`` (``memory.breakdown.*``) and ``flops.*`` columns; no curve."""
         d = asdict(self)
         d.pop("curve")
-        for group in ("config", "env", "cuda"):
-            for key, value in (d.pop(group) or {}).items():
-                d[f"{group}.{key}"] = value
+        for group in ("config", "env", "cuda", "memory", "flops"):
+            d.update(flatten(d.pop(group) or {}, group))
         return d
+
+
+def flatten(d: dict, prefix: str) -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict) and prefix != "config":  # method_params stays one cell
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
 
 
 def environment(device: str = "cpu") -> dict:

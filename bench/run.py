@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from bench.backbone import Backbone, get_backbone
 from bench.config import RunConfig
 from bench.data import DataBundle, DataRequest, load_dataset
+from bench.describe import step_flops
 from bench.errors import UserError
 from bench.records import RunRecord, environment
 from bench.split import Split, check_K
@@ -89,6 +91,9 @@ def execute(
         params_aux=sum(x.numel() for x in p.method.parameters()),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+    # FLOPs on the meta device, from copies: the real modules stay where they are.
+    total, aux = step_flops(copy.deepcopy(p.method), copy.deepcopy(p.backbone), cfg.batch_size)
+    record.flops = {"backbone": total - sum(aux), "aux": sum(aux), "total": total}
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
@@ -110,7 +115,14 @@ def execute(
             device,
         )
         result = fit(
-            trainer, p.data.train, p.data.test, cfg.warmup_steps, cfg.measure_steps, on_step
+            trainer,
+            p.data.train,
+            p.data.test,
+            cfg.warmup_steps,
+            cfg.measure_steps,
+            on_step,
+            track_steps=cfg.track_steps if cfg.memory in ("tracked", "both") else 0,
+            cuda_peaks=cfg.memory in ("cuda", "both"),
         )
     except torch.cuda.OutOfMemoryError as e:
         record.status, record.message = "oom", first_line(e)
@@ -124,6 +136,8 @@ def execute(
     record.__dict__.update(result.step_times.summary(cfg.batch_size))
     if result.cuda is not None:
         record.cuda = vars(result.cuda)
+    if result.memory is not None:
+        record.memory = result.memory.as_dict()
     if result.curve:
         record.final_test_acc = result.curve[-1]["test_acc"]
         record.best_test_acc = max(c["test_acc"] for c in result.curve)

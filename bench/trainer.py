@@ -8,7 +8,8 @@ plain end-to-end backpropagation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from bench.backbone import Backbone
 from bench.data import Loader
+from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
 from bench.meters import CudaPeaks, CudaWindow, StepTimer
 from bench.optim import make_sgd, set_lr, warmup_cosine
 from bench.split import Split
@@ -41,6 +43,23 @@ class StepLosses:
     local: list[torch.Tensor]
     output: torch.Tensor
     correct: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.local, self.output, self.correct]
+
+
+@contextlib.contextmanager
+def _no_phase(tag: str, module: int | None = None) -> Iterator[None]:
+    yield
+
+
+def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``module.to(device, dtype)``, skipped when nothing would move (fake tensors, built
+    under ``FakeTensorMode``, cannot be swapped by ``.to``)."""
+    tensors = list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
+    if any(t.device != device or t.dtype != dtype for t in tensors):
+        module.to(device=device, dtype=dtype)
+    return module
 
 
 def build_modules(backbone: Backbone, split: Split) -> nn.ModuleList:
@@ -68,15 +87,20 @@ class LocalTrainer:
     ) -> None:
         self.split, self.method, self.optim = split, method, optim
         self.device, self.dtype = device, dtype
-        self.modules = build_modules(backbone, split).to(device=device, dtype=dtype)
-        self.method.to(device=device, dtype=dtype)
-        params = list(self.modules.parameters()) + list(self.method.parameters())
+        self.modules = place(build_modules(backbone, split), device, dtype)
+        place(self.method, device, dtype)
         self.optimizer = make_sgd(
-            params, optim.lr, optim.momentum, optim.weight_decay, optim.nesterov
+            self.parameters(), optim.lr, optim.momentum, optim.weight_decay, optim.nesterov
         )
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
-        """One training step on a batch already on the device."""
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, tracker: MemoryTracker | None = None
+    ) -> StepLosses:
+        """One training step on a batch already on the device.
+
+        With a ``tracker`` (entered by the caller), each part of the step is labelled for the
+        memory breakdown; the computation is the same either way."""
+        phase = tracker.phase if tracker is not None else _no_phase
         self.modules.train()
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -85,19 +109,43 @@ class LocalTrainer:
         local: list[torch.Tensor] = []
         h = x
         for k, module in enumerate(self.modules):
-            out = self.method.forward_module(k, module, h)
+            with phase("backbone", k):
+                out = self.method.forward_module(k, module, h)
             if k < last:
-                loss = self.method.local_loss(k, out, batch)
+                with phase("aux", k):
+                    loss = self.method.local_loss(k, out, batch)
                 if loss is not None:
-                    loss.backward()
+                    with phase("backward", k):
+                        loss.backward()
                     local.append(loss.detach())
                 h = self.method.boundary(k, out)
             else:
-                loss = self.method.output_loss(out, batch)
-                loss.backward()
+                with phase("other", k):
+                    loss = self.method.output_loss(out, batch)
+                with phase("backward", k):
+                    loss.backward()
                 correct = (out.detach().argmax(1) == y).sum()
-        self.optimizer.step()
+        with phase("optimizer_state"):
+            self.optimizer.step()
+        if tracker is not None:
+            tracker.end_step(self.parameters(), self.optimizer)
         return StepLosses(local, loss.detach(), correct)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.modules.parameters()) + list(self.method.parameters())
+
+    def state_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """What is resident between steps, by memory category."""
+        buffers = list(self.modules.buffers()) + list(self.method.buffers())
+        params = self.parameters()
+        optimizer_state = [
+            v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+        ]
+        return {
+            "parameters": params + buffers,
+            "gradients": [p.grad for p in params if p.grad is not None],
+            "optimizer_state": optimizer_state,
+        }
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +181,25 @@ class FitResult:
     curve: list[dict] = field(default_factory=list)
     step_times: StepTimer | None = None
     cuda: CudaPeaks | None = None
+    memory: TrackedPeak | None = None
     diverged: bool = False
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Global step indices measured for memory (tracked) and for time and CUDA peaks (timed).
+
+    Both follow the warm-up; the tracked steps come first and are never timed, since the
+    tracker slows a step."""
+
+    tracked: range
+    timed: range
+
+    @classmethod
+    def plan(cls, total: int, warmup: int, track: int, measure: int) -> Windows:
+        start = min(warmup, max(total - 1, 0))
+        tracked = range(start, min(start + track, total))
+        return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
 
 
 def fit(
@@ -143,19 +209,22 @@ def fit(
     warmup_steps: int,
     measure_steps: int,
     on_step: Callable[[int, dict], None] | None = None,
+    track_steps: int = 0,
+    cuda_peaks: bool = True,
 ) -> FitResult:
     """Train for ``trainer.optim.epochs`` epochs, evaluating after each.
 
-    Steps ``[warmup_steps, warmup_steps + measure_steps)`` (clipped to the run) form the
-    measured window: each is timed, and on CUDA the allocator peaks cover exactly them."""
+    After ``warmup_steps``, ``track_steps`` steps run under the memory tracker, then
+    ``measure_steps`` steps are timed (and on CUDA the allocator peaks cover exactly them);
+    both windows are clipped to the run (:class:`Windows`)."""
     optim, device = trainer.optim, trainer.device
     steps_per_epoch = len(train)
-    total = optim.epochs * steps_per_epoch
-    window_start = min(warmup_steps, max(total - 1, 0))
-    window_end = min(window_start + measure_steps, total)
+    windows = Windows.plan(optim.epochs * steps_per_epoch, warmup_steps, track_steps, measure_steps)
     timer = StepTimer(device)
-    cuda_window = CudaWindow(device) if device.type == "cuda" else None
+    cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
     result = FitResult(step_times=timer)
+    tracker: MemoryTracker | None = None
+    losses: StepLosses | None = None
     step = 0
     for epoch in range(optim.epochs):
         timer_epoch = StepTimer(device)
@@ -175,16 +244,32 @@ def fit(
             )
             set_lr(trainer.optimizer, lr)
             x, y = trainer.to_device(x, y)
-            measured = window_start <= step < window_end
-            if measured:
-                if step == window_start and cuda_window is not None:
+            if step in windows.tracked:
+                if step == windows.tracked.start:
+                    tracker = MemoryTracker()
+                    for tag, tensors in trainer.state_tensors().items():
+                        tracker.register(tensors, tag)
+                    if losses is not None:  # the last step's stay alive during this one
+                        tracker.register(losses.tensors(), "other")
+                tracker.register([x, y], "other")
+                with tracker:
+                    losses = trainer.train_step(x, y, tracker)
+                if step == windows.tracked[-1]:
+                    result.memory = tracker.result(
+                        storage_bytes(t for ts in trainer.state_tensors().values() for t in ts),
+                        trainer.split.K,
+                    )
+                    tracker = None
+            elif step in windows.timed:
+                if step == windows.timed.start and cuda_window is not None:
                     cuda_window.open()
                 timer.start()
-            losses = trainer.train_step(x, y)
-            if measured:
+                losses = trainer.train_step(x, y)
                 timer.stop()
-                if step == window_end - 1 and cuda_window is not None:
+                if step == windows.timed[-1] and cuda_window is not None:
                     result.cuda = cuda_window.close()
+            else:
+                losses = trainer.train_step(x, y)
             loss_sum += losses.output.double() * len(y)
             if losses.local:
                 # sized on first use: end-to-end methods report no local losses

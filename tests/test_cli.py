@@ -226,8 +226,9 @@ def test_run_dgl_writes_one_record(capsys, tmp_path):
     assert len(rec["curve"]) == 1
     assert rec["curve"][0]["epoch"] == 1
     assert len(rec["curve"][0]["local_losses"]) == 1  # one local loss for K=2
-    # 512 samples / 64 = 8 steps; warm-up 3, window of 20 clipped to the run -> 5 steps.
-    assert rec["measured_steps"] == 5
+    # 512 samples / 64 = 8 steps: warm-up 3, 2 tracked for memory, 20 timed clipped to 3.
+    assert rec["measured_steps"] == 3
+    assert rec["memory"]["steps"] == 2
     assert rec["params_aux"] == DGL_SMALLNET_K2_AUX_PARAMS
     assert rec["params_aux"] > 0
     assert rec["final_test_acc"] == rec["curve"][-1]["test_acc"]

@@ -111,11 +111,26 @@ def test_two_runs_with_the_same_seed_are_bitwise_identical():
     assert [drop(x) for x in c.curve] != [drop(x) for x in a.curve]
 
 
-def test_measured_window_is_clipped_to_the_run():
-    # synthetic: 512 samples at batch 128 -> 4 steps; warm-up 3 -> one measured step.
-    r = execute(
-        RunConfig(method="bp", dataset="synthetic", epochs=1, batch_size=128, warmup_steps=3)
+def test_measured_windows_are_clipped_to_the_run():
+    from bench.trainer import Windows
+
+    assert Windows.plan(total=30, warmup=3, track=2, measure=20) == Windows(
+        range(3, 5), range(5, 25)
     )
+    assert Windows.plan(total=4, warmup=3, track=2, measure=20) == Windows(range(3, 4), range(4, 4))
+    assert Windows.plan(total=2, warmup=3, track=0, measure=5) == Windows(range(1, 1), range(1, 2))
+    # synthetic: 512 samples at batch 128 -> 4 steps; warm-up 2, one tracked, one timed.
+    r = execute(
+        RunConfig(
+            method="bp",
+            dataset="synthetic",
+            epochs=1,
+            batch_size=128,
+            warmup_steps=2,
+            track_steps=1,
+        )
+    )
+    assert r.memory["steps"] == 1
     assert r.measured_steps == 1
     assert r.step_time_p10_s == r.step_time_median_s == r.step_time_p90_s
     assert r.images_per_s == pytest.approx(128 / r.step_time_median_s)

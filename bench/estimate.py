@@ -1,0 +1,117 @@
+"""``locbench estimate``: peak training memory predicted without running a kernel.
+
+The same training step the harness runs is replayed on fake tensors (``FakeTensorMode``: every
+op computes only shapes, nothing is allocated) under the :class:`~bench.memory.MemoryTracker`,
+for any method, backbone, K, batch size and image size. The first step creates gradients and
+optimizer state; the second, steady-state step is measured, as a run's tracked window is. The
+peak is reported as is and with CUDA's 512-byte rounding of every allocation.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from bench.config import RunConfig
+from bench.describe import build_method
+from bench.errors import UserError
+from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
+from bench.trainer import LocalTrainer, OptimSettings
+
+UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+UNITS |= {"kb": 10**3, "mb": 10**6, "gb": 10**9}
+
+
+def parse_bytes(text: str) -> int:
+    """``24GiB``, ``512 MiB``, ``8GB`` or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in UNITS:
+        raise UserError(f"cannot read {text!r} as a size; use e.g. 24GiB, 512MiB, 8GB or bytes")
+    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+
+
+def estimate(
+    config: RunConfig,
+    batch_size: int,
+    image_size: int | None = None,
+    num_classes: int = 10,
+) -> TrackedPeak:
+    """Tracked peak of one steady-state training step of ``config``, on fake tensors."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        backbone, method = build_method(config, num_classes, image_size)
+        trainer = LocalTrainer(
+            backbone,
+            method.split,
+            method,
+            OptimSettings(
+                lr=0.1,
+                epochs=1,
+                momentum=config.momentum,
+                nesterov=config.nesterov,
+                weight_decay=config.weight_decay,
+            ),
+            torch.device("cpu"),
+        )
+        x = torch.empty(batch_size, *backbone.input_shape)
+        y = torch.zeros(batch_size, dtype=torch.long)
+        try:
+            previous = trainer.train_step(x, y)
+            tracker = MemoryTracker()
+            for tag, tensors in trainer.state_tensors().items():
+                tracker.register(tensors, tag)
+            # the batch, and the last step's losses, alive during the next step as in fit
+            tracker.register([x, y, *previous.tensors()], "other")
+            with tracker:
+                trainer.train_step(x, y, tracker)
+        except (RuntimeError, ValueError) as e:  # e.g. BatchNorm1d given a batch of one
+            message = str(e).strip().splitlines()[0]
+            raise UserError(f"one training step at batch {batch_size} fails: {message}") from None
+        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
+        return tracker.result(resident, method.split.K)
+
+
+def max_batch(
+    config: RunConfig,
+    budget: int,
+    image_size: int | None = None,
+    num_classes: int = 10,
+    limit: int = 2**20,
+) -> tuple[int, TrackedPeak | None]:
+    """The largest batch whose rounded peak fits ``budget`` bytes, and its estimate; (0, None)
+    if not even one sample fits.
+
+    Memory grows almost linearly with the batch: a line through the estimates at 2 and 4
+    predicts the answer, a widening step brackets it, and bisection settles it exactly."""
+    cache: dict[int, TrackedPeak] = {}
+
+    def peak(b: int) -> TrackedPeak:
+        if b not in cache:
+            cache[b] = estimate(config, b, image_size, num_classes)
+        return cache[b]
+
+    def fits(b: int) -> bool:
+        return peak(b).peak_bytes_rounded <= budget
+
+    if not fits(1):
+        return 0, None
+    slope = max((peak(4).peak_bytes_rounded - peak(2).peak_bytes_rounded) / 2, 1.0)
+    guess = int(min(max(2 + (budget - peak(2).peak_bytes_rounded) / slope, 1), limit))
+    step = max(guess // 32, 1)
+    if fits(guess):
+        lo, hi = guess, min(guess + step, limit + 1)
+        while hi <= limit and fits(hi):
+            lo, step = hi, step * 2
+            hi = min(lo + step, limit + 1)
+    else:
+        lo, hi = max(guess - step, 1), guess
+        while not fits(lo):
+            hi, step = lo, step * 2
+            lo = max(hi - step, 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, peak(lo)

@@ -1,0 +1,245 @@
+"""Tracked memory: the peak of live tensor-storage bytes, on any device, with a breakdown.
+
+A :class:`MemoryTracker` is a ``TorchDispatchMode``: every tensor an op returns is looked up by
+its storage; a storage seen for the first time is an allocation, and a weak reference on it
+reports its release. Views and in-place results share their base's storage, so they cost
+nothing. The same tracker runs on real tensors (CPU or CUDA) and on fake ones
+(``FakeTensorMode``: no kernels, no allocation), which is how :mod:`bench.estimate` predicts GPU
+memory without a GPU.
+
+The harness tells the tracker what it is doing (:meth:`MemoryTracker.phase`): a backbone
+module's forward, a local loss (the auxiliary nets), a backward, the optimizer step. New
+storages are tagged with the phase that made them; at the end, the live set at the peak is
+rebuilt from the event log and classified with what the storages turned out to be:
+
+* ``parameters``: parameters and buffers (BatchNorm statistics);
+* ``gradients``: storages that are a parameter's ``.grad`` at the end of their step;
+* ``optimizer_state``: storages held in ``optimizer.state`` (momentum buffers);
+* ``backbone_activations``: made during a backbone module's forward (kept for backward, or
+  the boundary tensor handed to the next module);
+* ``aux_activations``: made while computing a local loss (auxiliary nets, decoders, losses);
+* ``other``: the input batch, backward temporaries (activation gradients) and the rest.
+
+No module hooks are used: forward and backward interleave across modules in this harness,
+which confuses hook-based trackers such as ``torch.distributed._tools.mem_tracker``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "backbone_activations",
+    "aux_activations",
+    "other",
+)
+CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to 512 bytes
+
+
+def round_up(nbytes: int, block: int = CUDA_BLOCK) -> int:
+    return -(-nbytes // block) * block
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views counted once)."""
+    storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+@dataclass
+class TrackedPeak:
+    """The tracked peak of a window of steps. Bytes throughout."""
+
+    peak_bytes: int
+    peak_bytes_rounded: int  # with CUDA's 512-byte rounding of every storage
+    breakdown: dict[str, int]
+    module_peaks: list[int]  # peak live bytes while each module's phases ran
+    module_activation_peaks: list[int]  # peak activation bytes made by each module
+    resident_bytes: int  # parameters + gradients + optimizer state, at their full size
+    steps: int
+
+    @property
+    def floor_bytes(self) -> int:
+        """Parameters, gradients and optimizer state, plus the largest single module's own
+        activations with its auxiliary net: what no schedule of these modules can go below."""
+        return self.resident_bytes + max(self.module_activation_peaks, default=0)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items()}
+        d["floor_bytes"] = self.floor_bytes
+        d["peak_over_floor"] = self.peak_bytes / self.floor_bytes if self.floor_bytes else None
+        return d
+
+
+@dataclass
+class _Storage:
+    uid: int
+    nbytes: int
+    tag: str
+    module: int | None
+
+
+@dataclass
+class _StepRoles:
+    gradients: set[int] = field(default_factory=set)
+    optimizer_state: set[int] = field(default_factory=set)
+
+
+class MemoryTracker(TorchDispatchMode):
+    """Counts live tensor-storage bytes between :meth:`begin` and :meth:`end`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, _Storage] = {}  # storage pointer -> record
+        self._refs: dict[int, weakref.ref] = {}
+        self._next_uid = 0
+        self._tag, self._module = "other", None
+        self.current = 0
+        self.current_rounded = 0
+        self._events: list[tuple[int, int]] = []  # (+uid | -uid - 1, running total)
+        self._records: dict[int, _Storage] = {}
+        self._roles = _StepRoles()
+        self._params: set[int] = set()
+        self._module_peaks: dict[int, int] = {}
+        self._module_activation: dict[int, int] = {}
+        self._module_activation_peaks: dict[int, int] = {}
+        self.peak = self.peak_rounded = 0
+        self._peak_event = -1
+        self._steps = 0
+
+    # -- what the harness tells the tracker -------------------------------------------------
+
+    def register(self, tensors: Iterable[torch.Tensor], tag: str) -> None:
+        """Storages that exist already (parameters, buffers, grads, optimizer state, inputs)."""
+        for t in tensors:
+            record = self._add(t, tag, None)
+            if record is not None and tag == "parameters":
+                self._params.add(record.uid)
+
+    @contextlib.contextmanager
+    def phase(self, tag: str, module: int | None = None) -> Iterator[None]:
+        previous = self._tag, self._module
+        self._tag, self._module = tag, module
+        try:
+            yield
+        finally:
+            self._tag, self._module = previous
+
+    def end_step(
+        self, params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Note which live storages are gradients and optimizer state after a step."""
+        self._steps += 1
+        for p in params:
+            if p.grad is not None:
+                uid = self._uid_of(p.grad)
+                if uid is not None:
+                    self._roles.gradients.add(uid)
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    uid = self._uid_of(value)
+                    if uid is not None:
+                        self._roles.optimizer_state.add(uid)
+
+    # -- results ------------------------------------------------------------------------------
+
+    def result(self, resident_bytes: int, n_modules: int) -> TrackedPeak:
+        breakdown = dict.fromkeys(CATEGORIES, 0)
+        for uid in self._live_at(self._peak_event):
+            record = self._records[uid]
+            breakdown[self._category(record)] += record.nbytes
+        return TrackedPeak(
+            peak_bytes=self.peak,
+            peak_bytes_rounded=self.peak_rounded,
+            breakdown=breakdown,
+            module_peaks=[self._module_peaks.get(k, 0) for k in range(n_modules)],
+            module_activation_peaks=[
+                self._module_activation_peaks.get(k, 0) for k in range(n_modules)
+            ],
+            resident_bytes=resident_bytes,
+            steps=self._steps,
+        )
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t, self._tag, self._module)
+        return out
+
+    def _uid_of(self, t: torch.Tensor) -> int | None:
+        record = self._live.get(t.untyped_storage()._cdata)
+        return record.uid if record is not None else None
+
+    def _add(self, t: torch.Tensor, tag: str, module: int | None) -> _Storage | None:
+        storage = t.untyped_storage()
+        key = storage._cdata
+        if key in self._live:
+            return self._live[key]
+        record = _Storage(self._next_uid, storage.nbytes(), tag, module)
+        self._next_uid += 1
+        self._live[key] = self._records[record.uid] = record
+        self._refs[key] = weakref.ref(storage, lambda _, key=key: self._release(key))
+        self._change(record, +1)
+        return record
+
+    def _release(self, key: int) -> None:
+        record = self._live.pop(key, None)
+        self._refs.pop(key, None)
+        if record is not None:
+            self._change(record, -1)
+
+    def _change(self, record: _Storage, sign: int) -> None:
+        self.current += sign * record.nbytes
+        self.current_rounded += sign * round_up(record.nbytes)
+        self._events.append((record.uid if sign > 0 else -record.uid - 1, self.current))
+        if record.module is not None and record.tag in ("backbone", "aux"):
+            k = record.module
+            self._module_activation[k] = self._module_activation.get(k, 0) + sign * record.nbytes
+            self._module_activation_peaks[k] = max(
+                self._module_activation_peaks.get(k, 0), self._module_activation[k]
+            )
+        if sign > 0:
+            if self.current > self.peak:
+                self.peak, self._peak_event = self.current, len(self._events) - 1
+            self.peak_rounded = max(self.peak_rounded, self.current_rounded)
+            if self._module is not None:
+                k = self._module
+                self._module_peaks[k] = max(self._module_peaks.get(k, 0), self.current)
+
+    def _live_at(self, event: int) -> set[int]:
+        live: set[int] = set()
+        for code, _ in self._events[: event + 1]:
+            if code >= 0:
+                live.add(code)
+            else:
+                live.discard(-code - 1)
+        return live
+
+    def _category(self, record: _Storage) -> str:
+        if record.uid in self._params:
+            return "parameters"
+        if record.uid in self._roles.gradients:
+            return "gradients"
+        if record.uid in self._roles.optimizer_state:
+            return "optimizer_state"
+        if record.tag == "backbone":
+            return "backbone_activations"
+        if record.tag == "aux":
+            return "aux_activations"
+        if record.tag in ("gradients", "optimizer_state"):
+            return record.tag
+        return "other"
