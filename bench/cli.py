@@ -76,7 +76,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument(
+        "--memory",
+        default="auto",
+        choices=("auto", "tracked", "cuda", "both"),
+        help="auto: the CUDA allocator on a GPU, the storage tracker otherwise",
+    )
     p.add_argument("--warmup-steps", type=int, default=3, help="steps before the measured window")
+    p.add_argument("--track-steps", type=int, default=2, help="steps under the memory tracker")
     p.add_argument("--measure-steps", type=int, default=20, help="steps in the measured window")
     p.add_argument("--out", type=Path, default=Path("runs"), help="results folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -98,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--batch-size", type=int, default=64, help="batch for FLOPs per step")
     describe.add_argument("--classes", type=int, default=10, help="number of classes")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
+    est = sub.add_parser(
+        "estimate", help="predicted peak training memory per method, without a GPU"
+    )
+    add_model_arguments(est, net="resnet32")
+    est.set_defaults(method=None)
+    est.add_argument(
+        "--methods", default=None, help="comma-separated methods (default: all registered)"
+    )
+    est.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=1024)
+    est.add_argument("--image-size", type=int, default=None, help="input side (default: net's)")
+    est.add_argument("--classes", type=int, default=10, help="number of classes")
+    est.add_argument("--max-batch", action="store_true", help="find the largest batch that fits")
+    est.add_argument("--budget", default="24GiB", help="memory budget for --max-batch")
+    est.add_argument("--json", action="store_true", help="print a JSON list, one object each")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
     demo.add_argument("--epochs", type=int, default=10)
@@ -136,6 +157,8 @@ def config_from_args(args: argparse.Namespace):
         augment=not args.no_augment,
         num_workers=args.workers,
         warmup_steps=args.warmup_steps,
+        track_steps=args.track_steps,
+        memory=args.memory,
         measure_steps=args.measure_steps,
     )
 
@@ -201,6 +224,37 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.config import RunConfig
+    from bench.estimate import estimate_methods, format_estimates, parse_bytes
+    from methods import METHODS
+
+    if args.method is not None:
+        raise UserError("estimate compares methods: use --methods a,b,c instead of --method")
+    args.method = "bp"
+    methods = args.methods.split(",") if args.methods else METHODS.names()
+    if "bp" in methods:  # BP first: the others are compared with it
+        methods = ["bp"] + [m for m in methods if m != "bp"]
+    if args.image_size is not None and args.image_size < 1:
+        raise UserError(f"image size must be at least 1, got {args.image_size}")
+    budget = parse_bytes(args.budget) if args.max_batch else None
+    config = RunConfig(**model_settings(args))
+    rows = estimate_methods(config, methods, args.batch_size, args.image_size, args.classes, budget)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    size = f", image {args.image_size}" if args.image_size else ""
+    what = f"largest batch within {args.budget}" if budget else f"batch {args.batch_size}"
+    title = (
+        f"estimated peak memory of one training step: {config.net}, K={config.K or 'every unit'}"
+        f", {what}{size} (fake tensors, CUDA 512-byte rounding)"
+    )
+    print(format_estimates(rows, title))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.config import RunConfig
     from bench.records import curves_frame, results_frame
@@ -221,7 +275,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"list": cmd_list, "run": cmd_run, "describe": cmd_describe, "demo": cmd_demo}
+    commands = {
+        "list": cmd_list,
+        "run": cmd_run,
+        "describe": cmd_describe,
+        "estimate": cmd_estimate,
+        "demo": cmd_demo,
+    }
     try:
         return commands[args.command](args) or 0
     except UserError as e:

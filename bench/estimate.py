@@ -9,6 +9,7 @@ peak is reported as is and with CUDA's 512-byte rounding of every allocation.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
@@ -17,7 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from bench.config import RunConfig
 from bench.describe import build_method
 from bench.errors import UserError
-from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
+from bench.memory import TrackedPeak
 from bench.trainer import LocalTrainer, OptimSettings
 
 UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -59,19 +60,13 @@ def estimate(
         x = torch.empty(batch_size, *backbone.input_shape)
         y = torch.zeros(batch_size, dtype=torch.long)
         try:
-            previous = trainer.train_step(x, y)
-            tracker = MemoryTracker()
-            for tag, tensors in trainer.state_tensors().items():
-                tracker.register(tensors, tag)
-            # the batch, and the last step's losses, alive during the next step as in fit
-            tracker.register([x, y, *previous.tensors()], "other")
-            with tracker:
-                trainer.train_step(x, y, tracker)
+            previous = trainer.train_step(x, y)  # makes the gradients and optimizer state
+            tracker = trainer.start_tracking(previous)
+            trainer.tracked_step(tracker, x, y)
         except (RuntimeError, ValueError) as e:  # e.g. BatchNorm1d given a batch of one
             message = str(e).strip().splitlines()[0]
             raise UserError(f"one training step at batch {batch_size} fails: {message}") from None
-        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
-        return tracker.result(resident, method.split.K)
+        return trainer.tracked_result(tracker)
 
 
 def max_batch(
@@ -115,3 +110,66 @@ def max_batch(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo, peak(lo)
+
+
+MIB = 2**20
+
+
+def estimate_methods(
+    config: RunConfig,
+    methods: list[str],
+    batch_size: int,
+    image_size: int | None = None,
+    num_classes: int = 10,
+    budget: int | None = None,
+) -> list[dict]:
+    """One row per method: its estimated peak at ``batch_size`` (or, with ``budget``, at the
+    largest batch that fits), the breakdown, and the saving versus BP when BP is among them."""
+    rows = []
+    for name in methods:
+        cfg = for_method(config, name)
+        if budget is None:
+            batch, peak = batch_size, estimate(cfg, batch_size, image_size, num_classes)
+        else:
+            batch, peak = max_batch(cfg, budget, image_size, num_classes)
+        K = build_method(cfg, num_classes)[1].split.K
+        row = {"method": name, "K": K, "batch_size": batch}
+        if peak is not None:
+            row |= {
+                "peak_bytes": peak.peak_bytes_rounded,
+                "peak_bytes_unrounded": peak.peak_bytes,
+                "floor_bytes": peak.floor_bytes,
+                "breakdown": peak.breakdown,
+            }
+        rows.append(row)
+    bp = next((r for r in rows if r["method"] == "bp" and "peak_bytes" in r), None)
+    for r in rows:
+        if bp is not None and "peak_bytes" in r and budget is None:
+            r["saving_vs_bp"] = 1 - r["peak_bytes"] / bp["peak_bytes"]
+    return rows
+
+
+def for_method(config: RunConfig, name: str) -> RunConfig:
+    """``config`` for method ``name``, keeping only the hyperparameters that method has."""
+    from methods.loading import resolve_method
+
+    fields = {f.name for f in dataclasses.fields(resolve_method(name).Params)}
+    params = {k: v for k, v in config.method_params.items() if k in fields}
+    return dataclasses.replace(config, method=name, method_params=params)
+
+
+def format_estimates(rows: list[dict], title: str) -> str:
+    import pandas as pd
+
+    table = []
+    for r in rows:
+        line = {"method": r["method"], "K": r["K"], "batch": r["batch_size"]}
+        if "peak_bytes" in r:
+            line["peak (MiB)"] = r["peak_bytes"] / MIB
+            if "saving_vs_bp" in r:
+                line["saving vs bp (%)"] = 100 * r["saving_vs_bp"]
+            for key, value in r["breakdown"].items():
+                line[f"{key.replace('_', ' ')} (MiB)"] = value / MIB
+        table.append(line)
+    text = pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.1f}")
+    return f"{title}\n{text}"

@@ -87,6 +87,7 @@ class _Storage:
     nbytes: int
     tag: str
     module: int | None
+    step: int
 
 
 @dataclass
@@ -140,6 +141,7 @@ class MemoryTracker(TorchDispatchMode):
     ) -> None:
         """Note which live storages are gradients and optimizer state after a step."""
         self._steps += 1
+        self._module_activation.clear()
         for p in params:
             if p.grad is not None:
                 uid = self._uid_of(p.grad)
@@ -189,7 +191,7 @@ class MemoryTracker(TorchDispatchMode):
         key = storage._cdata
         if key in self._live:
             return self._live[key]
-        record = _Storage(self._next_uid, storage.nbytes(), tag, module)
+        record = _Storage(self._next_uid, storage.nbytes(), tag, module, self._steps)
         self._next_uid += 1
         self._live[key] = self._records[record.uid] = record
         self._refs[key] = weakref.ref(storage, lambda _, key=key: self._release(key))
@@ -206,7 +208,10 @@ class MemoryTracker(TorchDispatchMode):
         self.current += sign * record.nbytes
         self.current_rounded += sign * round_up(record.nbytes)
         self._events.append((record.uid if sign > 0 else -record.uid - 1, self.current))
-        if record.module is not None and record.tag in ("backbone", "aux"):
+        # A module's own activations: what its phases made in the current step.
+        if record.module is not None and record.tag in ("backbone", "aux") and (
+            record.step == self._steps
+        ):
             k = record.module
             self._module_activation[k] = self._module_activation.get(k, 0) + sign * record.nbytes
             self._module_activation_peaks[k] = max(

@@ -131,6 +131,25 @@ class LocalTrainer:
             tracker.end_step(self.parameters(), self.optimizer)
         return StepLosses(local, loss.detach(), correct)
 
+    def start_tracking(self, previous: StepLosses | None = None) -> MemoryTracker:
+        """A tracker that already counts what is resident between steps: parameters, buffers,
+        gradients, optimizer state, and the last step's losses (still referenced)."""
+        tracker = MemoryTracker()
+        for tag, tensors in self.state_tensors().items():
+            tracker.register(tensors, tag)
+        if previous is not None:
+            tracker.register(previous.tensors(), "other")
+        return tracker
+
+    def tracked_step(self, tracker: MemoryTracker, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
+        tracker.register([x, y], "other")
+        with tracker:
+            return self.train_step(x, y, tracker)
+
+    def tracked_result(self, tracker: MemoryTracker) -> TrackedPeak:
+        resident = storage_bytes(t for ts in self.state_tensors().values() for t in ts)
+        return tracker.result(resident, self.split.K)
+
     def parameters(self) -> list[nn.Parameter]:
         return list(self.modules.parameters()) + list(self.method.parameters())
 
@@ -246,20 +265,10 @@ def fit(
             x, y = trainer.to_device(x, y)
             if step in windows.tracked:
                 if step == windows.tracked.start:
-                    tracker = MemoryTracker()
-                    for tag, tensors in trainer.state_tensors().items():
-                        tracker.register(tensors, tag)
-                    if losses is not None:  # the last step's stay alive during this one
-                        tracker.register(losses.tensors(), "other")
-                tracker.register([x, y], "other")
-                with tracker:
-                    losses = trainer.train_step(x, y, tracker)
+                    tracker = trainer.start_tracking(previous=losses)
+                losses = trainer.tracked_step(tracker, x, y)
                 if step == windows.tracked[-1]:
-                    result.memory = tracker.result(
-                        storage_bytes(t for ts in trainer.state_tensors().values() for t in ts),
-                        trainer.split.K,
-                    )
-                    tracker = None
+                    result.memory, tracker = trainer.tracked_result(tracker), None
             elif step in windows.timed:
                 if step == windows.timed.start and cuda_window is not None:
                     cuda_window.open()

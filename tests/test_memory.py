@@ -1,0 +1,178 @@
+"""Tracked memory and the fake-tensor estimate: equal to each other, sensible relations, CLI."""
+
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.config import RunConfig
+from bench.errors import UserError
+from bench.estimate import estimate, max_batch, parse_bytes
+from bench.memory import CATEGORIES, round_up
+from bench.run import execute
+
+METHODS_K = [
+    ("bp", None),
+    ("bp-ckpt", 4),
+    ("dgl", 4),
+    ("infopro", 4),
+    ("predsim", 4),
+    ("auglocal", 4),
+]
+
+
+@pytest.mark.parametrize("name, K", METHODS_K)
+def test_tracked_on_cpu_equals_the_fake_tensor_estimate(name, K):
+    config = RunConfig(method=name, K=K, net="smallnet", dataset="synthetic", epochs=1)
+    record = execute(config)
+    tracked = record.memory
+    predicted = estimate(config, batch_size=64)
+    assert tracked["steps"] == 2
+    assert tracked["peak_bytes"] == predicted.peak_bytes
+    assert tracked["breakdown"] == predicted.breakdown
+    assert tracked["module_peaks"] == predicted.module_peaks
+    # Not compared: module_activation_peaks (and so the floor). CPU's binary_cross_entropy
+    # returns its 0-dim loss on a storage as large as its input (InfoPro: 192 KiB for a
+    # moment), where the shape-only kernel allocates 4 bytes; it is not at the peak.
+    assert record.memory["peak_over_floor"] == tracked["peak_bytes"] / tracked["floor_bytes"]
+
+
+@pytest.fixture(scope="module")
+def resnet32_peaks():
+    return {
+        name: estimate(RunConfig(method=name, K=16, net="resnet32"), batch_size=64)
+        for name, _ in METHODS_K
+    }
+
+
+def test_bp_needs_the_most_memory_on_resnet32_K16(resnet32_peaks):
+    bp = resnet32_peaks["bp"].peak_bytes
+    for name, peak in resnet32_peaks.items():
+        if name != "bp":
+            assert peak.peak_bytes < bp, name
+
+
+def test_breakdown_and_module_peaks_are_consistent(resnet32_peaks):
+    for name, peak in resnet32_peaks.items():
+        assert set(peak.breakdown) == set(CATEGORIES)
+        assert sum(peak.breakdown.values()) == peak.peak_bytes, name
+        assert max(peak.module_peaks) <= peak.peak_bytes, name
+        assert peak.peak_bytes <= peak.peak_bytes_rounded
+        assert peak.floor_bytes <= peak.peak_bytes_rounded, name
+    # parameters + buffers: ResNet-32 has 466,906 parameters; its 33 BatchNorms (stem, two per
+    # block, two projections) over 16 + 10*16 + 10*32 + 32 + 10*64 + 64 = 1,232 channels keep a
+    # running mean and variance per channel and one int64 counter each.
+    bn_layers, bn_channels = 33, 1_232
+    bp = resnet32_peaks["bp"].breakdown
+    assert bp["parameters"] == 466_906 * 4 + 2 * bn_channels * 4 + bn_layers * 8
+    # BP: nothing auxiliary; local methods: something auxiliary is counted somewhere
+    assert bp["aux_activations"] == 0
+    assert resnet32_peaks["bp-ckpt"].breakdown["aux_activations"] == 0
+
+
+def test_estimate_scales_with_batch_and_image_size():
+    config = RunConfig(method="bp", net="resnet32")
+    act = {b: estimate(config, b).breakdown["backbone_activations"] for b in (16, 32, 48)}
+    # affine in the batch: BatchNorm's saved per-channel statistics do not grow with it
+    per_sample = (act[32] - act[16]) // 16
+    assert act[48] - act[32] == act[32] - act[16] > 0
+    fixed = act[16] - 16 * per_sample
+    assert 0 < fixed < 0.001 * act[16]
+    bigger = estimate(config, 16, image_size=64).breakdown["backbone_activations"]
+    # 4x the pixels, 4x the activations, but for the few pooled features and logits
+    assert (bigger - fixed) / (act[16] - fixed) == pytest.approx(4, rel=1e-4)
+    assert bigger - fixed < 4 * (act[16] - fixed)
+
+
+def test_rounding_is_per_storage():
+    assert [round_up(n) for n in (1, 512, 513, 0)] == [512, 512, 1024, 0]
+
+
+def test_max_batch_is_the_largest_that_fits():
+    config = RunConfig(method="bp", net="smallnet")
+    budget = estimate(config, 100).peak_bytes_rounded
+    batch, peak = max_batch(config, budget)
+    assert peak.peak_bytes_rounded <= budget
+    assert estimate(config, batch + 1).peak_bytes_rounded > budget
+    assert batch >= 100
+    assert max_batch(config, 1000) == (0, None)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("24GiB", 24 * 2**30), ("512 MiB", 512 * 2**20), ("8GB", 8 * 10**9), ("4096", 4096)],
+)
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == value
+
+
+def test_parse_bytes_rejects_nonsense():
+    with pytest.raises(UserError, match="24GiB"):
+        parse_bytes("lots")
+
+
+def test_estimate_cli_table_and_json(capsys):
+    assert (
+        main(["estimate", "--net", "smallnet", "--K", "4", "--batch", "8", "--methods", "dgl,bp"])
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("estimated peak memory of one training step: smallnet, K=4, batch 8")
+    assert out[1].split()[:5] == ["method", "K", "batch", "peak", "(MiB)"]
+    assert out[2].split()[0] == "bp" and out[3].split()[0] == "dgl"  # BP first
+    assert (
+        main(
+            [
+                "estimate",
+                "--net",
+                "smallnet",
+                "--K",
+                "4",
+                "--batch",
+                "8",
+                "--methods",
+                "bp,dgl",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["bp", "dgl"]
+    assert {"method", "peak_bytes", "breakdown"} <= set(rows[1])
+    assert rows[0]["saving_vs_bp"] == 0.0
+    assert rows[1]["saving_vs_bp"] == pytest.approx(
+        1 - rows[1]["peak_bytes"] / rows[0]["peak_bytes"]
+    )
+    assert (
+        rows[1]["peak_bytes"]
+        == estimate(RunConfig(method="dgl", K=4, net="smallnet"), 8).peak_bytes_rounded
+    )
+
+
+def test_estimate_cli_errors(capsys):
+    assert main(["estimate", "--method", "dgl"]) == 2
+    assert "use --methods" in capsys.readouterr().err
+    assert main(["estimate", "--methods", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("locbench: error: unknown method 'nope'")
+    assert main(["estimate", "--max-batch", "--budget", "lots"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_run_memory_option_on_cpu(tmp_path, capsys):
+    argv = [
+        "run",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--memory", "cuda"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert main([*argv, "--memory", "tracked"]) == 0
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["config"]["memory"] == "tracked" and record["memory"]["peak_bytes"] > 0
+    assert record["flops"]["total"] == record["flops"]["backbone"] + record["flops"]["aux"]
