@@ -22,12 +22,18 @@ COLUMNS = {
 
 
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: method, net, K, accuracy, median step time, and CUDA peak in MiB
-    when the runs were measured on a GPU."""
+    """One row per run: method, net, K, accuracy, median step time, the tracked peak in MiB
+    and its ratio to the memory floor when tracked, the CUDA peak in MiB when measured on a
+    GPU, and GFLOPs per training step when recorded."""
     table = results[[c for c in COLUMNS if c in results]].rename(columns=COLUMNS).copy()
     table["step (ms)"] = table["step (ms)"] * 1e3
+    if "memory.peak_bytes" in results:
+        table["tracked peak (MiB)"] = results["memory.peak_bytes"] / MIB
+        table["peak / floor"] = results["memory.peak_over_floor"]
     if "cuda.peak_allocated_bytes" in results:
         table["CUDA peak (MiB)"] = results["cuda.peak_allocated_bytes"] / MIB
+    if "flops.total" in results:
+        table["GFLOP / step"] = results["flops.total"] / 1e9
     return table.reset_index(drop=True)
 
 

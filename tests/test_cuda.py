@@ -69,3 +69,24 @@ def test_local_step_peak_below_bp_on_resnet32():
         )
         peaks[method] = r.cuda["peak_allocated_bytes"] - r.cuda["allocated_at_start_bytes"]
     assert peaks["dgl"] < peaks["bp"]
+
+
+@pytest.mark.parametrize("method", ["bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"])
+def test_tracked_and_allocator_peaks_agree_within_10_percent(method):
+    """DESIGN.md: on CUDA the tracked peak must agree with the allocator's within 10%."""
+    K = None if method == "bp" else 16
+    r = execute(
+        RunConfig(
+            method=method,
+            K=K,
+            net="resnet32",
+            dataset="synthetic",
+            epochs=1,
+            batch_size=64,
+            device="cuda",
+            memory="both",
+        )
+    )
+    assert r.status == "ok", r.message
+    tracked, allocated = r.memory["peak_bytes_rounded"], r.cuda["peak_allocated_bytes"]
+    assert abs(tracked - allocated) <= 0.1 * allocated, (tracked, allocated)
