@@ -187,14 +187,26 @@ class MemoryTracker(TorchDispatchMode):
         return record.uid if record is not None else None
 
     def _add(self, t: torch.Tensor, tag: str, module: int | None) -> _Storage | None:
+        if t.is_sparse:  # a COO tensor owns no storage; its indices and values do
+            self._add(t._indices(), tag, module)
+            return self._add(t._values(), tag, module)
+        if t.layout != torch.strided:  # other sparse layouts: not counted
+            return None
         storage = t.untyped_storage()
         key = storage._cdata
-        if key in self._live:
-            return self._live[key]
+        known = self._live.get(key)
+        if known is not None:
+            if storage.nbytes() == known.nbytes:
+                return known
+            # grown (or shrunk) in place, e.g. by an out= argument or resize_: recount it
+            self._change(known, -1)
+            del self._live[key]
+            tag, module = known.tag, known.module
         record = _Storage(self._next_uid, storage.nbytes(), tag, module, self._steps)
         self._next_uid += 1
         self._live[key] = self._records[record.uid] = record
-        self._refs[key] = weakref.ref(storage, lambda _, key=key: self._release(key))
+        if key not in self._refs:
+            self._refs[key] = weakref.ref(storage, lambda _, key=key: self._release(key))
         self._change(record, +1)
         return record
 

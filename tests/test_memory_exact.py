@@ -77,7 +77,8 @@ class Walk:
 
 
 def tracked_events(tracker: MemoryTracker) -> list[tuple[int, int]]:
-    """The tracker's log as (+1 | -1, bytes): registrations, allocations and releases."""
+    """The tracker's log as (+1 | -1, bytes): registrations, allocations and releases (read
+    from its private event log, the one place these tests look inside it)."""
     records = tracker._records
     return [
         (+1, records[code].nbytes) if code >= 0 else (-1, records[-code - 1].nbytes)
@@ -145,9 +146,10 @@ def test_mlp_step_peak_by_hand(dtype, fake):
     a1 = N * H * e  # ReLU output, still saved by ReluBackward
     grads_layer2 = (C * H + C) * e  # made, stolen as .grad
     g_a1 = g_h1 = N * H * e  # threshold_backward's input and output
-    # Peak: threshold_backward of the ReLU. Earlier, at most the N x C log-softmax tensors and
-    # their gradients are live (3 N C e < N H e + grads_layer2 + 2 N H e); later a1, g_a1 are
-    # gone and only layer 1's gradients, (H D + H) e, are added.
+    # Peak: threshold_backward of the ReLU. The highest moment before it is
+    # _log_softmax_backward_data, with ls, g_ls, g_z, total_weight (3 N C e + e = 31 e) where
+    # the peak has g_W2, g_b2, g_a1, g_h1 (38 e); after it, a1 and g_a1 go before layer 1's
+    # gradients, (H D + H) e, come.
     peak = params + batch + loss_and_seed + a1 + grads_layer2 + g_a1 + g_h1
     assert tracker.peak == peak
     # After the step: the gradients (as big as the parameters) and the loss stay.
@@ -202,7 +204,7 @@ def cnn_walk() -> Walk:
         w.alloc(name, nbytes)
     # forward
     w.alloc("c", fmap)  # convolution; ConvolutionBackward saves x and conv_w, not c
-    w.alloc("reserve", 0)  # _batch_norm_impl_index's empty cuDNN reserve: a 0-byte storage
+    w.alloc("reserve", 0)  # _batch_norm_impl_index's reserve (cuDNN's): 0 bytes on the CPU
     w.alloc("b", fmap)  # native_batch_norm returns the output ...
     w.alloc("save_mean", CH * e)  # ... and the batch mean ...
     w.alloc("save_invstd", CH * e)  # ... and 1/std, both saved with c for its backward
@@ -402,3 +404,31 @@ def test_local_step_peak_below_bp_by_hand(fake):
     assert local_end == 3 * local_params + batch + 2 * e + INT64
     assert bp.resident_bytes == 3 * bp_params
     assert local.resident_bytes == 3 * local_params
+
+
+def test_storages_grown_in_place_are_recounted():
+    a, b = torch.randn(1000), torch.randn(1000)
+    tracker = MemoryTracker()
+    tracker.register([a, b], "other")
+    with tracker:
+        out = torch.empty(0)
+        torch.add(a, b, out=out)
+    assert tracker.current == 3 * 1000 * 4
+    with MemoryTracker() as grown:
+        c = torch.empty(0)
+        c.resize_(1000)
+    assert grown.current == 1000 * 4
+    del c
+    assert grown.current == 0
+
+
+def test_sparse_gradients_count_their_indices_and_values():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    idx = torch.tensor([1, 2])
+    with MemoryTracker() as tracker:
+        emb(idx).sum().backward()
+    grad = emb.weight.grad
+    expected = grad._indices().numel() * 8 + grad._values().numel() * 4
+    assert expected == 2 * 8 + 2 * 3 * 4
+    # the sparse gradient's own storages are counted (the tracker used to crash on them)
+    assert tracker.current >= expected
