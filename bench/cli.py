@@ -119,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--max-batch", action="store_true", help="find the largest batch that fits")
     est.add_argument("--budget", default="24GiB", help="memory budget for --max-batch")
     est.add_argument("--json", action="store_true", help="print a JSON list, one object each")
+    sw = sub.add_parser("sweep", help="a grid of runs, one process each, resumable")
+    source = sw.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None, help="a named grid (see `locbench list`)")
+    source.add_argument("--config", type=Path, default=None, help="a TOML file: [grid], [run]")
+    sw.add_argument("--methods", default=None, help="comma-separated, e.g. bp,dgl,auglocal")
+    sw.add_argument("--nets", default=None, help="comma-separated backbones")
+    sw.add_argument("--K", default=None, help="comma-separated K values (none: every unit)")
+    sw.add_argument("--aux-depth", default=None, help="comma-separated depths (auglocal)")
+    sw.add_argument("--batch-size", default=None, help="comma-separated batch sizes")
+    sw.add_argument("--seeds", default=None, help="comma-separated seeds")
+    sw.add_argument("--dataset", default=None)
+    sw.add_argument("--epochs", type=int, default=None)
+    sw.add_argument("--device", default=None)
+    sw.add_argument("--data-root", default=None)
+    sw.add_argument("--workers", type=int, default=1, help="runs at once (one per GPU)")
+    sw.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
+    sw.add_argument("--no-progress", action="store_true")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
     demo.add_argument("--epochs", type=int, default=10)
@@ -201,6 +218,9 @@ def cmd_list(_: argparse.Namespace) -> None:
         print("plugins:  " + ", ".join(plugins))
     print("nets:     " + ", ".join(BACKBONES.names()))
     print("datasets: " + ", ".join(DATASETS.names()))
+    from bench.presets import PRESETS
+
+    print("presets:  " + ", ".join(PRESETS.names()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -255,6 +275,37 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.presets import PRESETS
+    from bench.sweep import Grid, axes_from_args, load_grid, sweep
+
+    if args.preset:
+        grid = PRESETS.get(args.preset)
+    elif args.config:
+        grid = load_grid(args.config)
+    else:
+        grid = Grid()
+    run = {
+        key: value
+        for key, value in {
+            "dataset": args.dataset,
+            "epochs": args.epochs,
+            "device": args.device,
+            "data_root": args.data_root,
+        }.items()
+        if value is not None
+    }
+    grid = grid.override(**axes_from_args(vars(args)), run=run)
+    result = sweep(grid, args.out, workers=args.workers, progress=not args.no_progress)
+    print(
+        f"sweep: {result.total} configurations, {result.skipped} already done, "
+        f"{result.ran} run, {len(result.failed)} failed; records in {args.out}"
+    )
+    for line in result.failed:
+        print(f"  failed: {line}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.config import RunConfig
     from bench.records import curves_frame, results_frame
@@ -280,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "describe": cmd_describe,
         "estimate": cmd_estimate,
+        "sweep": cmd_sweep,
         "demo": cmd_demo,
     }
     try:

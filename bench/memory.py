@@ -221,8 +221,10 @@ class MemoryTracker(TorchDispatchMode):
         self.current_rounded += sign * round_up(record.nbytes)
         self._events.append((record.uid if sign > 0 else -record.uid - 1, self.current))
         # A module's own activations: what its phases made in the current step.
-        if record.module is not None and record.tag in ("backbone", "aux") and (
-            record.step == self._steps
+        if (
+            record.module is not None
+            and record.tag in ("backbone", "aux")
+            and (record.step == self._steps)
         ):
             k = record.module
             self._module_activation[k] = self._module_activation.get(k, 0) + sign * record.nbytes

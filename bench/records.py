@@ -163,18 +163,19 @@ def save_record(record: RunRecord, out_dir: Path) -> Path:
     return path
 
 
+def read_record(path: Path) -> RunRecord:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    return RunRecord.from_dict(data, source=str(path))
+
+
 def read_records(folder: str | Path) -> list[RunRecord]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder {folder} does not exist")
-    records = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        records.append(RunRecord.from_dict(data, source=str(path)))
-    return records
+    return [read_record(path) for path in sorted(folder.glob("*.json"))]
 
 
 def results_frame(records: list[RunRecord]):

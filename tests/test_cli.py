@@ -13,6 +13,7 @@ import pytest
 from bench.backbone import BACKBONES
 from bench.cli import main
 from bench.data import DATASETS
+from bench.presets import PRESETS
 from methods import METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +180,7 @@ def test_list_prints_every_registered_name(capsys):
         "methods": METHODS.names(),
         "nets": BACKBONES.names(),
         "datasets": DATASETS.names(),
+        "presets": PRESETS.names(),
     }
     # The seed registrations are there (the registries could be empty by mistake).
     assert {"bp", "dgl"} <= set(listed["methods"])

@@ -1,0 +1,54 @@
+"""Named sweep grids: the published configurations (REFERENCE.md) and a CPU preset.
+
+Training settings (batch, lr, epochs, warm-up) come from the dataset presets in
+:mod:`bench.config` (the AugLocal settings) unless a preset says otherwise. AugLocal's
+auxiliary depth: d = 2 for ResNet-32 (the README of the authors' code), d = 3 for ResNet-110.
+InfoPro's lambdas default to the published ones for ResNet-32 and ResNet-110. ImageNet
+(ResNet-34/101, VGG-13/19) is not a preset yet: there is no ImageNet loader.
+"""
+
+from __future__ import annotations
+
+from bench.registry import Registry
+from bench.sweep import Grid
+
+SEEDS = (0, 1, 2)
+ALL = ("bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal")
+
+PRESETS: Registry[Grid] = Registry("preset")
+
+# Minutes on 2 CPU cores: every method on the bundled digits, one seed.
+PRESETS.add(
+    "cpu-digits",
+    Grid(
+        methods=ALL,
+        nets=("smallnet",),
+        K=(4,),
+        aux_depth=(1,),
+        seeds=(0,),
+        run={"dataset": "digits", "epochs": 3},
+    ),
+)
+for dataset in ("cifar10", "svhn", "stl10"):
+    PRESETS.add(
+        f"{dataset}-resnet32",
+        Grid(
+            methods=ALL,
+            nets=("resnet32",),
+            K=(16,),
+            aux_depth=(2,),
+            seeds=SEEDS,
+            run={"dataset": dataset},
+        ),
+    )
+    PRESETS.add(
+        f"{dataset}-resnet110",
+        Grid(
+            methods=ALL,
+            nets=("resnet110",),
+            K=(55,),
+            aux_depth=(3,),
+            seeds=SEEDS,
+            run={"dataset": dataset},
+        ),
+    )

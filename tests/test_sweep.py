@@ -1,0 +1,146 @@
+"""Sweeps: the grid, TOML configs, one process per run, resume by hash, failures as rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.presets import PRESETS
+from bench.records import read_records
+from bench.sweep import Grid, finished_ids, load_grid, resolved_id, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"dataset": "synthetic", "epochs": 1, "warmup_steps": 1, "measure_steps": 2}
+
+
+def test_grid_expands_every_axis_once_and_depth_only_where_it_applies():
+    grid = Grid(
+        methods=("bp", "dgl", "auglocal"),
+        nets=("smallnet",),
+        K=(2, 4),
+        aux_depth=(1, 2),
+        seeds=(0, 1),
+        run=FAST,
+    )
+    configs = grid.configs()
+    # bp and dgl ignore the depth axis: 2 K x 2 seeds each; auglocal: 2 K x 2 depths x 2 seeds
+    assert len(configs) == 2 * 2 + 2 * 2 + 2 * 2 * 2
+    auglocal = [c for c in configs if c.method == "auglocal"]
+    assert sorted({c.method_params["depth"] for c in auglocal}) == [1, 2]
+    assert all(c.method_params == {} for c in configs if c.method != "auglocal")
+    assert len({resolved_id(c) for c in configs}) == len(configs)
+
+
+def test_override_replaces_only_what_is_given():
+    grid = PRESETS.get("cpu-digits").override(methods=("bp",), seeds=None, run={"epochs": 1})
+    assert grid.methods == ("bp",) and grid.seeds == (0,)
+    assert grid.run == {"dataset": "digits", "epochs": 1}
+
+
+def test_toml_config(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        '[grid]\nmethods = ["bp", "dgl"]\nK = [2]\nseeds = [0, 1]\n'
+        '[run]\ndataset = "synthetic"\nepochs = 1\n'
+    )
+    grid = load_grid(path)
+    assert grid.methods == ("bp", "dgl") and grid.K == (2,) and grid.seeds == (0, 1)
+    assert len(grid.configs()) == 4
+    path.write_text('[grid]\nmethod = ["bp"]\n')
+    with pytest.raises(UserError, match="unknown \\[grid\\] keys \\['method'\\]"):
+        load_grid(path)
+    path.write_text("[run]\nepoch = 1\n")
+    with pytest.raises(UserError, match="unknown config keys \\['epoch'\\]"):
+        load_grid(path)
+    path.write_text("[grid\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_grid(path)
+
+
+def test_sweep_runs_each_configuration_once_and_resumes(tmp_path):
+    grid = Grid(methods=("bp", "dgl"), K=(2,), run=FAST)
+    first = sweep(grid, tmp_path, workers=2, progress=False)
+    assert (first.total, first.skipped, first.ran, first.failed) == (2, 0, 2, [])
+    records = read_records(tmp_path)
+    assert sorted(r.config["method"] for r in records) == ["bp", "dgl"]
+    assert all(r.status == "ok" for r in records)
+    again = sweep(grid, tmp_path, progress=False)
+    assert (again.skipped, again.ran) == (2, 0)
+    assert finished_ids(tmp_path) == {resolved_id(c) for c in grid.configs()}
+
+
+def test_failures_are_rows_not_crashes(tmp_path):
+    crash = tmp_path / "crash.py"
+    crash.write_text(
+        "import os, signal\n"
+        "from methods.base import Method\n"
+        "class Crash(Method):\n"
+        "    def __init__(self, *args):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    bad = sweep(Grid(methods=("bp",), run={**FAST, "dataset": "cifar10"}), tmp_path / "runs")
+    killed = sweep(Grid(methods=(f"{crash}:Crash",), run=FAST), tmp_path / "runs")
+    records = {r.config["method"]: r for r in read_records(tmp_path / "runs")}
+    assert len(records) == 2 and bad.ran == killed.ran == 1
+    assert len(bad.failed) == len(killed.failed) == 1
+    # a bad configuration: the worker writes the error row itself
+    assert records["bp"].status == "error"
+    assert "--data-root is required for cifar10" in records["bp"].message
+    # a worker killed before writing: the sweep writes the row
+    killed = records[f"{crash}:Crash"]
+    assert killed.status == "error" and "status -9" in killed.message
+
+
+def test_a_sweep_killed_with_sigkill_finishes_every_configuration_exactly_once(tmp_path):
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "bench", "sweep", "--methods", "bp,dgl,predsim",
+            "--nets", "smallnet", "--K", "2", "--dataset", "synthetic", "--epochs", "2",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not list(out.glob("*.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(out.glob("*.json")), "no run finished in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = len(list(out.glob("*.json")))
+    assert 1 <= partial < 3
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"3 configurations, {partial} already done, {3 - partial} run, 0 failed" in done.stdout
+    records = read_records(out)
+    assert sorted(r.config["method"] for r in records) == ["bp", "dgl", "predsim"]
+    assert all(r.status == "ok" for r in records)
+    assert not [p for p in out.iterdir() if p.suffix != ".json"]  # no half-written files
+
+
+def test_sweep_cli_errors(tmp_path, capsys):
+    assert main(["sweep", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'nope'; known: cifar10-resnet110" in capsys.readouterr().err
+    assert main(["sweep", "--K", "two", "--out", str(tmp_path)]) == 2
+    assert "comma-separated list of int" in capsys.readouterr().err
+    assert main(["sweep", "--methods", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["sweep", "--workers", "0", "--out", str(tmp_path)]) == 2
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_presets_cover_the_published_configurations():
+    r32, r110 = PRESETS.get("cifar10-resnet32"), PRESETS.get("cifar10-resnet110")
+    assert (r32.K, r32.aux_depth, r110.K, r110.aux_depth) == ((16,), (2,), (55,), (3,))
+    assert set(r32.methods) == {"bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"}
+    configs = r32.configs()
+    assert len(configs) == 6 * 3  # six methods, three seeds
+    resolved = configs[0].resolved()
+    assert (resolved.batch_size, resolved.lr, resolved.epochs) == (1024, 0.8, 400)
+    assert PRESETS.get("stl10-resnet32").configs()[0].resolved().batch_size == 128
+    assert json.dumps(PRESETS.get("cpu-digits").run) == '{"dataset": "digits", "epochs": 3}'
