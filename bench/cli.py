@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, default=1, help="runs at once (one per GPU)")
     sw.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
     sw.add_argument("--no-progress", action="store_true")
+    rep = sub.add_parser("report", help="tables, charts and an HTML page from stored records")
+    rep.add_argument("runs", type=Path, help="a results folder (records *.json)")
+    rep.add_argument("--out", type=Path, default=None, help="default: RUNS/report")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
     demo.add_argument("--epochs", type=int, default=10)
@@ -306,6 +309,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.page import build_report
+
+    page = build_report(args.runs, args.out or args.runs / "report")
+    print(f"report: {page}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.config import RunConfig
     from bench.records import curves_frame, results_frame
@@ -332,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "describe": cmd_describe,
         "estimate": cmd_estimate,
         "sweep": cmd_sweep,
+        "report": cmd_report,
         "demo": cmd_demo,
     }
     try:

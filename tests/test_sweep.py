@@ -144,3 +144,29 @@ def test_presets_cover_the_published_configurations():
     assert (resolved.batch_size, resolved.lr, resolved.epochs) == (1024, 0.8, 400)
     assert PRESETS.get("stl10-resnet32").configs()[0].resolved().batch_size == 128
     assert json.dumps(PRESETS.get("cpu-digits").run) == '{"dataset": "digits", "epochs": 3}'
+
+
+def test_cpu_preset_sweep_and_report_end_to_end(tmp_path, capsys):
+    """The CPU preset (every method on digits) and its report, through the CLI."""
+    runs = tmp_path / "runs"
+    assert main(["sweep", "--preset", "cpu-digits", "--workers", "2", "--out", str(runs),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "6 configurations, 0 already done, 6 run, 0 failed" in capsys.readouterr().out
+    assert main(["report", str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'report' / 'report.html'}"
+    records = read_records(runs)
+    assert sorted(r.config["method"] for r in records) == sorted(PRESETS.get("cpu-digits").methods)
+    assert all(r.status == "ok" and r.final_test_acc > 50 for r in records)
+    table = (tmp_path / "report" / "comparison.csv").read_text().splitlines()
+    assert len(table) == 1 + 6
+    for name in ("accuracy_vs_memory", "step_overhead", "curves"):
+        assert (tmp_path / "report" / f"{name}.png").is_file()
+        assert (tmp_path / "report" / f"{name}.svg").is_file()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64" in html and "http" not in html
+
+
+def test_report_cli_on_a_missing_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]

@@ -1,0 +1,552 @@
+"""Reports: the comparison table, Markdown/CSV, the charts and the HTML report page, on run
+records written by hand (numbers chosen so that every expected value is known)."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgba
+
+from bench.config import RunConfig
+from bench.errors import UserError
+from bench.records import RunRecord, load_results, save_record
+from reports.charts import (
+    accuracy_memory_figure,
+    memory_batch_figure,
+    memory_k_figure,
+    pareto_front,
+    save,
+    step_overhead_figure,
+)
+from reports.page import build_report
+from reports.tables import comparison_table, to_markdown, write_table
+
+MIB = 2**20
+ENV = {"python": "3.11.7", "torch": "2.4.0", "device_name": "cpu", "git_commit": "abc123"}
+
+# (net, method, K, depth, batch, seed, status, acc, step s, FLOPs, tracked MiB, CUDA MiB)
+RUNS = [
+    # smallnet on CPU: tracked peaks only
+    ("smallnet", "bp", 1, None, 64, 0, "ok", 80.0, 0.010, 1.0e9, 10.0, None),
+    ("smallnet", "bp", 1, None, 64, 1, "ok", 82.0, 0.012, 1.0e9, 10.0, None),
+    ("smallnet", "bp", 1, None, 64, 2, "ok", 84.0, 0.014, 1.0e9, 10.0, None),
+    ("smallnet", "dgl", 2, None, 64, 0, "ok", 78.0, 0.015, 1.2e9, 6.0, None),
+    ("smallnet", "dgl", 2, None, 64, 1, "ok", 79.0, 0.015, 1.2e9, 6.0, None),
+    ("smallnet", "dgl", 4, None, 64, 0, "ok", 75.0, 0.018, 1.3e9, 4.0, None),
+    ("smallnet", "dgl", 4, None, 64, 1, "ok", 77.0, 0.020, 1.3e9, 4.5, None),
+    ("smallnet", "dgl", 4, None, 64, 2, "oom", None, None, 1.3e9, None, None),
+    ("smallnet", "auglocal", 4, 2, 64, 0, "ok", 81.0, 0.020, 1.5e9, 7.0, None),
+    ("smallnet", "auglocal", 4, 2, 64, 1, "ok", 83.0, 0.022, 1.5e9, 7.0, None),
+    ("smallnet", "auglocal", 4, 2, 64, 2, "diverged", 10.0, 0.5, 1.5e9, 70.0, None),
+    ("smallnet", "bp", 1, None, 128, 0, "ok", 81.0, 0.020, 2.0e9, 19.0, None),
+    ("smallnet", "dgl", 4, None, 128, 0, "ok", 80.0, 0.030, 2.6e9, 7.0, None),
+    # resnet20 on a GPU: CUDA peaks; BP also tracked in one seed, predsim tracked only
+    ("resnet20", "bp", 1, None, 64, 0, "ok", 90.0, 0.050, 4.0e9, 95.0, 100.0),
+    ("resnet20", "bp", 1, None, 64, 1, "ok", 91.0, 0.052, 4.0e9, None, 102.0),
+    ("resnet20", "infopro", 2, None, 64, 0, "ok", 88.0, 0.070, 5.0e9, None, 60.0),
+    ("resnet20", "infopro", 2, None, 64, 1, "ok", 90.0, 0.074, 5.0e9, None, 61.0),
+    ("resnet20", "predsim", 3, None, 64, 0, "ok", 85.0, 0.060, 4.4e9, 50.0, None),
+    ("resnet20", "predsim", 3, None, 64, 1, "ok", 86.0, 0.060, 4.4e9, 50.0, None),
+    ("resnet20", "auglocal", 4, 2, 64, 0, "oom", None, None, 6.0e9, None, None),
+]
+FIELDS = ["net", "method", "K", "depth", "batch", "seed", "status", "acc", "step", "flops"]
+FIELDS += ["tracked", "cuda"]
+
+
+def spec(**match) -> list[dict]:
+    """The fixture runs whose fields equal ``match``, as dicts."""
+    runs = [dict(zip(FIELDS, r)) for r in RUNS]
+    return [r for r in runs if all(r[k] == v for k, v in match.items())]
+
+
+def make_record(r: dict) -> RunRecord:
+    params = {} if r["depth"] is None else {"depth": r["depth"]}
+    config = RunConfig(
+        method=r["method"],
+        K=r["K"],
+        net=r["net"],
+        dataset="digits",
+        batch_size=r["batch"],
+        seed=r["seed"],
+        method_params=params,
+        epochs=2,
+    )
+    record = RunRecord(
+        run_id=config.run_id(),
+        config=config.to_dict(),
+        env=dict(ENV, device_name="cpu" if r["cuda"] is None else "NVIDIA H100"),
+        status=r["status"],
+        message="CUDA out of memory" if r["status"] == "oom" else "",
+        K=r["K"],
+        final_test_acc=r["acc"],
+        best_test_acc=r["acc"],
+        step_time_median_s=r["step"],
+        flops={"backbone": r["flops"] * 0.75, "aux": r["flops"] * 0.25, "total": r["flops"]},
+    )
+    if r["tracked"] is not None:
+        peak = int(r["tracked"] * MIB)
+        record.memory = {
+            "peak_bytes": peak,
+            "peak_bytes_rounded": peak + 512,
+            "breakdown": {"parameters": peak // 4, "activations": peak - peak // 4},
+            "floor_bytes": peak // 2,
+            "peak_over_floor": 2.0,
+        }
+    if r["cuda"] is not None:
+        record.cuda = {
+            "peak_allocated_bytes": int(r["cuda"] * MIB),
+            "peak_reserved_bytes": int(r["cuda"] * MIB) * 2,
+            "allocated_at_start_bytes": MIB,
+            "cudnn_benchmark": True,
+        }
+    return record
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs")
+    for r in spec():
+        save_record(make_record(r), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def results(runs_dir) -> pd.DataFrame:
+    return load_results(runs_dir)
+
+
+@pytest.fixture(scope="module")
+def table(results) -> pd.DataFrame:
+    return comparison_table(results)
+
+
+@pytest.fixture(autouse=True)
+def no_open_figures():
+    yield
+    plt.close("all")
+
+
+def row(table: pd.DataFrame, net: str, method: str, K: int, batch: int = 64) -> pd.Series:
+    hit = table[
+        (table["net"] == net)
+        & (table["method"] == method)
+        & (table["K"] == K)
+        & (table["batch size"] == batch)
+    ]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def ok_values(field: str, **match) -> list[float]:
+    return [r[field] for r in spec(status="ok", **match)]
+
+
+# ---------------------------------------------------------------- comparison table
+
+
+def test_comparison_table_rows_and_order(table):
+    assert list(table.columns) == [
+        "net",
+        "dataset",
+        "method",
+        "K",
+        "aux depth",
+        "batch size",
+        "seeds",
+        "failed runs",
+        "test acc (%)",
+        "acc mean (%)",
+        "acc std (%)",
+        "peak (MiB)",
+        "memory source",
+        "saving vs BP (%)",
+        "step (ms)",
+        "step overhead vs BP (%)",
+        "GFLOP / step",
+        "FLOPs overhead vs BP (%)",
+    ]
+    keys = list(zip(table["net"], table["method"], table["K"], table["batch size"]))
+    assert keys == [
+        ("resnet20", "bp", 1, 64),
+        ("resnet20", "auglocal", 4, 64),
+        ("resnet20", "infopro", 2, 64),
+        ("resnet20", "predsim", 3, 64),
+        ("smallnet", "bp", 1, 64),
+        ("smallnet", "auglocal", 4, 64),
+        ("smallnet", "dgl", 2, 64),
+        ("smallnet", "dgl", 4, 64),
+        ("smallnet", "bp", 1, 128),
+        ("smallnet", "dgl", 4, 128),
+    ]
+    assert set(table["dataset"]) == {"digits"}
+    depths = table["aux depth"].tolist()
+    assert depths[1] == 2 and depths[5] == 2
+    assert all(pd.isna(d) for i, d in enumerate(depths) if i not in (1, 5))
+
+
+def test_comparison_table_counts_seeds_and_failed_runs(table):
+    expected = {}
+    for r in spec():
+        key = (r["net"], r["method"], r["K"], r["batch"])
+        seeds, failed = expected.get(key, (0, 0))
+        expected[key] = (seeds + (r["status"] == "ok"), failed + (r["status"] != "ok"))
+    got = {
+        (n, m, k, b): (s, f)
+        for n, m, k, b, s, f in zip(
+            table["net"],
+            table["method"],
+            table["K"],
+            table["batch size"],
+            table["seeds"],
+            table["failed runs"],
+        )
+    }
+    assert got == expected
+    assert got[("smallnet", "dgl", 4, 64)] == (2, 1)  # one oom
+    assert got[("smallnet", "auglocal", 4, 64)] == (2, 1)  # one diverged
+    assert got[("resnet20", "auglocal", 4, 64)] == (0, 1)  # nothing finished
+
+
+def test_comparison_table_accuracy_over_ok_seeds_only(table):
+    for net, method, K, batch in [
+        ("smallnet", "bp", 1, 64),
+        ("smallnet", "dgl", 4, 64),
+        ("smallnet", "auglocal", 4, 64),
+        ("resnet20", "infopro", 2, 64),
+    ]:
+        accs = ok_values("acc", net=net, method=method, K=K, batch=batch)
+        r = row(table, net, method, K, batch)
+        assert r["acc mean (%)"] == pytest.approx(statistics.mean(accs), abs=1e-12)
+        assert r["acc std (%)"] == pytest.approx(statistics.stdev(accs), abs=1e-12)
+    bp = row(table, "smallnet", "bp", 1)
+    assert (bp["acc mean (%)"], bp["acc std (%)"]) == (82.0, 2.0)
+    assert bp["test acc (%)"] == "82.00 ± 2.00"
+    aug = row(table, "smallnet", "auglocal", 4)  # the diverged 10 % run is left out
+    assert aug["acc mean (%)"] == 82.0
+    assert aug["test acc (%)"] == f"82.00 ± {math.sqrt(2):.2f}"
+    single = row(table, "smallnet", "dgl", 4, batch=128)
+    assert single["test acc (%)"] == "80.00"
+    assert single["acc mean (%)"] == 80.0 and math.isnan(single["acc std (%)"])
+    none = row(table, "resnet20", "auglocal", 4)
+    assert pd.isna(none["test acc (%)"]) and math.isnan(none["acc mean (%)"])
+
+
+def test_comparison_table_peak_and_memory_source(table):
+    expected = {
+        ("smallnet", "bp", 1, 64): (10.0, "tracked"),
+        ("smallnet", "dgl", 4, 64): (4.25, "tracked"),  # oom run has no peak
+        ("smallnet", "auglocal", 4, 64): (7.0, "tracked"),  # diverged 70 MiB left out
+        ("resnet20", "bp", 1, 64): (101.0, "CUDA allocated"),  # CUDA preferred to tracked
+        ("resnet20", "infopro", 2, 64): (60.5, "CUDA allocated"),
+        ("resnet20", "predsim", 3, 64): (50.0, "tracked"),
+    }
+    for (net, method, K, batch), (mib, source) in expected.items():
+        r = row(table, net, method, K, batch)
+        assert r["peak (MiB)"] == mib
+        assert r["memory source"] == source
+    none = row(table, "resnet20", "auglocal", 4)
+    assert math.isnan(none["peak (MiB)"]) and pd.isna(none["memory source"])
+
+
+def test_comparison_table_saving_and_overheads_vs_bp(table):
+    bp_step = statistics.mean(ok_values("step", net="smallnet", method="bp", batch=64))
+    assert bp_step == pytest.approx(0.012)
+    dgl2 = row(table, "smallnet", "dgl", 2)
+    assert dgl2["saving vs BP (%)"] == pytest.approx(100 * (1 - 6.0 / 10.0))
+    assert dgl2["step (ms)"] == pytest.approx(15.0)
+    assert dgl2["step overhead vs BP (%)"] == pytest.approx(100 * (0.015 / bp_step - 1))
+    assert dgl2["step overhead vs BP (%)"] == pytest.approx(25.0)
+    assert dgl2["GFLOP / step"] == pytest.approx(1.2)
+    assert dgl2["FLOPs overhead vs BP (%)"] == pytest.approx(20.0)
+    dgl4 = row(table, "smallnet", "dgl", 4)
+    assert dgl4["saving vs BP (%)"] == pytest.approx(57.5)
+    assert dgl4["step overhead vs BP (%)"] == pytest.approx(100 * (0.019 / 0.012 - 1))
+    # batch 128 is compared with BP at batch 128
+    dgl128 = row(table, "smallnet", "dgl", 4, batch=128)
+    assert dgl128["saving vs BP (%)"] == pytest.approx(100 * (1 - 7.0 / 19.0))
+    assert dgl128["step overhead vs BP (%)"] == pytest.approx(50.0)
+    assert dgl128["FLOPs overhead vs BP (%)"] == pytest.approx(30.0)
+    # CUDA vs CUDA; and a tracked-only method against BP's tracked peak (seed 0: 95 MiB)
+    infopro = row(table, "resnet20", "infopro", 2)
+    assert infopro["saving vs BP (%)"] == pytest.approx(100 * (1 - 60.5 / 101.0))
+    assert infopro["step overhead vs BP (%)"] == pytest.approx(100 * (0.072 / 0.051 - 1))
+    assert infopro["FLOPs overhead vs BP (%)"] == pytest.approx(25.0)
+    predsim = row(table, "resnet20", "predsim", 3)
+    assert predsim["saving vs BP (%)"] == pytest.approx(100 * (1 - 50.0 / 95.0))
+    for net, batch in [("smallnet", 64), ("smallnet", 128), ("resnet20", 64)]:
+        bp = row(table, net, "bp", 1, batch)
+        assert bp["saving vs BP (%)"] == 0.0
+        assert bp["step overhead vs BP (%)"] == 0.0
+        assert bp["FLOPs overhead vs BP (%)"] == 0.0
+    none = row(table, "resnet20", "auglocal", 4)
+    assert math.isnan(none["saving vs BP (%)"])
+    assert math.isnan(none["step overhead vs BP (%)"])
+
+
+def test_comparison_table_without_bp_has_nan_savings(results):
+    table = comparison_table(results[results["config.method"] != "bp"])
+    assert len(table) == 7
+    for col in ("saving vs BP (%)", "step overhead vs BP (%)", "FLOPs overhead vs BP (%)"):
+        assert table[col].isna().all()
+
+
+def test_comparison_table_of_nothing_is_empty_with_columns():
+    table = comparison_table(pd.DataFrame())
+    assert table.empty and "peak (MiB)" in table.columns
+
+
+# ---------------------------------------------------------------- markdown and CSV
+
+
+def test_markdown_header_rule_and_one_line_per_row(table):
+    text = to_markdown(table)
+    lines = text.splitlines()
+    assert len(lines) == len(table) + 2
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == list(table.columns)
+    assert re.fullmatch(r"\|(:?-+:?\|)+", lines[1])
+    assert lines[1].count("|") == len(table.columns) + 1
+    for line, (_, r) in zip(lines[2:], table.iterrows()):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(table.columns)
+        assert cells[:3] == [r["net"], r["dataset"], r["method"]]
+    first = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert first[table.columns.get_loc("test acc (%)")] == "90.50 ± 0.71"
+    assert first[table.columns.get_loc("peak (MiB)")] == "101.00"
+    assert first[table.columns.get_loc("aux depth")] == ""
+    assert first[table.columns.get_loc("seeds")] == "2"
+
+
+def test_markdown_escapes_pipes_and_newlines():
+    text = to_markdown(pd.DataFrame({"a": ["x|y", "two\nlines"], "n (MiB)": [1.5, None]}))
+    assert text.splitlines() == [
+        "| a         | n (MiB) |",
+        "|-----------|--------:|",
+        "| x\\|y      |    1.50 |",
+        "| two lines |         |",
+    ]
+
+
+def test_csv_round_trips(table, tmp_path):
+    csv, md = write_table(table, tmp_path / "out" / "comparison")
+    assert (csv.name, md.name) == ("comparison.csv", "comparison.md")
+    assert md.read_text() == to_markdown(table) + "\n"
+    back = pd.read_csv(csv)
+    assert list(back.columns) == list(table.columns)
+    pd.testing.assert_frame_equal(
+        back, table.astype({c: float for c in ("K", "aux depth")}), check_dtype=False
+    )
+
+
+# ---------------------------------------------------------------- charts
+
+
+def legend_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_pareto_front_function():
+    pts = pd.DataFrame({"x": [4, 6, 7, 7, 10, 19, 5], "y": [76, 78.5, 80, 82, 82, 81, 70]})
+    front = pareto_front(pts)
+    assert list(zip(front["x"], front["y"])) == [(4, 76), (6, 78.5), (7, 82)]
+
+
+def test_accuracy_memory_figure(results, table):
+    fig = accuracy_memory_figure(results)
+    assert [ax.get_title() for ax in fig.axes] == ["resnet20, digits", "smallnet, digits"]
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "peak memory (MiB)"
+        assert ax.get_ylabel() == "test accuracy (%)"
+    resnet, small = fig.axes
+    # One error-bar series per method that finished (resnet20's auglocal never did).
+    assert legend_labels(resnet) == ["bp", "infopro", "predsim", "Pareto front"]
+    assert legend_labels(small) == ["bp", "auglocal", "dgl", "Pareto front"]
+    assert len(small.containers) == 3
+    dgl = small.containers[2]
+    assert dgl.get_label() == "dgl"
+    data_line = dgl.lines[0]
+    assert list(data_line.get_xdata()) == [6.0, 4.25, 7.0]  # K=2, K=4 at 64, K=4 at 128
+    assert list(data_line.get_ydata()) == [78.5, 76.0, 80.0]
+    assert to_rgba(data_line.get_color()) != to_rgba(small.containers[0].lines[0].get_color())
+    # Error bars: one standard deviation; the single-seed point has none.
+    segments = dgl.lines[2][0].get_segments()
+    assert [round(s[1][1] - s[0][1], 9) for s in segments] == pytest.approx(
+        [2 * statistics.stdev([78.0, 79.0]), 2 * statistics.stdev([75.0, 77.0]), 0.0]
+    )
+    # The Pareto front: the lowest memory for the accuracy.
+    (front,) = [line for line in small.lines if line.get_label() == "Pareto front"]
+    assert list(zip(front.get_xdata(), front.get_ydata())) == [
+        (4.25, 76.0),
+        (6.0, 78.5),
+        (7.0, 82.0),
+    ]
+    (front,) = [line for line in resnet.lines if line.get_label() == "Pareto front"]
+    assert list(zip(front.get_xdata(), front.get_ydata())) == [
+        (50.0, 85.5),
+        (60.5, 89.0),
+        (101.0, 90.5),
+    ]
+
+
+def test_memory_k_figure(results):
+    fig = memory_k_figure(results)
+    (ax,) = fig.axes  # only smallnet at batch 64 has a method at two K
+    assert ax.get_title() == "smallnet, digits, batch 64"
+    assert ax.get_xlabel() == "K (local modules)"
+    assert ax.get_ylabel() == "peak memory (MiB)"
+    assert legend_labels(ax) == ["bp", "auglocal d=2", "dgl"]
+    assert len(ax.lines) == 3
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["dgl"].get_xdata()) == [2.0, 4.0]
+    assert list(lines["dgl"].get_ydata()) == [6.0, 4.25]
+    assert list(lines["bp"].get_ydata()) == [10.0]
+
+
+def test_memory_k_figure_skips_single_k(results):
+    one_k = results[(results["K"] == 1)]
+    assert memory_k_figure(one_k) is None
+
+
+ESTIMATES = [
+    {"method": "bp", "K": 1, "batch_size": b, "peak_bytes": int(m * MIB), "breakdown": {}}
+    for b, m in [(64, 9.5), (128, 18.5), (256, 36.5)]
+] + [
+    {"method": "dgl", "K": 4, "batch_size": b, "peak_bytes": int(m * MIB), "breakdown": {}}
+    for b, m in [(64, 4.0), (128, 7.5), (256, 14.5)]
+]
+
+
+def test_memory_batch_figure_measured_solid_estimated_dashed(results):
+    est = pd.DataFrame(ESTIMATES).assign(net="smallnet")
+    fig = memory_batch_figure(results, est)
+    (ax,) = fig.axes
+    assert ax.get_title() == "smallnet, digits"
+    assert ax.get_xlabel() == "batch size (images)"
+    assert ax.get_ylabel() == "peak memory (MiB)"
+    assert legend_labels(ax) == ["bp", "dgl", "bp (estimate)", "dgl (estimate)"]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert [lines[k].get_linestyle() for k in legend_labels(ax)] == ["-", "-", "--", "--"]
+    assert list(lines["bp"].get_xdata()) == [64.0, 128.0]
+    assert list(lines["bp"].get_ydata()) == [10.0, 19.0]
+    assert list(lines["dgl"].get_ydata()) == [4.25, 7.0]
+    assert list(lines["dgl (estimate)"].get_xdata()) == [64.0, 128.0, 256.0]
+    assert list(lines["dgl (estimate)"].get_ydata()) == [4.0, 7.5, 14.5]
+    for method in ("bp", "dgl"):  # one colour per method
+        assert lines[method].get_color() == lines[f"{method} (estimate)"].get_color()
+    assert lines["bp"].get_color() != lines["dgl"].get_color()
+    # ... and the same colour as in the accuracy vs memory chart
+    small = accuracy_memory_figure(results).axes[1]
+    colors = {c.get_label(): to_rgba(c.lines[0].get_color()) for c in small.containers}
+    assert colors == {m: to_rgba(lines[m].get_color()) for m in ("bp", "dgl")} | {
+        "auglocal": colors["auglocal"]
+    }
+
+
+def test_memory_batch_figure_without_estimates_and_without_data(results):
+    (ax,) = memory_batch_figure(results).axes
+    assert legend_labels(ax) == ["bp", "dgl"]
+    assert memory_batch_figure(results[results["config.batch_size"] == 64]) is None
+    # estimates alone make a line; without a net they cannot be placed among two nets
+    assert memory_batch_figure(results[results["config.batch_size"] == 64], ESTIMATES) is None
+    one_net = results[(results["config.net"] == "resnet20")]
+    (ax,) = memory_batch_figure(one_net, ESTIMATES).axes
+    assert legend_labels(ax) == ["bp (estimate)", "dgl (estimate)"]
+
+
+def test_step_overhead_figure(results):
+    fig = step_overhead_figure(results)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "resnet20, digits, batch 64",
+        "smallnet, digits, batch 64",
+        "smallnet, digits, batch 128",
+    ]
+    for ax in fig.axes:
+        assert ax.get_ylabel() == "step-time overhead vs BP (%)"
+    resnet, small, small128 = fig.axes
+    assert legend_labels(resnet) == ["infopro", "predsim"]
+    assert legend_labels(small) == ["auglocal", "dgl"]
+    assert len(small.containers) == 2
+    heights = [[bar.get_height() for bar in c] for c in small.containers]
+    assert heights == [
+        pytest.approx([100 * (0.021 / 0.012 - 1)]),
+        pytest.approx([25.0, 100 * (0.019 / 0.012 - 1)]),
+    ]
+    assert [t.get_text() for t in small.get_xticklabels()] == [
+        "auglocal\nK=4 d=2",
+        "dgl\nK=2",
+        "dgl\nK=4",
+    ]
+    assert [[bar.get_height() for bar in c] for c in small128.containers] == [pytest.approx([50.0])]
+    assert step_overhead_figure(results[results["config.method"] != "bp"]) is None
+
+
+def test_save_writes_png_and_svg_and_closes(results, tmp_path):
+    fig = accuracy_memory_figure(results)
+    paths = save(fig, tmp_path / "charts" / "acc.v1")
+    assert paths == [tmp_path / "charts" / "acc.v1.png", tmp_path / "charts" / "acc.v1.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in paths[1].read_text()
+    assert not plt.fignum_exists(fig.number)
+
+
+# ---------------------------------------------------------------- report page
+
+
+def test_build_report_writes_everything(runs_dir, tmp_path):
+    out = tmp_path / "report"
+    html_path = build_report(
+        runs_dir, out, estimates=pd.DataFrame(ESTIMATES).assign(net="smallnet")
+    )
+    assert html_path == out / "report.html"
+    charts = ["accuracy_vs_memory", "memory_vs_K", "memory_vs_batch", "step_overhead", "curves"]
+    expected = {"report.html", "comparison.csv", "comparison.md"}
+    expected |= {f"{c}.{ext}" for c in charts[:4] for ext in ("png", "svg")}
+    assert {p.name for p in out.iterdir()} == expected  # no curves: the records have none
+    assert len(pd.read_csv(out / "comparison.csv")) == 10
+    assert len((out / "comparison.md").read_text().splitlines()) == 12
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "http" not in page.lower()  # no external assets, no links
+    assert "<link" not in page and "<script" not in page
+    assert "How measured" in page and "max_memory_allocated" in page
+    assert page.count("<td>CUDA allocated</td>") == 2
+    assert page.count("<td>tracked</td>") == 7
+    assert "CUDA out of memory" in page  # the failed runs are listed
+    assert not plt.get_fignums()
+
+
+def test_build_report_skips_charts_without_data(tmp_path):
+    runs = tmp_path / "runs"
+    for r in spec(net="resnet20"):
+        save_record(make_record(r), runs)
+    out = tmp_path / "out"
+    build_report(runs, out)
+    names = {p.name for p in out.iterdir()}
+    assert "memory_vs_K.png" not in names and "memory_vs_batch.svg" not in names
+    assert {"accuracy_vs_memory.png", "step_overhead.svg", "report.html"} <= names
+
+
+def test_build_report_with_curves(tmp_path):
+    runs = tmp_path / "runs"
+    point = {"epoch": 1, "train_loss": 1.0, "test_acc": 50.0}
+    for r in spec(net="smallnet", batch=128):
+        record = make_record(r)
+        record.curve = [point, dict(point, epoch=2, train_loss=0.5, test_acc=r["acc"])]
+        save_record(record, runs)
+    build_report(runs, tmp_path / "out")
+    assert (tmp_path / "out" / "curves.svg").exists()
+
+
+def test_build_report_empty_or_missing_folder_is_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no run records") as exc:
+        build_report(tmp_path / "empty", tmp_path / "out")
+    assert "\n" not in str(exc.value) and str(tmp_path / "empty") in str(exc.value)
+    with pytest.raises(UserError, match="does not exist"):
+        build_report(tmp_path / "missing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
