@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables, charts and an HTML page from stored records")
     rep.add_argument("runs", type=Path, help="a results folder (records *.json)")
     rep.add_argument("--out", type=Path, default=None, help="default: RUNS/report")
+    cmp = sub.add_parser("compare", help="gate: figures of HEAD against a BASE baseline")
+    cmp.add_argument("base", type=Path, help="baseline pytest-benchmark JSON")
+    cmp.add_argument("head", type=Path, help="new pytest-benchmark JSON")
+    cmp.add_argument(
+        "--time-factor", type=float, default=1.5, help="fail when a step is this much slower"
+    )
+    cmp.add_argument("--ignore-time", action="store_true", help="gate memory and FLOPs only")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
     demo.add_argument("--epochs", type=int, default=10)
@@ -317,6 +324,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.regress import compare, format_changes, load_figures
+
+    if args.time_factor < 1:
+        raise UserError(f"--time-factor must be at least 1, got {args.time_factor}")
+    base, head = load_figures(args.base), load_figures(args.head)
+    if args.ignore_time:
+        base = {c: {k: v for k, v in f.items() if k != "step_time_s"} for c, f in base.items()}
+    changes = compare(base, head, args.time_factor)
+    print(format_changes(changes))
+    failed = [c for c in changes if c.failed]
+    print(f"{len(failed)} of {sum(len(f) for f in base.values())} figures over their limit")
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.config import RunConfig
     from bench.records import curves_frame, results_frame
@@ -344,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "estimate": cmd_estimate,
         "sweep": cmd_sweep,
         "report": cmd_report,
+        "compare": cmd_compare,
         "demo": cmd_demo,
     }
     try:
