@@ -91,9 +91,13 @@ def execute(
         params_aux=sum(x.numel() for x in p.method.parameters()),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    # FLOPs on the meta device, from copies: the real modules stay where they are.
-    total, aux = step_flops(copy.deepcopy(p.method), copy.deepcopy(p.backbone), cfg.batch_size)
-    record.flops = {"backbone": total - sum(aux), "aux": sum(aux), "total": total}
+    # FLOPs on the meta device, from copies: the real modules stay where they are. A method
+    # whose step needs real values (e.g. .item()) cannot be traced there: no FLOPs, not no run.
+    try:
+        total, aux = step_flops(copy.deepcopy(p.method), copy.deepcopy(p.backbone), cfg.batch_size)
+        record.flops = {"backbone": total - sum(aux), "aux": sum(aux), "total": total}
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        record.message = f"FLOPs not counted: {first_line(e)}"
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark

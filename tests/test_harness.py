@@ -189,3 +189,18 @@ def test_a_users_own_sequential_trains_unregistered():
     r = execute(config, prepared=p)
     assert r.status == "ok" and r.K == 3 and r.config["net"] == "mine"
     assert r.curve[-1]["train_loss"] < r.curve[0]["train_loss"]
+
+
+def test_a_method_that_cannot_be_traced_on_meta_still_runs(tmp_path):
+    plugin = tmp_path / "needs_values.py"
+    plugin.write_text(
+        "from methods.dgl import DGL\n"
+        "class NeedsValues(DGL):\n"
+        "    def local_loss(self, k, out, batch):\n"
+        "        loss = super().local_loss(k, out, batch)\n"
+        "        return loss * (1.0 if loss.item() < 1e9 else 0.0)\n"
+    )
+    r = execute(RunConfig(method=f"{plugin}:NeedsValues", K=2, dataset="synthetic", epochs=1))
+    assert r.status == "ok" and r.flops is None
+    assert r.message.startswith("FLOPs not counted:")
+    assert r.memory["peak_bytes"] > 0
