@@ -34,11 +34,15 @@ class DGLParams:
 
 
 def pointwise_bn_relu(channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+    return [
+        nn.Conv2d(channels, channels, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def linear_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
+    return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
 
 
 @register("dgl")
