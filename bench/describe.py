@@ -13,35 +13,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.backbone import Backbone, get_backbone
+from bench.backbone import Backbone
+from bench.build import build
 from bench.config import RunConfig
-from bench.data import DataInfo
 from bench.errors import UserError
 from bench.trainer import LocalTrainer, OptimSettings
-from methods import Batch, Method, make_params
-from methods.loading import resolve_method
+from methods import Batch, Method
 
 META = torch.device("meta")
-
-
-def build_method(
-    config: RunConfig, num_classes: int = 10, image_size: int | None = None
-) -> tuple[Backbone, Method]:
-    """Backbone and method of ``config`` (on the CPU, or fake under ``FakeTensorMode``), with
-    placeholder data statistics; ``image_size`` re-probes the backbone at that input size."""
-    from bench.run import requested_split
-
-    method_cls = resolve_method(config.method)
-    params = make_params(method_cls, config.method_params)
-    torch.manual_seed(config.seed)
-    backbone = get_backbone(config.net, num_classes=num_classes)
-    if image_size is not None and image_size != backbone.input_shape[1]:
-        shape = (backbone.input_shape[0], image_size, image_size)
-        backbone = Backbone(backbone.name, list(backbone.units), shape, backbone.specs)
-    c = backbone.input_shape[0]
-    info = DataInfo("describe", num_classes, backbone.input_shape, (0.5,) * c, (0.25,) * c)
-    split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
-    return backbone, method_cls(backbone, split, info, params)
 
 
 def count(modules: list[nn.Module]) -> int:
@@ -93,7 +72,7 @@ def step_flops(method: Method, backbone: Backbone, batch_size: int) -> tuple[int
 
 def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> dict:
     """Everything ``locbench describe --json`` prints."""
-    backbone, method = build_method(config, num_classes)
+    backbone, method = build(config, num_classes=num_classes)
     split = method.split
     backbone_params = backbone.num_params()
     aux_params = count([method])  # every parameter the method owns

@@ -15,8 +15,8 @@ import re
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.build import build
 from bench.config import RunConfig
-from bench.describe import build_method
 from bench.errors import UserError
 from bench.memory import TrackedPeak
 from bench.trainer import LocalTrainer, OptimSettings
@@ -43,7 +43,7 @@ def estimate(
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     with FakeTensorMode(allow_non_fake_inputs=True):
-        backbone, method = build_method(config, num_classes, image_size)
+        backbone, method = build(config, num_classes=num_classes, image_size=image_size)
         trainer = LocalTrainer(
             backbone,
             method.split,
@@ -132,7 +132,7 @@ def estimate_methods(
             batch, peak = batch_size, estimate(cfg, batch_size, image_size, num_classes)
         else:
             batch, peak = max_batch(cfg, budget, image_size, num_classes)
-        K = build_method(cfg, num_classes)[1].split.K
+        K = build(cfg, num_classes=num_classes)[1].split.K
         row = {"method": name, "K": K, "batch_size": batch}
         if peak is not None:
             row |= {

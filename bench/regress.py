@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from bench.build import build
 from bench.config import RunConfig
-from bench.describe import build_method, step_flops
+from bench.describe import step_flops
 from bench.errors import UserError
 from bench.estimate import estimate
 from bench.trainer import LocalTrainer, OptimSettings
@@ -38,7 +39,7 @@ MEMORY_TOLERANCE = 0.01
 
 
 def small_trainer(method: str) -> LocalTrainer:
-    backbone, m = build_method(RunConfig(method=method, **SMALL))
+    backbone, m = build(RunConfig(method=method, **SMALL))
     return LocalTrainer(backbone, m.split, m, OptimSettings(0.05, 1), torch.device("cpu"))
 
 
@@ -56,7 +57,7 @@ def figures(method: str) -> dict[str, int]:
     tracker = trainer.start_tracking(previous)
     trainer.tracked_step(tracker, x, y)
     tracked = trainer.tracked_result(tracker).peak_bytes
-    backbone, m = build_method(RunConfig(method=method, **SMALL))
+    backbone, m = build(RunConfig(method=method, **SMALL))
     flops, _ = step_flops(m, backbone, SMALL_BATCH)
     published = estimate(RunConfig(method=method, **PUBLISHED), PUBLISHED_BATCH)
     return {

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from bench.backbone import Backbone, get_backbone
+from bench.build import build
 from bench.config import RunConfig
 from bench.data import DataBundle, DataRequest, load_dataset
 from bench.describe import step_flops
 from bench.errors import UserError
 from bench.records import RunRecord, environment
-from bench.split import Split, check_K
+from bench.split import Split
 from bench.trainer import LocalTrainer, OptimSettings, fit
 from methods import Method, make_params
 from methods.loading import resolve_method
@@ -34,27 +35,16 @@ class Prepared:
     method: Method
 
 
-def requested_split(config: RunConfig, n_hidden: int) -> Split:
-    if config.cuts is not None:
-        return Split.from_cuts(n_hidden, config.cuts)
-    if config.K is None:
-        return Split.every_unit(n_hidden)
-    check_K(config.K, n_hidden)
-    return Split.uniform(n_hidden, config.K)
-
-
 def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> Prepared:
     """Resolve and check the config, seed, and build everything. Raises UserError on bad input.
 
     ``net``: a factory ``num_classes -> Backbone`` used instead of the registered
     ``config.net`` (which then only labels the record), e.g. for a user's own
     ``Backbone.from_sequential(...)`` that is not registered."""
-    make_net = net or (lambda num_classes: get_backbone(config.net, num_classes))
     config = config.resolved()
-    method_cls = resolve_method(config.method)
-    params = make_params(method_cls, config.method_params)
+    make_params(resolve_method(config.method), config.method_params)  # bad input fails first
     # The backbone fixes the input shape, the dataset the number of classes.
-    input_shape = make_net(10).input_shape
+    input_shape = (net or (lambda n: get_backbone(config.net, n)))(10).input_shape
     request = DataRequest(
         image_shape=input_shape,
         batch_size=config.batch_size,
@@ -65,11 +55,8 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
         num_workers=config.num_workers,
     )
     data = load_dataset(config.dataset, request)
-    torch.manual_seed(config.seed)
-    backbone = make_net(data.info.num_classes)
-    split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
-    method = method_cls(backbone, split, data.info, params)
-    return Prepared(config, backbone, split, data, method)
+    backbone, method = build(config, data.info, net=net)
+    return Prepared(config, backbone, method.split, data, method)
 
 
 def execute(

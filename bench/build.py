@@ -1,0 +1,52 @@
+"""Assembling a configuration: the split it asks for, and its backbone and method, seeded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from bench.backbone import Backbone, get_backbone
+from bench.config import RunConfig
+from bench.data import DataInfo
+from bench.split import Split, check_K
+from methods import Method, make_params
+from methods.loading import resolve_method
+
+
+def requested_split(config: RunConfig, n_hidden: int) -> Split:
+    if config.cuts is not None:
+        return Split.from_cuts(n_hidden, config.cuts)
+    if config.K is None:
+        return Split.every_unit(n_hidden)
+    check_K(config.K, n_hidden)
+    return Split.uniform(n_hidden, config.K)
+
+
+def build(
+    config: RunConfig,
+    data: DataInfo | None = None,
+    num_classes: int = 10,
+    image_size: int | None = None,
+    net: Callable[[int], Backbone] | None = None,
+) -> tuple[Backbone, Method]:
+    """Backbone and method of ``config`` after seeding, on the CPU (or fake, when called under
+    ``FakeTensorMode``).
+
+    ``data``: the dataset's statistics; without it, ``num_classes`` classes and placeholder
+    statistics at the net's input shape (enough for shapes, memory and FLOPs).
+    ``image_size``: re-probe the backbone at that input side. ``net``: a factory
+    ``num_classes -> Backbone`` used instead of the registered ``config.net``."""
+    method_cls = resolve_method(config.method)
+    params = make_params(method_cls, config.method_params)
+    torch.manual_seed(config.seed)
+    classes = data.num_classes if data is not None else num_classes
+    backbone = (net or (lambda n: get_backbone(config.net, n)))(classes)
+    if image_size is not None and image_size != backbone.input_shape[1]:
+        shape = (backbone.input_shape[0], image_size, image_size)
+        backbone = Backbone(backbone.name, list(backbone.units), shape, backbone.specs)
+    if data is None:
+        c = backbone.input_shape[0]
+        data = DataInfo("placeholder", classes, backbone.input_shape, (0.5,) * c, (0.25,) * c)
+    split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
+    return backbone, method_cls(backbone, split, data, params)
