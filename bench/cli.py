@@ -286,8 +286,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.grid import Grid, axes_from_args, load_grid
     from bench.presets import PRESETS
-    from bench.sweep import Grid, axes_from_args, load_grid, sweep
+    from bench.sweep import sweep
 
     if args.preset:
         grid = PRESETS.get(args.preset)

@@ -9,8 +9,8 @@ InfoPro's lambdas default to the published ones for ResNet-32 and ResNet-110. Im
 
 from __future__ import annotations
 
+from bench.grid import Grid
 from bench.registry import Registry
-from bench.sweep import Grid
 
 SEEDS = (0, 1, 2)
 ALL = ("bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal")

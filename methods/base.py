@@ -42,8 +42,6 @@ in ``Params``, override the hooks you need, and register it with ``@METHODS.regi
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,7 +51,6 @@ from torch import nn
 
 from bench.backbone import Backbone, Shape
 from bench.data import DataInfo
-from bench.errors import UserError
 from bench.registry import Registry
 from bench.split import Split
 
@@ -150,41 +147,3 @@ def register(name: str):
         return cls
 
     return decorate
-
-
-def make_params(method: type[Method], values: dict[str, object]) -> object:
-    """Build ``method.Params`` from ``name -> value`` (strings are converted to the field type)."""
-    fields = {f.name: f for f in dataclasses.fields(method.Params)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        known = ", ".join(fields) or "none"
-        raise UserError(
-            f"method {method.name!r} has no parameter {', '.join(unknown)}; known: {known}"
-        )
-    hints = typing.get_type_hints(method.Params)
-    converted = {}
-    for key, value in values.items():
-        kind = concrete_type(hints[key])
-        try:
-            converted[key] = parse_value(value, kind) if isinstance(value, str) else kind(value)
-        except ValueError:
-            raise UserError(
-                f"parameter {key} of {method.name!r} must be a {kind.__name__}, got {value!r}"
-            ) from None
-    return method.Params(**converted)
-
-
-def concrete_type(hint: object) -> type:
-    """``float`` for ``float``, ``float | None`` and ``Optional[float]``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint  # type: ignore[return-value]
-
-
-def parse_value(text: str, kind: type) -> object:
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(text)
-    return kind(text)

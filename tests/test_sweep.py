@@ -12,9 +12,10 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UserError
+from bench.grid import Grid, load_grid
 from bench.presets import PRESETS
 from bench.records import read_records
-from bench.sweep import Grid, finished_ids, load_grid, resolved_id, sweep
+from bench.sweep import finished_ids, resolved_id, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"dataset": "synthetic", "epochs": 1, "warmup_steps": 1, "measure_steps": 2}
