@@ -16,15 +16,17 @@ from pathlib import Path
 
 from bench.errors import UserError
 
-SCHEMA = "locbench.run/1"
+SCHEMA = "locbench.run/2"  # /2: full identity (every hyperparameter, method source hash)
 STATUSES = ("ok", "oom", "diverged", "error")
 
 
 @dataclass
 class RunRecord:
     run_id: str
-    config: dict
+    config: dict  # the fully resolved configuration (every method hyperparameter, typed)
     env: dict
+    method_sha256: str = ""  # content hash of the file defining the method class
+    package_version: str = ""
     status: str = "ok"
     message: str = ""
     K: int | None = None
@@ -43,6 +45,9 @@ class RunRecord:
     memory: dict | None = None  # tracked peak, breakdown, module peaks, floor (bench.memory)
     flops: dict | None = None  # per training step: backbone, aux, total (bench.describe)
     started_at: str = ""
+    # True for an ``error`` row written because the worker process died (killed, segfault):
+    # a resumed sweep runs that configuration again.
+    worker_died: bool = False
     wall_time_s: float | None = None
     curve: list[dict] = field(default_factory=list)
     schema: str = SCHEMA
@@ -142,10 +147,27 @@ def write_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone who reads results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """``path`` as a results folder, created if missing; a one-line error (before any training)
+    when it is a file, cannot be created or is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is not a folder; give a folder for the records")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".locbench-probe-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"--out {path} is not a writable folder ({reason})") from None
+    return path
 
 
 def record_path(out_dir: Path, record: RunRecord) -> Path:
