@@ -1,13 +1,18 @@
-"""One run's configuration, and the per-dataset training presets that fill its blanks."""
+"""One run's configuration: every run setting, declared once (:mod:`bench.settings`), the
+per-dataset training presets that fill its blanks, and the run's identity."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 from bench.errors import UserError
+from bench.settings import Spec, coerce_typed, convert, setting, specs
 
 
 @dataclass(frozen=True)
@@ -18,9 +23,9 @@ class TrainPreset:
     warmup_epochs: float
 
 
-# AugLocal settings (REFERENCE.md): CIFAR-10/SVHN batch 1024, lr 0.8, 400 epochs with a 10-epoch
-# warm-up; STL-10 batch 128, lr 0.1. digits/synthetic are CPU-sized: lr scaled linearly with the
-# batch (0.8 * 64 / 1024 = 0.05) and few epochs.
+# AugLocal settings (the paper and its authors' run.sh): CIFAR-10/SVHN batch 1024, lr 0.8,
+# 400 epochs with a 10-epoch warm-up; STL-10 batch 128, lr 0.1. digits/synthetic are CPU-sized:
+# lr scaled linearly with the batch (0.8 * 64 / 1024 = 0.05) and few epochs.
 PRESETS: dict[str, TrainPreset] = {
     "cifar10": TrainPreset(400, 1024, 0.8, 10),
     "svhn": TrainPreset(400, 1024, 0.8, 10),
@@ -29,46 +34,103 @@ PRESETS: dict[str, TrainPreset] = {
     "synthetic": TrainPreset(5, 64, 0.05, 1),
 }
 DEFAULT_PRESET = PRESETS["digits"]
+PRESET = "the dataset's preset"
+MEMORY_MODES = ("auto", "tracked", "cuda", "both")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run. ``None`` fields are filled by :meth:`resolved`."""
+    """Everything that determines a run. ``None`` fields are filled by :meth:`resolved`.
 
-    method: str = "bp"
-    net: str = "smallnet"
-    dataset: str = "digits"
-    K: int | None = None  # None: every hidden unit a module (ignored if ``cuts`` is given)
-    cuts: tuple[int, ...] | None = None  # hidden units after which to cut, 0-based
-    method_params: dict = field(default_factory=dict)
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    warmup_epochs: float | None = None
-    warmup_start_lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    cudnn_benchmark: bool = True
-    data_root: str | None = None
-    download: bool = False
-    augment: bool = True
-    num_workers: int = 0
-    # After warmup_steps: track_steps steps under the memory tracker, then measure_steps timed
-    # steps (with the CUDA allocator window). memory: auto (cuda on a GPU, else tracked),
-    # tracked, cuda or both.
-    warmup_steps: int = 3
-    track_steps: int = 2
-    measure_steps: int = 20
-    memory: str = "auto"
+    Each field is a setting of :mod:`bench.settings`: the flags of ``run``/``sweep``/
+    ``estimate``/``describe``, the TOML keys, the sweep axes and ``locbench config --list``
+    are generated from these declarations. Values are checked when the config is made."""
+
+    # model
+    net: str = setting("smallnet", "backbone (see `locbench list`)", section="model")
+    K: int | None = setting(
+        None,
+        "local modules (none: one per hidden unit, the published K of every preset net)",
+        section="model",
+        low=1,
+        flag="--K",
+    )
+    cuts: tuple[int, ...] | None = setting(
+        None, "cut after these hidden units (0-based), e.g. 3,7,11", section="model", low=0
+    )
+    # method
+    method: str = setting(
+        "bp", "a method name (see `locbench list`) or path/to/file.py:ClassName", section="method"
+    )
+    method_params: dict = setting(
+        {}, "the method's hyperparameters (--hp KEY=VALUE)", section="method", cli=False
+    )
+    # train
+    epochs: int | None = setting(None, PRESET, section="train", low=1, high=100_000)
+    batch_size: int | None = setting(None, PRESET, section="train", low=1, high=2**20)
+    lr: float | None = setting(None, f"peak learning rate ({PRESET})", section="train", above=0)
+    warmup_epochs: float | None = setting(
+        None, f"linear warm-up epochs ({PRESET})", section="train", low=0
+    )
+    warmup_start_lr: float = setting(
+        0.01, "learning rate the warm-up starts from", section="train", low=0
+    )
+    momentum: float = setting(0.9, "SGD momentum", section="train", low=0, high=1)
+    nesterov: bool = setting(True, "Nesterov momentum", section="train")
+    weight_decay: float = setting(1e-4, "L2 weight decay", section="train", low=0)
+    # data
+    dataset: str = setting("digits", "dataset (see `locbench list`)", section="data")
+    data_root: str | None = setting(None, "folder holding cifar10/svhn/stl10 files", section="data")
+    download: bool = setting(False, "download the dataset if missing", section="data")
+    augment: bool = setting(True, "train with the dataset's augmentation", section="data")
+    num_workers: int = setting(
+        0, "data-loading worker processes", section="data", low=0, high=256, flag="--workers"
+    )
+    # measure
+    warmup_steps: int = setting(3, "steps before the measured windows", section="measure", low=0)
+    track_steps: int = setting(
+        2, "steps under the memory tracker", section="measure", low=0, high=1000
+    )
+    measure_steps: int = setting(20, "timed steps", section="measure", low=0, high=1_000_000)
+    memory: str = setting(
+        "auto",
+        "auto: the CUDA allocator on a GPU, the storage tracker otherwise",
+        section="measure",
+        choices=MEMORY_MODES,
+    )
+    # env
+    device: str = setting("auto", "auto (CUDA if available), cpu, cuda, cuda:N", section="env")
+    dtype: str = setting(
+        "float32", "parameter and activation dtype", section="env", choices=("float32",)
+    )
+    seed: int = setting(0, "random seed", section="env", low=0, high=2**32 - 1)
+    cudnn_benchmark: bool = setting(True, "torch.backends.cudnn.benchmark on CUDA", section="env")
+
+    def __post_init__(self) -> None:
+        # Typed and checked however the config was made (flags, TOML, Python): 1 and 1.0
+        # must not give two run ids, and nothing out of range reaches a run.
+        for spec in SPECS:
+            value = coerce_typed(spec, getattr(self, spec.name), spec.flag)
+            object.__setattr__(self, spec.name, value)
+        if not all(isinstance(k, str) for k in self.method_params):
+            raise UserError("method hyperparameter names must be strings")
+        if self.K is not None and self.cuts is not None:
+            raise UserError("give either --K or --cuts, not both")
 
     def resolved(self) -> RunConfig:
-        """Dataset preset filled in, device picked, values checked."""
+        """Dataset preset filled in, device and memory mode picked, every method
+        hyperparameter filled in with its typed default, values checked."""
+        from methods.loading import resolve_method
+        from methods.params import resolve_params
+
         preset = PRESETS.get(self.dataset, DEFAULT_PRESET)
-        cfg = dataclasses.replace(
+        device = pick_device(self.device)
+        on_cuda = device.startswith("cuda")
+        memory = ("cuda" if on_cuda else "tracked") if self.memory == "auto" else self.memory
+        if memory != "tracked" and not on_cuda:
+            raise UserError(f"--memory {memory} needs a CUDA device; use --memory tracked")
+        check_data_root(self.data_root)
+        return dataclasses.replace(
             self,
             epochs=preset.epochs if self.epochs is None else self.epochs,
             batch_size=preset.batch_size if self.batch_size is None else self.batch_size,
@@ -76,25 +138,10 @@ class RunConfig:
             warmup_epochs=(
                 preset.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs
             ),
-            device=pick_device(self.device),
+            device=device,
+            memory=memory,
+            method_params=resolve_params(resolve_method(self.method), self.method_params),
         )
-        on_cuda = cfg.device.startswith("cuda")
-        cfg = dataclasses.replace(
-            cfg, memory=("cuda" if on_cuda else "tracked") if cfg.memory == "auto" else cfg.memory
-        )
-        if cfg.memory not in ("tracked", "cuda", "both"):
-            raise UserError(f"unknown --memory {cfg.memory!r}; accepted: auto, tracked, cuda, both")
-        if cfg.memory != "tracked" and not on_cuda:
-            raise UserError(f"--memory {cfg.memory} needs a CUDA device; use --memory tracked")
-        if cfg.batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {cfg.batch_size}")
-        if cfg.epochs < 1:
-            raise UserError(f"epochs must be at least 1, got {cfg.epochs}")
-        if cfg.lr <= 0:
-            raise UserError(f"learning rate must be positive, got {cfg.lr}")
-        if cfg.dtype != "float32":
-            raise UserError(f"dtype {cfg.dtype!r} is not supported yet; accepted: float32")
-        return cfg
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -102,20 +149,69 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+    def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
+        """A config from JSON/TOML values; text is converted as flags are."""
+        unknown = sorted(set(d) - set(BY_NAME))
         if unknown:
-            raise UserError(f"unknown config keys {unknown}; accepted: {sorted(names)}")
-        d = dict(d)
-        if d.get("cuts") is not None:
-            d["cuts"] = tuple(d["cuts"])
-        return cls(**d)
+            raise UserError(f"{where}: unknown settings {unknown}; see `locbench config --list`")
+        typed = {k: convert(BY_NAME[k], v, f"{where} {k}") for k, v in d.items()}
+        return cls(**typed)
+
+    def identity(self) -> dict:
+        """What makes a run this run: the resolved configuration, the content hash of the
+        method's source file, the package version and the record schema. Call on a resolved
+        config."""
+        from bench.records import SCHEMA
+        from methods.loading import resolve_method
+
+        return {
+            "config": self.to_dict(),
+            "method_sha256": source_sha256(resolve_method(self.method)),
+            "package_version": package_version(),
+            "schema": SCHEMA,
+        }
 
     def run_id(self) -> str:
-        """Stable hash of the configuration: the same settings always give the same id."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Hash of :meth:`identity`: one identity, one record, one id."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+SPECS: list[Spec] = specs(RunConfig)
+BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
+
+
+def source_sha256(cls: type) -> str:
+    """SHA-256 of the file that defines ``cls`` (a method file, or the module of a built-in or
+    entry-point method): editing it changes every run id of that method."""
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:
+        path = None
+    if path is None:
+        return ""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("locbench")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_data_root(root: str | None) -> None:
+    if root is None:
+        return
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise UserError(f"--data-root {root} does not exist")
+    if not path.is_dir():
+        raise UserError(f"--data-root {root} is not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise UserError(f"--data-root {root} is not readable")
 
 
 def pick_device(device: str) -> str:
@@ -125,6 +221,11 @@ def pick_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
+    if not (device == "cpu" or device == "cuda" or _cuda_index(device)):
         raise UserError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N")
     return device
+
+
+def _cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()

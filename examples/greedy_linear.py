@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Batch, Cut, Method
+from methods.params import param
 
 
 @dataclass(frozen=True)
 class Params:
     #: Multiplies every local loss (the output loss of the last module is unchanged).
-    loss_scale: float = 1.0
+    loss_scale: float = param(1.0, "multiplies every local loss", low=0)
 
 
 class GreedyLinear(Method):

@@ -31,20 +31,16 @@ from bench.backbone import Backbone, build_unit
 from bench.errors import UserError
 from bench.split import Split
 from methods.base import Cut, Method, register
+from methods.params import param
 
 
 @dataclass(frozen=True)
 class AugLocalParams:
-    depth: int = 2  # d: layers per auxiliary net (README of the authors' code: d = 2)
-    tau: float = 0.5  # pyramid coefficient, 0.5 in all published runs
-    pyramid: bool = True  # published runs use --pyramid
-    widen: float = 1.0  # width multiplier of the copied layers
-
-    def __post_init__(self) -> None:
-        if self.depth < 1:
-            raise UserError(f"auglocal depth must be at least 1, got {self.depth}")
-        if not 0.0 <= self.tau <= 1.0:
-            raise UserError(f"auglocal tau must be in [0, 1], got {self.tau}")
+    # README of the authors' code: d = 2; tau 0.5 and --pyramid in all published runs.
+    depth: int = param(2, "d: layers per auxiliary net", low=1, high=1000)
+    tau: float = param(0.5, "pyramid coefficient", low=0, high=1)
+    pyramid: bool = param(True, "shrink the auxiliary depth linearly over the modules")
+    widen: float = param(1.0, "width multiplier of the copied layers", above=0, high=64)
 
 
 def selected_layers(j: int, n: int, depth: int) -> list[int]:

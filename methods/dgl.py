@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.backbone import Backbone, spatial_size
-from bench.errors import UserError
 from methods.base import Cut, Method, register
+from methods.params import param
+
+VARIANTS = ("auglocal", "paper")
 
 
 @dataclass(frozen=True)
 class DGLParams:
-    variant: str = "auglocal"
-    hidden_dim: int = 128
-    mlp_layers: int = 3
-
-    def __post_init__(self) -> None:
-        if self.variant not in ("auglocal", "paper"):
-            raise UserError(f"dgl variant must be 'auglocal' or 'paper', got {self.variant!r}")
+    variant: str = param(
+        "auglocal", "auglocal: the AugLocal authors' MLP; paper: DGL's", choices=VARIANTS
+    )
+    hidden_dim: int = param(128, "MLP width (variant=paper)", low=1, high=1_000_000)
+    mlp_layers: int = param(3, "hidden MLP layers (variant=paper)", low=1, high=100)
 
 
 def pointwise_bn_relu(channels: int) -> list[nn.Module]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from bench.backbone import Backbone
 from methods.base import Batch, Cut, Method, register
+from methods.params import param
 
 # (lambda1, lambda2) at the first and the last local module.
 PUBLISHED_LAMBDAS = {
@@ -37,12 +38,13 @@ DEFAULT_LAMBDAS = PUBLISHED_LAMBDAS["resnet32"]
 
 @dataclass(frozen=True)
 class InfoProParams:
-    lambda1_first: float | None = None  # None: the published value for the backbone
-    lambda2_first: float | None = None
-    lambda1_last: float | None = None
-    lambda2_last: float | None = None
-    hidden_dim: int = 128
-    decoder_width: int = 12
+    # None: the published value for the backbone.
+    lambda1_first: float | None = param(None, "reconstruction weight, first module", low=0)
+    lambda2_first: float | None = param(None, "cross-entropy weight, first module", low=0)
+    lambda1_last: float | None = param(None, "reconstruction weight, last local module", low=0)
+    lambda2_last: float | None = param(None, "cross-entropy weight, last local module", low=0)
+    hidden_dim: int = param(128, "classifier MLP width", low=1, high=1_000_000)
+    decoder_width: int = param(12, "decoder channels", low=1, high=100_000)
 
 
 def interpolate(first: float, last: float, k: int, n_local: int) -> float:

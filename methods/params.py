@@ -1,50 +1,67 @@
-"""Method hyperparameters: building a method's ``Params`` dataclass from user values."""
+"""Method hyperparameters: a method's ``Params`` dataclass, declared with :func:`param`.
+
+Each field is a setting of :mod:`bench.settings` (type from the annotation, range in the
+metadata), so hyperparameters are read, checked and listed exactly as run settings are::
+
+    @dataclass(frozen=True)
+    class Params:
+        hidden_dim: int = param(128, "width of the MLP", low=1)
+        variant: str = param("auglocal", "which MLP", choices=("auglocal", "paper"))
+
+A ``check(self)`` method on ``Params``, if defined, runs after the per-field checks for
+constraints across fields; it raises :class:`~bench.errors.UserError`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import typing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserError
+from bench.settings import convert, setting, specs
 
 if TYPE_CHECKING:
     from methods.base import Method
 
 
+def param(
+    default: Any,
+    help: str = "",
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+    choices: tuple | None = None,
+) -> Any:
+    """A hyperparameter field: its default, help and accepted range."""
+    return setting(default, help, low=low, high=high, above=above, choices=choices)
+
+
 def make_params(method: type[Method], values: dict[str, object]) -> object:
-    """Build ``method.Params`` from ``name -> value`` (strings are converted to the field type)."""
-    fields = {f.name: f for f in dataclasses.fields(method.Params)}
+    """``method.Params`` from ``name -> value``: text is converted to the field's type, every
+    field (defaults included) is checked against its declared range."""
+    fields = {s.name: s for s in specs(method.Params)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         known = ", ".join(fields) or "none"
         raise UserError(
             f"method {method.name!r} has no parameter {', '.join(unknown)}; known: {known}"
         )
-    hints = typing.get_type_hints(method.Params)
-    converted = {}
-    for key, value in values.items():
-        kind = concrete_type(hints[key])
-        try:
-            converted[key] = parse_value(value, kind) if isinstance(value, str) else kind(value)
-        except ValueError:
-            raise UserError(
-                f"parameter {key} of {method.name!r} must be a {kind.__name__}, got {value!r}"
-            ) from None
-    return method.Params(**converted)
+    typed = {}
+    for name, spec in fields.items():
+        value = values.get(name, spec.default)
+        typed[name] = convert(spec, value, f"parameter {name} of {method.name!r}")
+    params = method.Params(**typed)
+    check = getattr(params, "check", None)
+    if callable(check):
+        check()
+    return params
 
 
-def concrete_type(hint: object) -> type:
-    """``float`` for ``float``, ``float | None`` and ``Optional[float]``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint  # type: ignore[return-value]
+def resolve_params(method: type[Method], values: dict[str, object]) -> dict[str, object]:
+    """Every hyperparameter of ``method``, typed, defaults included: the form records keep."""
+    return dataclasses.asdict(make_params(method, values))
 
 
-def parse_value(text: str, kind: type) -> object:
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(text)
-    return kind(text)
+def has_param(method: type[Method], name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(method.Params)}

@@ -21,18 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbone import Backbone
-from bench.errors import UserError
 from methods.base import Batch, Cut, Method, register
+from methods.params import param
 
 
 @dataclass(frozen=True)
 class PredSimParams:
-    beta: float = 0.99
-    pool_target: int = 512
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.beta <= 1.0:
-            raise UserError(f"predsim beta must be in [0, 1], got {self.beta}")
+    beta: float = param(0.99, "weight of the similarity-matching loss", low=0, high=1)
+    pool_target: int = param(512, "most features the pooled classifier sees", low=1, high=2**24)
 
 
 def pool_to_fit(channels: int, height: int, width: int, target: int) -> nn.Module:
