@@ -9,6 +9,7 @@ import torch
 from bench.backbone import Backbone, get_backbone
 from bench.config import RunConfig
 from bench.data import DataInfo
+from bench.errors import UserError
 from bench.split import Split, check_K
 from methods import Method, make_params
 from methods.loading import resolve_method
@@ -49,4 +50,12 @@ def build(
         c = backbone.input_shape[0]
         data = DataInfo("placeholder", classes, backbone.input_shape, (0.5,) * c, (0.25,) * c)
     split = method_cls.plan_split(requested_split(config, backbone.n_hidden), params)
-    return backbone, method_cls(backbone, split, data, params)
+    try:
+        method = method_cls(backbone, split, data, params)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a method's own bug is one line, not a traceback
+        text = str(e).strip().splitlines()
+        detail = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        raise UserError(f"method {config.method!r} failed to build: {detail}") from None
+    return backbone, method

@@ -83,9 +83,7 @@ class RunConfig:
     data_root: str | None = setting(None, "folder holding cifar10/svhn/stl10 files", section="data")
     download: bool = setting(False, "download the dataset if missing", section="data")
     augment: bool = setting(True, "train with the dataset's augmentation", section="data")
-    num_workers: int = setting(
-        0, "data-loading worker processes", section="data", low=0, high=256, flag="--workers"
-    )
+    num_workers: int = setting(0, "data-loading worker processes", section="data", low=0, high=256)
     # measure
     warmup_steps: int = setting(3, "steps before the measured windows", section="measure", low=0)
     track_steps: int = setting(

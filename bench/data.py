@@ -43,6 +43,17 @@ class DataBundle:
     info: DataInfo
     train: Loader
     test: Loader
+    train_size: int  # images in the training split
+
+    def __post_init__(self) -> None:
+        # A batch larger than the training set would silently train on smaller batches than
+        # the record says.
+        batch = getattr(self.train, "batch_size", None)
+        if batch is not None and batch > self.train_size:
+            raise UserError(
+                f"batch size {batch} is larger than the {self.train_size} training images of "
+                f"{self.info.name}; use a batch size of at most {self.train_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ def in_memory_bundle(
     )
     train = TensorLoader(norm(x_train), y_train, request.batch_size, True, request.seed)
     test = TensorLoader(norm(x_test), y_test, request.batch_size, False)
-    return DataBundle(info, train, test)
+    return DataBundle(info, train, test, len(x_train))
 
 
 @DATASETS.register("digits")

@@ -27,10 +27,14 @@ UNITS |= {"kb": 10**3, "mb": 10**6, "gb": 10**9}
 
 def parse_bytes(text: str) -> int:
     """``24GiB``, ``512 MiB``, ``8GB`` or a plain number of bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise UserError(f"cannot read {text!r} as a size; use e.g. 24GiB, 512MiB, 8GB or bytes")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    match = re.fullmatch(r"\s*([0-9]{1,20}(\.[0-9]{1,20})?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(3).lower() not in UNITS:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise UserError(f"cannot read {shown!r} as a size; use e.g. 24GiB, 512MiB, 8GB or bytes")
+    size = int(float(match.group(1)) * UNITS[match.group(3).lower()])
+    if not 1 <= size <= 2**60:
+        raise UserError(f"--budget must be between 1 byte and 1 EiB, got {text!r}")
+    return size
 
 
 def estimate(

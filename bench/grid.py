@@ -10,13 +10,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config import RunConfig
+from bench.config import BY_NAME, RunConfig
 from bench.errors import UserError
+
+# Grid fields that are axes of one run setting each (the rest go in ``axes``).
+NAMED_AXES = {
+    "methods": "method",
+    "nets": "net",
+    "K": "K",
+    "batch_size": "batch_size",
+    "seeds": "seed",
+}
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The axes of a sweep; ``run`` holds the other :class:`RunConfig` fields."""
+    """The axes of a sweep. ``methods`` .. ``seeds`` and ``axes`` (any other run setting) take a
+    tuple of values each; ``hp`` holds hyperparameter axes, keyed ``KEY`` (every selected method
+    that has it) or ``METHOD.KEY`` (that method only); ``aux_depth`` is the axis ``depth``
+    for the methods that have it. ``run`` holds fixed run settings (its ``method_params``: fixed
+    hyperparameters, unscoped), ``method_params`` fixed hyperparameters per method."""
 
     methods: tuple[str, ...] = ("bp", "dgl")
     nets: tuple[str, ...] = ("smallnet",)
@@ -24,49 +37,118 @@ class Grid:
     aux_depth: tuple[int | None, ...] = (None,)
     batch_size: tuple[int | None, ...] = (None,)
     seeds: tuple[int, ...] = (0,)
+    axes: dict = field(default_factory=dict)
+    hp: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
+    method_params: dict = field(default_factory=dict)
+
+    def setting_axes(self) -> dict[str, tuple]:
+        """Run setting -> values, every axis of the grid."""
+        named = {
+            "method": self.methods,
+            "net": self.nets,
+            "K": self.K,
+            "batch_size": self.batch_size,
+            "seed": self.seeds,
+        }
+        return {**named, **self.axes}
 
     def configs(self) -> list[RunConfig]:
-        """Every configuration of the grid once, in a stable order."""
-        from methods.loading import resolve_method
-
+        """Every configuration of the grid once, resolved, in a stable order. Every one is
+        checked here, before anything runs: the first bad one is a one-line error naming it."""
+        axes = self.setting_axes()
+        methods = axes["method"]
+        per_method = self.hyperparameters(methods)
+        fixed = {k: v for k, v in self.run.items() if k != "method_params"}
         seen, out = set(), []
-        axes = itertools.product(
-            self.nets, self.K, self.batch_size, self.methods, self.aux_depth, self.seeds
-        )
-        for net, K, batch, method, depth, seed in axes:
-            params = dict(self.run.get("method_params", {}))
-            has_depth = "depth" in {
-                f.name for f in dataclasses.fields(resolve_method(method).Params)
-            }
-            if depth is not None and has_depth:
-                params["depth"] = depth
-            settings = {**self.run, "method_params": params}
-            config = RunConfig.from_dict(
-                {
-                    **settings,
-                    "method": method,
-                    "net": net,
-                    "K": K,
-                    "batch_size": batch,
-                    "seed": seed,
-                }
-            )
-            key = json.dumps(config.to_dict(), sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
-                out.append(config)
+        names = list(axes)
+        for values in itertools.product(*(axes[n] for n in names)):
+            settings = {**fixed, **dict(zip(names, values))}
+            hp_axes = per_method[settings["method"]]
+            for hp_values in itertools.product(*hp_axes.values()):
+                params = dict(zip(hp_axes, hp_values))
+                label = describe(settings, params)
+                try:
+                    config = RunConfig.from_dict(
+                        {**settings, "method_params": params}, where=label
+                    ).resolved()
+                except UserError as e:
+                    raise UserError(f"configuration {len(out) + 1} ({label}): {e}") from None
+                key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(config)
         return out
 
-    def override(self, **axes: object) -> Grid:
-        """This grid with the non-None ``axes`` replaced (flags over a preset or file)."""
-        changes = {k: v for k, v in axes.items() if v is not None and k != "run"}
-        run = {**self.run, **(axes.get("run") or {})}
-        return dataclasses.replace(self, **changes, run=run)
+    def hyperparameters(self, methods: tuple[str, ...]) -> dict[str, dict[str, tuple]]:
+        """``method -> {key: values}``: fixed values are axes of one value. An unscoped key goes
+        to the selected methods that have it; a key no selected method has is an error."""
+        from methods.loading import resolve_method
+        from methods.params import has_param
+
+        classes = {m: resolve_method(m) for m in methods}
+        out: dict[str, dict[str, tuple]] = {m: {} for m in methods}
+        for method in self.method_params:
+            if method not in classes:
+                raise UserError(f"[method.{method}] names a method not in the sweep: {methods}")
+        # (key, values, required): a key that no method has is an error, except aux_depth,
+        # which applies only where it means something
+        entries = [(k, (v,), True) for k, v in self.run.get("method_params", {}).items()]
+        entries += [
+            (f"{m}.{k}", (v,), True)
+            for m, table in self.method_params.items()
+            for k, v in table.items()
+        ]
+        entries += [(k, tuple(v), True) for k, v in self.hp.items()]
+        depths = tuple(d for d in self.aux_depth if d is not None)
+        if depths:
+            entries.append(("depth", depths, False))
+        for key, values, required in entries:
+            method, _, name = key.rpartition(".")
+            if method and method not in classes:
+                raise UserError(f"--hp {key}: method {method!r} is not in the sweep {methods}")
+            targets = [method] if method else list(methods)
+            having = [m for m in targets if has_param(classes[m], name)]
+            if not having and required:
+                where = f"method {method!r} has" if method else f"none of {list(methods)} has"
+                raise UserError(f"--hp {key}: {where} a hyperparameter {name!r}")
+            for m in having:
+                out[m][name] = values
+        return out
+
+    def override(self, **changes: object) -> Grid:
+        """This grid with the given axes replaced (flags over a preset or file). ``axes``:
+        run setting -> values; ``hp``, ``run`` and ``method_params`` are merged."""
+        replace = {k: v for k, v in changes.items() if k in NAMED_AXES or k == "aux_depth"}
+        axes = dict(self.axes)
+        for setting, values in dict(changes.get("axes") or {}).items():
+            named = next((n for n, s in NAMED_AXES.items() if s == setting), None)
+            if named is not None:
+                replace[named] = values
+            else:
+                axes[setting] = values
+        return dataclasses.replace(
+            self,
+            **replace,
+            axes=axes,
+            hp={**self.hp, **dict(changes.get("hp") or {})},
+            run={**self.run, **dict(changes.get("run") or {})},
+            method_params={**self.method_params, **dict(changes.get("method_params") or {})},
+        )
+
+
+def describe(settings: dict, params: dict) -> str:
+    """``dgl smallnet K=4 seed=0 hidden_dim=64``: a configuration in error messages."""
+    text = f"{settings.get('method')} {settings.get('net')} K={settings.get('K')}"
+    text += f" seed={settings.get('seed')}"
+    return text + "".join(f" {k}={v}" for k, v in params.items())
 
 
 def load_grid(path: str | Path) -> Grid:
-    """A grid from TOML: a ``[grid]`` table with the axes, a ``[run]`` table with settings."""
+    """A grid from TOML: ``[grid]`` with axes (lists: ``methods``, ``nets``, ``K``,
+    ``aux_depth``, ``batch_size``, ``seeds`` or any run setting; a ``[grid.hp]`` table of
+    hyperparameter axes, keys ``KEY`` or ``"METHOD.KEY"``), ``[run]`` with fixed settings and
+    ``[method.NAME]`` tables with fixed hyperparameters of one method."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -77,22 +159,39 @@ def load_grid(path: str | Path) -> Grid:
         raise UserError(f"sweep config {path} does not exist")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - {"grid", "run"})
+    unknown = sorted(set(data) - {"grid", "run", "method"})
     if unknown:
-        raise UserError(f"{path}: unknown tables {unknown}; accepted: [grid], [run]")
-    grid = data.get("grid", {})
-    names = {f.name for f in dataclasses.fields(Grid)} - {"run"}
-    bad = sorted(set(grid) - names)
+        raise UserError(f"{path}: unknown tables {unknown}; accepted: [grid], [run], [method.NAME]")
+    for table in ("grid", "run", "method"):
+        if not isinstance(data.get(table, {}), dict):
+            raise UserError(f"{path}: {table} must be a table ([{table}])")
+    grid = dict(data.get("grid", {}))
+    hp = grid.pop("hp", {})
+    if not isinstance(hp, dict):
+        raise UserError(f"{path}: [grid] hp must be a table ([grid.hp])")
+    names = set(NAMED_AXES) | {"aux_depth"}
+    bad = sorted(set(grid) - names - set(BY_NAME))
     if bad:
-        raise UserError(f"{path}: unknown [grid] keys {bad}; accepted: {sorted(names)}")
-    for key, value in grid.items():
+        raise UserError(
+            f"{path}: unknown [grid] keys {bad}; accepted: {sorted(names)}, hp, or a run setting "
+            "(see `locbench config --list`)"
+        )
+    for key, value in {**grid, **{f"hp.{k}": v for k, v in hp.items()}}.items():
         if not isinstance(value, list) or not value:
             raise UserError(f"{path}: [grid] {key} must be a non-empty list, got {value!r}")
     run = data.get("run", {})
-    RunConfig.from_dict(run)  # unknown keys: one clear line
-    return Grid(**{k: tuple(v) for k, v in grid.items()}, run=run)
+    fixed = {k: v for k, v in run.items() if k != "method_params"}
+    RunConfig.from_dict(fixed, where=f"{path} [run]")  # unknown keys, bad values: one line
+    methods = data.get("method", {})
+    for name, table in methods.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: [method.{name}] must be a table of hyperparameters")
+    named = {k: tuple(v) for k, v in grid.items() if k in names}
+    axes = {k: tuple(v) for k, v in grid.items() if k not in names}
+    hp_axes = {k: tuple(v) for k, v in hp.items()}
+    return Grid(**named, axes=axes, hp=hp_axes, run=run, method_params=methods)
 
 
 def parse_list(text: str | None, kind: type = str) -> tuple | None:

@@ -20,8 +20,7 @@ from bench.errors import UserError
 from bench.records import RunRecord, environment
 from bench.split import Split
 from bench.trainer import LocalTrainer, OptimSettings, fit
-from methods import Method, make_params
-from methods.loading import resolve_method
+from methods import Method
 
 
 @dataclass
@@ -41,8 +40,7 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
     ``net``: a factory ``num_classes -> Backbone`` used instead of the registered
     ``config.net`` (which then only labels the record), e.g. for a user's own
     ``Backbone.from_sequential(...)`` that is not registered."""
-    config = config.resolved()
-    make_params(resolve_method(config.method), config.method_params)  # bad input fails first
+    config = config.resolved()  # every setting and hyperparameter checked: bad input fails first
     # The backbone fixes the input shape, the dataset the number of classes.
     input_shape = (net or (lambda n: get_backbone(config.net, n)))(10).input_shape
     request = DataRequest(

@@ -171,7 +171,7 @@ def load_torchvision(name: str, request: DataRequest) -> DataBundle:
         )
 
     info = DataInfo(name, 10, spec.image_shape, spec.mean, spec.std)
-    return DataBundle(info, loader(train_set, True), loader(test_set, False))
+    return DataBundle(info, loader(train_set, True), loader(test_set, False), len(train_set))
 
 
 @DATASETS.register("cifar10")

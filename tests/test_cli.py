@@ -56,7 +56,7 @@ BAD_INPUTS = {
     ),
     "K of 0": (
         ["--net", "smallnet", "--K", "0", *FAST],
-        ["K=0", "between 1 and 4"],
+        ["--K must be an integer >= 1", "got 0"],
     ),
     "K above resnet32's 16 units": (
         ["--net", "resnet32", "--K", "17", *FAST],
@@ -64,7 +64,7 @@ BAD_INPUTS = {
     ),
     "batch size 0": (
         ["--dataset", "synthetic", "--batch-size", "0", "--no-progress"],
-        ["batch size must be at least 1, got 0"],
+        ["--batch-size must be an integer >= 1", "got 0"],
     ),
     "cifar10 without data root": (
         ["--dataset", "cifar10", "--epochs", "1", "--no-progress"],
@@ -76,7 +76,7 @@ BAD_INPUTS = {
     ),
     "malformed cuts": (
         ["--cuts", "a,b", *FAST],
-        ["--cuts", "'a,b'", "3,7,11"],
+        ["--cuts must be a comma-separated list of integers >= 0", "'a,b'"],
     ),
     "cuts out of range": (
         ["--net", "smallnet", "--cuts", "5", *FAST],
@@ -100,11 +100,11 @@ BAD_INPUTS = {
     ),
     "hp value of the wrong type": (
         ["--method", "dgl", "--hp", "hidden_dim=abc", *FAST],
-        ["hidden_dim", "must be a int", "'abc'"],
+        ["parameter hidden_dim of 'dgl' must be an integer >= 1", "'abc'"],
     ),
     "epochs 0": (
         ["--dataset", "synthetic", "--epochs", "0", "--no-progress"],
-        ["epochs must be at least 1, got 0"],
+        ["--epochs must be an integer >= 1", "got 0"],
     ),
     "unknown device": (
         ["--device", "tpu", *FAST],
@@ -130,12 +130,18 @@ def test_bad_input_is_one_error_line_and_exit_2(capsys, tmp_path, argv, expected
 
 def test_argparse_errors_keep_usage_and_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--K", "abc"])
+        main(["run", "--memory"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: locbench run")
-    assert err.splitlines()[-1] == "locbench run: error: argument --K: invalid int value: 'abc'"
+    assert err.splitlines()[-1] == "locbench run: error: argument --memory: expected one argument"
     assert "Traceback" not in err
+
+
+def test_a_setting_of_the_wrong_type_is_one_line_not_usage(capsys):
+    code, out, err = run_cli(capsys, "run", "--K", "abc")
+    assert code == 2
+    assert err == "locbench: error: --K must be an integer >= 1 (or none), got 'abc'\n"
 
 
 def cli_subprocess(*argv: str) -> subprocess.CompletedProcess:
@@ -164,7 +170,7 @@ def test_subprocess_malformed_cuts_is_one_line(tmp_path):
     proc = cli_subprocess("run", "--cuts", "1,x", *FAST, "--out", str(tmp_path / "runs"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(PREFIX + "--cuts must be comma-separated")
+    assert proc.stderr.startswith(PREFIX + "--cuts must be a comma-separated list of integers")
     assert "Traceback" not in proc.stderr
 
 
