@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,19 @@ def requested_split(config: RunConfig, n_hidden: int) -> Split:
         return Split.every_unit(n_hidden)
     check_K(config.K, n_hidden)
     return Split.uniform(n_hidden, config.K)
+
+
+def check_split(config: RunConfig) -> None:
+    """Raise the one-line error a run of ``config`` would hit when splitting its net (K or
+    cuts out of range), building the backbone on the meta device: nothing is allocated."""
+    requested_split(config, hidden_units(config.net))
+
+
+@functools.cache
+def hidden_units(net: str) -> int:
+    """Hidden units of the registered backbone ``net`` (built once per process, on meta)."""
+    with torch.device("meta"):
+        return get_backbone(net, 10).n_hidden
 
 
 def build(

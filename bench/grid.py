@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.build import check_split
 from bench.config import BY_NAME, RunConfig
 from bench.errors import UserError
 
@@ -72,6 +73,7 @@ class Grid:
                     config = RunConfig.from_dict(
                         {**settings, "method_params": params}, where=label
                     ).resolved()
+                    check_split(config)
                 except UserError as e:
                     raise UserError(f"configuration {len(out) + 1} ({label}): {e}") from None
                 key = json.dumps(config.to_dict(), sort_keys=True, default=str)
@@ -119,7 +121,11 @@ class Grid:
     def override(self, **changes: object) -> Grid:
         """This grid with the given axes replaced (flags over a preset or file). ``axes``:
         run setting -> values; ``hp``, ``run`` and ``method_params`` are merged."""
-        replace = {k: v for k, v in changes.items() if k in NAMED_AXES or k == "aux_depth"}
+        replace = {
+            k: v
+            for k, v in changes.items()
+            if (k in NAMED_AXES or k == "aux_depth") and v is not None
+        }
         axes = dict(self.axes)
         for setting, values in dict(changes.get("axes") or {}).items():
             named = next((n for n, s in NAMED_AXES.items() if s == setting), None)
