@@ -52,6 +52,21 @@ class RunRecord:
     curve: list[dict] = field(default_factory=list)
     schema: str = SCHEMA
 
+    @classmethod
+    def of(cls, config, **fields) -> RunRecord:
+        """A record of the resolved :class:`~bench.config.RunConfig` ``config``: its run id,
+        its configuration and identity (method source hash, package version), the environment.
+        Every record, of a finished run or of a worker that died, starts here."""
+        identity = config.identity()
+        return cls(
+            run_id=config.run_id(),
+            config=identity["config"],
+            env=environment(config.device),
+            method_sha256=identity["method_sha256"],
+            package_version=identity["package_version"],
+            **fields,
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
@@ -228,3 +243,97 @@ def load_results(folder: str | Path):
 def load_curves(folder: str | Path):
     """Per-epoch curves of all runs in ``folder``, one row per (run, epoch)."""
     return curves_frame(read_records(folder))
+
+
+# Field annotation -> the JSON types a record may hold there; other annotations go unchecked.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "dict": (dict,),
+    "list": (list,),
+    "None": (type(None),),
+}
+
+
+def scan_records(folder: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """The valid run records among ``folder``'s ``*.json`` files, and ``(path, reason)`` for
+    every file skipped: not readable, not valid JSON (a truncated write), not a run record, an
+    unknown schema version, missing or unknown fields, or fields of the wrong type. Other files
+    are ignored. Raises :class:`~bench.errors.UserError` when ``folder`` does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} does not exist")
+    records: list[RunRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(folder.glob("*.json")):
+        record, reason = _scan_one(path)
+        if record is not None:
+            records.append(record)
+        else:
+            skipped.append((path, " ".join(reason.split())))  # one line, whatever it quotes
+    return records, skipped
+
+
+def _scan_one(path: Path) -> tuple[RunRecord | None, str]:
+    if not path.is_file():
+        return None, "not a file"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or type(e).__name__})"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return None, f"truncated or not valid JSON ({e.msg} at line {e.lineno})"
+    if not isinstance(data, dict):
+        kind = "an array" if isinstance(data, list) else f"a {type(data).__name__}"
+        return None, f"not a run record (JSON {kind})"
+    if "schema" not in data:
+        if "benchmarks" in data:
+            return None, "not a run record (a pytest-benchmark file)"
+        return None, 'not a run record (no "schema" field)'
+    if data["schema"] != SCHEMA:
+        return None, f"unknown schema version {data['schema']!r} (this locbench reads {SCHEMA!r})"
+    names = [f.name for f in fields(RunRecord)]
+    required = [
+        f.name for f in fields(RunRecord) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    unknown = [k for k in data if k not in names]
+    missing = [k for k in required if k not in data]
+    if missing or unknown:
+        problems = [f"missing fields: {', '.join(missing)}"] if missing else []
+        problems += [f"unknown fields: {', '.join(map(str, unknown))}"] if unknown else []
+        return None, f"not a valid {SCHEMA} record ({'; '.join(problems)})"
+    problem = _type_problem(data)
+    if problem:
+        return None, f"not a valid {SCHEMA} record ({problem})"
+    return RunRecord.from_dict(data, source=str(path)), ""
+
+
+def _type_problem(data: dict) -> str | None:
+    """What makes a record with the right fields unusable for tables and charts, or None."""
+    for f in fields(RunRecord):
+        if f.name not in data:
+            continue
+        allowed: list[type] = []
+        for part in str(f.type).split("|"):
+            types = _JSON_TYPES.get(part.strip().split("[")[0])
+            if types is None:
+                allowed = []  # an annotation this check does not know: trust the value
+                break
+            allowed.extend(types)
+        value = data[f.name]
+        # JSON true is an int to Python, but never a count or a measurement
+        wrong = allowed and (
+            not isinstance(value, tuple(allowed))
+            or (isinstance(value, bool) and bool not in allowed)
+        )
+        if wrong:
+            return f"{f.name} is {type(value).__name__}, expected {f.type}"
+    if not isinstance(data["config"].get("method"), str):
+        return "config.method is missing or not a string"
+    if not all(isinstance(p, dict) and "epoch" in p for p in data.get("curve", [])):
+        return "curve points must be objects with an epoch"
+    return None

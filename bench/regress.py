@@ -18,6 +18,7 @@ the deterministic figures and ``stats.median`` the time. The committed baseline 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,22 +69,71 @@ def figures(method: str) -> dict[str, int]:
 
 
 def load_figures(path: str | Path) -> dict[str, dict[str, float]]:
-    """``case -> figure -> value`` from a pytest-benchmark JSON file."""
+    """``case -> figure -> value`` from a pytest-benchmark JSON file.
+
+    Raises :class:`~bench.errors.UserError`, one line, for a missing or unreadable file, text
+    that is not JSON or not pytest-benchmark JSON, a malformed benchmark entry or a figure that
+    is not a finite number: a gate must not pass on input it could not read."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        benchmarks = data["benchmarks"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    data = _read_json(path)
+    benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benchmarks, list):
         raise UserError(
-            f"{path} is not a pytest-benchmark JSON file (make one with --benchmark-json)"
-        ) from None
+            f'{path} is not a pytest-benchmark JSON file (no "benchmarks" list; make one with '
+            "--benchmark-json)"
+        )
     out: dict[str, dict[str, float]] = {}
-    for b in benchmarks:
-        values = {k: v for k, v in b.get("extra_info", {}).items() if k in DETERMINISTIC}
-        if b.get("stats"):
-            values["step_time_s"] = b["stats"]["median"]
-        out[b["param"] or b["name"]] = values
+    for i, b in enumerate(benchmarks):
+        if not isinstance(b, dict):
+            raise UserError(f"{path}: benchmark #{i + 1} is not a JSON object")
+        name = b.get("name")
+        if not isinstance(name, str) or not name:
+            raise UserError(f'{path}: benchmark #{i + 1} has no "name"')
+        param = b.get("param")
+        case = param if isinstance(param, str) and param else name
+        if case in out:
+            raise UserError(f"{path}: benchmark case {case!r} appears twice")
+        extra = b.get("extra_info", {})
+        if not isinstance(extra, dict):
+            raise UserError(f'{path}: benchmark {name!r}: "extra_info" is not a JSON object')
+        values = {
+            k: _finite(v, path, name, f"extra_info.{k}")
+            for k, v in extra.items()
+            if k in DETERMINISTIC
+        }
+        stats = b.get("stats")
+        if not isinstance(stats, dict):
+            raise UserError(f'{path}: benchmark {name!r} has no "stats" object')
+        if "median" not in stats:
+            raise UserError(f'{path}: benchmark {name!r} has no "stats.median"')
+        values["step_time_s"] = _finite(stats["median"], path, name, "stats.median")
+        out[case] = values
     return out
+
+
+def _read_json(path: Path) -> object:
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _finite(value: object, path: Path, name: str, field: str) -> float:
+    """``value`` as a figure; a one-line error unless it is a finite number (JSON ``true`` is
+    not: Python counts it as 1)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value):
+        shown = json.dumps(value) if ok or isinstance(value, bool) else repr(value)
+        raise UserError(f"{path}: benchmark {name!r}: {field} is not a finite number ({shown})")
+    return value
 
 
 @dataclass
@@ -104,36 +154,51 @@ def compare(
     base: dict[str, dict[str, float]], head: dict[str, dict[str, float]], time_factor: float
 ) -> list[Change]:
     """Every figure that moved, with its limit and whether it broke it. A case or figure
-    missing from ``head`` fails: a benchmark that stops reporting must not pass silently."""
+    missing from ``head`` fails: a benchmark that stops reporting must not pass silently. A
+    case only in ``head`` comes last, one change per figure with ``base`` NaN and not failed:
+    reported, never gated (it has nothing to be compared with)."""
     changes = []
     for case, figures_base in sorted(base.items()):
         for figure, value in sorted(figures_base.items()):
             limit = value * (time_factor if figure == "step_time_s" else 1 + MEMORY_TOLERANCE)
             new = head.get(case, {}).get(figure)
             if new is None:
-                changes.append(Change(case, figure, value, float("nan"), limit, True))
+                changes.append(Change(case, figure, value, math.nan, limit, True))
             elif new != value:
                 changes.append(Change(case, figure, value, new, limit, new > limit))
+    for case in sorted(set(head) - set(base)):
+        for figure, value in sorted(head[case].items()) or [("", math.nan)]:
+            changes.append(Change(case, figure, math.nan, value, math.nan, False))
     return changes
 
 
 def format_changes(changes: list[Change]) -> str:
-    if not changes:
-        return "no figure moved"
-    header = f"{'case':<12} {'figure':<22} {'base':>16} {'head':>16} {'change':>8}  verdict"
-    lines = [header, "-" * len(header)]
-    for c in changes:
+    """The moved figures as a table, then one line per case that is not in the baseline."""
+    moved = [c for c in changes if not _is_new(c)]
+    new_cases = list(dict.fromkeys(c.case for c in changes if _is_new(c)))
+    lines = ["no figure moved"] if not moved else []
+    if moved:
+        header = f"{'case':<12} {'figure':<22} {'base':>16} {'head':>16} {'change':>8}  verdict"
+        lines += [header, "-" * len(header)]
+    for c in moved:
         change = f"{100 * (c.ratio - 1):+.1f}%" if c.head == c.head else "missing"
         verdict = f"FAIL (limit {number(c.limit)})" if c.failed else "ok"
         lines.append(
             f"{c.case:<12} {c.figure:<22} {number(c.base):>16} {number(c.head):>16} "
             f"{change:>8}  {verdict}"
         )
+    lines += [f"new case {case}: not in the baseline" for case in new_cases]
     return "\n".join(lines)
+
+
+def _is_new(change: Change) -> bool:
+    return change.base != change.base  # NaN: the case is only in HEAD
 
 
 def number(value: float) -> str:
     """Bytes and FLOPs exactly, with thousands separators; seconds to 4 significant digits."""
     if value != value:
         return "-"
+    if not math.isfinite(value):
+        return str(value)
     return f"{int(value):,}" if float(value).is_integer() else f"{value:.4g}"

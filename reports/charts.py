@@ -7,15 +7,18 @@ the curves of :func:`bench.records.load_curves`, estimate rows of
 :func:`save` writes a figure as PNG and SVG and closes it.
 
 Charts with several nets get one panel (axes) per net (and dataset, and batch size where the
-chart compares at a fixed batch); each panel has its own legend. A method keeps its colour in
-every chart of one results set. Peak memory is the ``peak (MiB)`` of
-:func:`reports.tables.comparison_table`: the CUDA allocator's peak where measured, else the
-tracked peak (that table's ``memory source`` column says which).
+chart compares at a fixed batch); each panel has its own legend. Series are the ``variant``
+labels of :func:`reports.tables.comparison_table` (``dgl``, or ``dgl hidden_dim=64`` when a
+method ran with several settings). A method keeps its colour in every chart of one results set;
+its variants share that colour and differ in marker, line style and bar hatch. Peak memory is
+the ``peak (MiB)`` of :func:`reports.tables.comparison_table`: the CUDA allocator's peak where
+measured, else the tracked peak (that table's ``memory source`` column says which).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +28,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.tables import MIB, comparison_table  # noqa: E402
+from reports.tables import MIB, comparison_table, variant_labels  # noqa: E402
 
 MEMORY_LABEL = "peak memory (MiB)"
 ACCURACY_LABEL = "test accuracy (%)"
@@ -34,6 +37,11 @@ BATCH_LABEL = "batch size (images)"
 STEP_OVERHEAD_LABEL = "step-time overhead vs BP (%)"
 PARETO_LABEL = "Pareto front"
 PANEL_WIDTH, PANEL_HEIGHT = 4.8, 3.8
+# The n-th variant of a method (sorted labels) gets the n-th of each; "--" is left out: it
+# marks estimates and the Pareto front.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+HATCHES = (None, "//", "..", "xx", "\\\\", "++")
 
 
 def save(fig: plt.Figure, path_stem: str | Path, dpi: int = 120) -> list[Path]:
@@ -49,10 +57,32 @@ def save(fig: plt.Figure, path_stem: str | Path, dpi: int = 120) -> list[Path]:
     return paths
 
 
-def method_colors(methods) -> dict[str, tuple]:
-    """A fixed colour per method name (sorted names over the tab10 cycle)."""
+def method_colors(methods, extra=()) -> dict[str, tuple]:
+    """A fixed colour per method name (sorted names over the tab10 cycle); names only in
+    ``extra`` (e.g. estimated methods never run) come after, so they move no other colour."""
     cycle = plt.get_cmap("tab10").colors
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(sorted({str(m) for m in methods}))}
+    names = sorted({str(m) for m in methods})
+    names += sorted({str(m) for m in extra} - set(names))
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(names)}
+
+
+def variant_styles(table: pd.DataFrame, methods=()) -> dict[str, dict]:
+    """``variant label -> matplotlib style`` (``color``, ``marker``, ``linestyle``, ``hatch``)
+    for the rows of a :func:`~reports.tables.comparison_table`: the colour of the method
+    (:func:`method_colors` over its methods and ``methods``), the rest by the label's rank among
+    that method's variant labels."""
+    colors = method_colors([*table["method"].dropna(), *methods])
+    styles = {}
+    pairs = table[["method", "variant"]].dropna().drop_duplicates()
+    for method, labels in pairs.groupby("method", sort=False)["variant"]:
+        for i, label in enumerate(sorted({str(v) for v in labels})):
+            styles[label] = {
+                "color": colors[str(method)],
+                "marker": MARKERS[i % len(MARKERS)],
+                "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                "hatch": HATCHES[i % len(HATCHES)],
+            }
+    return styles
 
 
 def pareto_front(points: pd.DataFrame, x: str = "x", y: str = "y") -> pd.DataFrame:
@@ -75,26 +105,28 @@ def pareto_front(points: pd.DataFrame, x: str = "x", y: str = "y") -> pd.DataFra
 def accuracy_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
     """Test accuracy vs peak memory, the AugLocal paper's central figure: one point per
     configuration of :func:`~reports.tables.comparison_table` (mean over seeds, error bars one
-    standard deviation), one marker series per method labelled with K, and the Pareto front
-    (the lowest memory for the accuracy) as a dashed line. One panel per net and dataset."""
-    table = comparison_table(results)
-    table = table.dropna(subset=["peak (MiB)", "acc mean (%)"])
+    standard deviation), one marker series per method variant, each point annotated with its K,
+    and the Pareto front (the lowest memory for the accuracy) as a dashed line. One panel per
+    net and dataset."""
+    full = comparison_table(results)
+    table = full.dropna(subset=["peak (MiB)", "acc mean (%)"])
     if table.empty:
         return None
-    colors = method_colors(_methods(results))
+    styles = variant_styles(full, _methods(results))
     panels = list(table.groupby(["net", "dataset"], sort=True, dropna=False))
     fig, axes = _panels(len(panels))
     for ax, ((net, dataset), rows) in zip(axes, panels):
-        for method, mrows in rows.groupby("method", sort=False):
+        for variant, mrows in rows.groupby("variant", sort=False):
+            style = styles[str(variant)]
             ax.errorbar(
                 mrows["peak (MiB)"],
                 mrows["acc mean (%)"],
                 yerr=mrows["acc std (%)"].fillna(0.0),
-                fmt="o",
+                fmt=style["marker"],
                 ms=6,
                 capsize=3,
-                color=colors[str(method)],
-                label=str(method),
+                color=style["color"],
+                label=str(variant),
             )
             for _, r in mrows.iterrows():
                 ax.annotate(
@@ -123,29 +155,33 @@ def accuracy_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
 
 
 def memory_k_figure(results: pd.DataFrame) -> plt.Figure | None:
-    """Peak memory vs K, one line per method (and aux depth), one panel per net, dataset and
-    batch size. ``None`` unless some method was run at two or more K in one panel."""
-    table = comparison_table(results).dropna(subset=["peak (MiB)", "K"])
+    """Peak memory vs K, one line per method variant (and aux depth), one panel per net,
+    dataset and batch size. ``None`` unless some variant was run at two or more K in one
+    panel."""
+    full = comparison_table(results)
+    table = full.dropna(subset=["peak (MiB)", "K"])
     panels = [
         (key, rows)
         for key, rows in table.groupby(["net", "dataset", "batch size"], sort=True, dropna=False)
-        if (rows.groupby(["method", "aux depth"], dropna=False)["K"].nunique() > 1).any()
+        if (rows.groupby(["variant", "aux depth"], dropna=False)["K"].nunique() > 1).any()
     ]
     if not panels:
         return None
-    colors = method_colors(_methods(results))
+    styles = variant_styles(full, _methods(results))
     fig, axes = _panels(len(panels))
     for ax, ((net, dataset, batch), rows) in zip(axes, panels):
-        for (method, depth), series in rows.groupby(
-            ["method", "aux depth"], sort=False, dropna=False
+        for (variant, depth), series in rows.groupby(
+            ["variant", "aux depth"], sort=False, dropna=False
         ):
             series = series.sort_values("K")
+            style = styles[str(variant)]
             ax.plot(
                 series["K"].astype(float),
                 series["peak (MiB)"],
-                marker="o",
-                color=colors[str(method)],
-                label=_series_label(method, depth),
+                marker=style["marker"],
+                linestyle=style["linestyle"],
+                color=style["color"],
+                label=_series_label(variant, depth),
             )
         ax.set(xlabel=K_LABEL, ylabel=MEMORY_LABEL, title=_title(net, dataset, batch))
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -163,41 +199,45 @@ def memory_batch_figure(
     """Peak memory vs batch size: measured (from the records) as solid lines with markers,
     estimated (rows of :func:`bench.estimate.estimate_methods`: ``method``, ``K``,
     ``batch_size``, ``peak_bytes``, optionally ``net`` and ``dataset``) as dashed lines, one
-    colour per method, one line per method and K (and aux depth). One panel per net and
+    colour per method, one line per method variant and K (and aux depth). One panel per net and
     dataset; estimate rows without a ``net`` (``dataset``) belong to the only net (that net's
     only dataset) of the results, and are left out when that is ambiguous. ``None`` unless
     some line has two batch sizes."""
-    table = comparison_table(results).dropna(subset=["peak (MiB)", "batch size"])
+    full = comparison_table(results)
+    table = full.dropna(subset=["peak (MiB)", "batch size"])
     est = _estimate_points(estimates, table)
-    series = []  # (panel key, method, K, aux depth, linestyle, rows with batch size, peak)
-    for (net, dataset, method, K, depth), rows in table.groupby(
-        ["net", "dataset", "method", "K", "aux depth"], sort=True, dropna=False
+    # (panel key, method, variant, K, aux depth, estimated, rows with batch size and peak)
+    series = []
+    for (net, dataset, method, variant, K, depth), rows in table.groupby(
+        ["net", "dataset", "method", "variant", "K", "aux depth"], sort=True, dropna=False
     ):
-        series.append(((net, dataset), method, K, depth, "-", rows))
+        series.append(((net, dataset), method, variant, K, depth, False, rows))
     for (net, dataset, method, K), rows in est.groupby(
         ["net", "dataset", "method", "K"], sort=True, dropna=False
     ):
-        series.append(((net, dataset), method, K, math.nan, "--", rows))
+        series.append(((net, dataset), method, method, K, math.nan, True, rows))
     series = [s for s in series if s[-1]["batch size"].nunique() > 1]
     if not series:
         return None
-    colors = method_colors([*_methods(results), *est["method"]])
+    styles = variant_styles(full, _methods(results))
+    colors = method_colors([*full["method"].dropna(), *_methods(results)], est["method"])
     panel_keys = sorted({s[0] for s in series}, key=str)
     fig, axes = _panels(len(panel_keys))
     for ax, key in zip(axes, panel_keys):
         mine = [s for s in series if s[0] == key]
-        configs = {(s[1], _number(s[2]), _number(s[3])) for s in mine}
-        several_k = {m for m, _, _ in configs if sum(c[0] == m for c in configs) > 1}
-        for _, method, K, depth, style, rows in mine:
+        configs = {(s[2], _number(s[3]), _number(s[4])) for s in mine}
+        several_k = {v for v, _, _ in configs if sum(c[0] == v for c in configs) > 1}
+        for _, method, variant, K, depth, estimated, rows in mine:
             rows = rows.sort_values("batch size")
-            label = _series_label(method, depth, K if method in several_k else None)
+            label = _series_label(variant, depth, K if variant in several_k else None)
+            style = styles.get(str(variant), {}) if not estimated else {}
             ax.plot(
                 rows["batch size"].astype(float),
                 rows["peak (MiB)"],
-                linestyle=style,
-                marker="o" if style == "-" else None,
+                linestyle="--" if estimated else style["linestyle"],
+                marker=None if estimated else style["marker"],
                 color=colors[str(method)],
-                label=label if style == "-" else f"{label} (estimate)",
+                label=f"{label} (estimate)" if estimated else label,
             )
         ax.set(xlabel=BATCH_LABEL, ylabel=MEMORY_LABEL, title=_title(*key))
         ax.set_xlim(left=0)
@@ -242,28 +282,37 @@ def _estimate_points(estimates, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def step_overhead_figure(results: pd.DataFrame) -> plt.Figure | None:
-    """Step-time overhead vs BP (%) of every non-BP configuration, as bars, one bar set (and
-    colour) per method, one panel per net, dataset and batch size that has a BP row."""
-    table = comparison_table(results)
-    table = table[table["method"] != "bp"].dropna(subset=["step overhead vs BP (%)"])
+    """Step-time overhead vs BP (%) of every non-BP configuration, as bars, one bar set per
+    method variant (the method's colour, a hatch per variant), one panel per net, dataset and
+    batch size that has a BP row."""
+    full = comparison_table(results)
+    table = full[full["method"] != "bp"].dropna(subset=["step overhead vs BP (%)"])
     if table.empty:
         return None
-    colors = method_colors(_methods(results))
+    styles = variant_styles(full, _methods(results))
     panels = list(table.groupby(["net", "dataset", "batch size"], sort=True, dropna=False))
     fig, axes = _panels(len(panels))
     for ax, ((net, dataset, batch), rows) in zip(axes, panels):
         rows = rows.reset_index(drop=True)
-        for method, mrows in rows.groupby("method", sort=False):
+        for variant, mrows in rows.groupby("variant", sort=False):
+            style = styles[str(variant)]
             ax.bar(
                 mrows.index,
                 mrows["step overhead vs BP (%)"],
                 width=0.6,
-                color=colors[str(method)],
-                label=str(method),
+                color=style["color"],
+                hatch=style["hatch"],
+                edgecolor="white" if style["hatch"] else None,
+                label=str(variant),
             )
         ax.set_xlim(-0.5 - 0.5 * (len(rows) < 3), len(rows) - 0.5 + 0.5 * (len(rows) < 3))
         ax.set_xticks(
-            rows.index, [f"{r['method']}\n{_config_label(r)}" for _, r in rows.iterrows()]
+            rows.index,
+            # one setting a line: long variant labels of neighbouring bars must not overlap
+            [
+                re.sub(r" (?=[^ =]+=)", "\n", str(r["variant"])) + f"\n{_config_label(r)}"
+                for _, r in rows.iterrows()
+            ],
         )
         ax.tick_params(axis="x", labelsize=7)
         ax.axhline(0, color="0.3", lw=0.8)
@@ -275,13 +324,25 @@ def step_overhead_figure(results: pd.DataFrame) -> plt.Figure | None:
 # ---------------------------------------------------------------- training curves
 
 
-def curves_figure(curves: pd.DataFrame) -> plt.Figure:
-    """Training loss and test accuracy per epoch, one line per run."""
+def curves_figure(curves: pd.DataFrame, results: pd.DataFrame | None = None) -> plt.Figure:
+    """Training loss and test accuracy per epoch, one line per run, in its method's colour.
+    With the runs' ``results`` (:func:`bench.records.load_results`), lines are labelled and
+    styled by variant as in the other charts, and colours match theirs; runs that share a
+    label are told apart by seed."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
-    for (_, method, K), run in curves.groupby(["run_id", "method", "K"], sort=False):
-        label = f"{method} (K={K})"
-        ax_loss.plot(run["epoch"], run["train_loss"], marker="o", ms=3, label=label)
-        ax_acc.plot(run["epoch"], run["test_acc"], marker="o", ms=3, label=label)
+    lines = _curve_lines(curves, results)
+    for run_id, label, style in lines:
+        run = curves[curves["run_id"] == run_id]
+        for ax, column in ((ax_loss, "train_loss"), (ax_acc, "test_acc")):
+            ax.plot(
+                run["epoch"],
+                run[column],
+                marker=style["marker"],
+                linestyle=style["linestyle"],
+                color=style["color"],
+                ms=3,
+                label=label,
+            )
     ax_loss.set(xlabel="epoch", ylabel="training loss (output head)", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="test top-1 accuracy (%)")
     ax_acc.legend()
@@ -290,11 +351,37 @@ def curves_figure(curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def plot_curves(curves: pd.DataFrame, path: str | Path) -> Path:
+def _curve_lines(curves: pd.DataFrame, results: pd.DataFrame | None) -> list[tuple]:
+    """``(run_id, label, style)`` per run of ``curves``, in their order."""
+    runs = curves.drop_duplicates("run_id")
+    variants, seeds, styles = {}, {}, {}
+    if results is not None and not results.empty and "run_id" in results:
+        variants = dict(zip(results["run_id"], variant_labels(results)))
+        if "config.seed" in results:
+            seeds = dict(zip(results["run_id"], results["config.seed"]))
+        styles = variant_styles(comparison_table(results), runs["method"])
+    colors = method_colors(_methods(results) if results is not None else [], runs["method"])
+    lines = []
+    for run_id, method, K in zip(runs["run_id"], runs["method"], runs["K"]):
+        variant = variants.get(run_id, str(method))
+        style = styles.get(variant) or {"marker": "o", "linestyle": "-"}
+        label = variant if _missing(K) else f"{variant} (K={int(K)})"
+        lines.append([run_id, label, {**style, "color": colors[str(method)]}])
+    counts = pd.Series([line[1] for line in lines]).value_counts()
+    for line in lines:
+        seed = seeds.get(line[0])
+        if counts[line[1]] > 1 and not _missing(seed):
+            line[1] = f"{line[1]} seed {seed}"
+    return [tuple(line) for line in lines]
+
+
+def plot_curves(
+    curves: pd.DataFrame, path: str | Path, results: pd.DataFrame | None = None
+) -> Path:
     """Write :func:`curves_figure` to ``path`` (its suffix picks the format); return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = curves_figure(curves)
+    fig = curves_figure(curves, results)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import UserError
-from bench.records import curves_frame, read_records, results_frame
+from bench.records import curves_frame, results_frame, scan_records
 from reports import charts
-from reports.tables import comparison_table, format_cell, write_table
+from reports.tables import comparison_table, format_cell, variant_labels, write_table
 
 CHARTS = (
     ("accuracy_vs_memory", "Test accuracy vs peak memory"),
@@ -41,7 +42,12 @@ MiB = 2<sup>20</sup> bytes.</p>
 enter no number. <b>Step time</b> is the median per-step time over the measured window
 (synchronised on CUDA, warm-up excluded); <b>FLOPs</b> are per training step, forward and
 backward, backbone and auxiliary nets. Savings and overheads compare with the BP row of the
-same net, dataset and batch size.</p>
+same net, dataset and batch size; where BP ran with several settings, the one whose other
+settings (learning rate, epochs, ...) equal the row's, else the one sharing most of them.</p>
+<p>A row is one configuration: every setting of the run but its seed. The <i>variant</i>
+column names the settings in which a method's rows differ, other than K, aux depth and batch
+size (e.g. <code>dgl hidden_dim=64</code>); charts label their series with it. Each method keeps
+one colour in every chart; its variants differ in marker, line style or hatch.</p>
 """
 
 STYLE = """\
@@ -56,20 +62,44 @@ code { font-size: 0.95em; }
 """
 
 
-def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> Path:
+@dataclass(frozen=True)
+class Report:
+    """What :func:`build_report` wrote: ``path`` of ``report.html``, and ``(file, reason)`` for
+    every ``*.json`` file of the results folder that is not a valid run record. Reads as its
+    path in f-strings and ``os.fspath``."""
+
+    path: Path
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> Report:
     """Write the report of the run records in ``runs_dir`` into ``out_dir``: ``comparison.csv``,
     ``comparison.md``, every chart that has data as ``<name>.png`` and ``<name>.svg``, and
     ``report.html`` (self-contained). ``estimates``: optional rows of
     :func:`bench.estimate.estimate_methods` (a DataFrame or a list of dicts) drawn dashed in the
-    memory vs batch size chart. Returns the path of ``report.html``.
+    memory vs batch size chart. Files that are not valid records (truncated, another schema, not
+    a record) are left out, listed on the page and returned in :attr:`Report.skipped`.
 
-    Raises :class:`~bench.errors.UserError` when ``runs_dir`` is missing, holds no records or a
-    file that is not one."""
+    Raises :class:`~bench.errors.UserError` when ``runs_dir`` is missing or holds no valid
+    record."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    records = read_records(runs_dir)
-    if not records:
+    records, skipped = scan_records(runs_dir)
+    if not records and not skipped:
         raise UserError(
             f"results folder {runs_dir} holds no run records (*.json); nothing to report"
+        )
+    if not records:
+        path, reason = skipped[0]
+        raise UserError(
+            f"results folder {runs_dir} holds no valid run records: {len(skipped)} of "
+            f"{len(skipped)} *.json files skipped (first: {path.name}: {reason}); "
+            "nothing to report"
         )
     results, curves = results_frame(records), curves_frame(records)
     if estimates is not None and not isinstance(estimates, pd.DataFrame):
@@ -84,25 +114,32 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> P
         "memory_vs_K": charts.memory_k_figure(results),
         "memory_vs_batch": charts.memory_batch_figure(results, estimates),
         "step_overhead": charts.step_overhead_figure(results),
-        "curves": charts.curves_figure(curves) if not curves.empty else None,
+        "curves": charts.curves_figure(curves, results) if not curves.empty else None,
     }
     written = {}
     for name, fig in figures.items():
         if fig is not None:
             written[name] = charts.save(fig, out_dir / name)
 
-    page = render_page(runs_dir, results, table, written)
+    page = render_page(runs_dir, results, table, written, skipped)
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
-    return path
+    return Report(path, tuple(skipped))
 
 
 def render_page(
-    runs_dir: Path, results: pd.DataFrame, table: pd.DataFrame, written: dict[str, list[Path]]
+    runs_dir: Path,
+    results: pd.DataFrame,
+    table: pd.DataFrame,
+    written: dict[str, list[Path]],
+    skipped: list[tuple[Path, str]] = (),
 ) -> str:
     esc = html.escape
     statuses = results["status"].value_counts().sort_index()
     status_text = ", ".join(f"{n} {s}" for s, n in statuses.items())
+    if skipped:
+        files = "file" if len(skipped) == 1 else "files"
+        status_text += f"; {len(skipped)} {files} skipped, listed below"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -133,14 +170,22 @@ def render_page(
     failed = failed_runs(results)
     if not failed.empty:
         parts += ["<h2>Failed runs</h2>", html_table(failed)]
+    if skipped:
+        parts += [
+            "<h2>Skipped files</h2>",
+            "<p>Files of the results folder that are not valid run records; no number above "
+            "comes from them.</p>",
+            html_table(skipped_files(skipped)),
+        ]
     parts += ["<h2>Environment</h2>", html_table(environments(results)), "</body></html>"]
     return "\n".join(parts) + "\n"
 
 
 def failed_runs(results: pd.DataFrame) -> pd.DataFrame:
-    """Runs whose status is not ``ok``, with their message."""
+    """Runs whose status is not ``ok``, with their variant label and message."""
     columns = {
         "config.method": "method",
+        "variant": "variant",
         "config.net": "net",
         "K": "K",
         "config.batch_size": "batch size",
@@ -149,11 +194,19 @@ def failed_runs(results: pd.DataFrame) -> pd.DataFrame:
         "message": "message",
     }
     failed = results[results["status"] != "ok"]
+    failed = failed.assign(variant=variant_labels(results)[failed.index])
     failed = failed[[c for c in columns if c in failed]].rename(columns=columns)
     for col in ("K", "batch size", "seed"):
         if col in failed:
             failed[col] = pd.to_numeric(failed[col], errors="coerce").astype("Int64")
     return failed.reset_index(drop=True)
+
+
+def skipped_files(skipped) -> pd.DataFrame:
+    """``(path, reason)`` pairs as a table of file names and reasons."""
+    return pd.DataFrame(
+        [(Path(p).name, reason) for p, reason in skipped], columns=["file", "reason"]
+    )
 
 
 def environments(results: pd.DataFrame) -> pd.DataFrame:

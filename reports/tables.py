@@ -5,6 +5,7 @@ Bytes in records; MiB (2**20 bytes) here, and every column name carries its unit
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -54,7 +55,13 @@ TRACKED_SOURCE = "tracked"
 
 KEYS = ["net", "dataset", "method", "K", "aux depth", "batch size"]
 COMPARISON_COLUMNS = [
-    *KEYS,
+    "net",
+    "dataset",
+    "method",
+    "variant",
+    "K",
+    "aux depth",
+    "batch size",
     "seeds",
     "failed runs",
     "test acc (%)",
@@ -69,30 +76,111 @@ COMPARISON_COLUMNS = [
     "FLOPs overhead vs BP (%)",
 ]
 INTEGER_COLUMNS = ["K", "aux depth", "batch size", "seeds", "failed runs"]
+# Settings the table shows in their own columns (K, aux depth, batch size): a variant label
+# names them only when two rows could not be told apart otherwise.
+SHOWN_SETTINGS = ("config.K", "method_params.depth", "config.batch_size")
+PARAMS_PREFIX = "method_params."
+# Settings the baseline must share anyway (its key) or that say what the method is.
+_NOT_BASELINE_SETTINGS = (
+    "config.method",
+    "config.method_params",
+    "config.net",
+    "config.dataset",
+    "config.batch_size",
+)
 
 
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (net, dataset, method, K, aux depth, batch size), aggregated
-    over seeds, for comparing methods against BP.
+    """One row per configuration, aggregated over seeds, for comparing methods against BP.
 
-    Only runs with status ``ok`` enter the numbers; ``failed runs`` counts the others (oom,
-    diverged, error) of the configuration, and ``seeds`` the ``ok`` runs averaged.
+    A configuration is every resolved setting of a run except its seed: each ``config.*``
+    column (``method_params`` one setting per hyperparameter; lists and dicts compared by their
+    JSON text) and the run's K. Only runs with status ``ok`` enter the numbers; ``failed runs``
+    counts the others (oom, diverged, error) of the configuration, and ``seeds`` the ``ok`` runs
+    averaged.
 
+    * ``variant``: the method's name, followed by ``name=value`` for every setting that differs
+      among that method's rows of the same net and dataset, other than K, aux depth and batch
+      size, which have their own columns (``dgl hidden_dim=64``, ``dgl lr=0.1``); a method with
+      a single variant keeps its plain name. Rows that still share a label and K, aux depth and
+      batch size also name the shown settings that tell them apart (``bp K=4``: the K asked
+      for, BP running one module whatever K is), else get ``#2``, ``#3``, ...
     * ``test acc (%)``: ``mean ± std`` of the final test top-1 accuracy over the ``ok`` runs
       (sample standard deviation, ddof=1; the mean alone for a single run); the numbers are
       also in ``acc mean (%)`` and ``acc std (%)``.
     * ``peak (MiB)``: the mean peak memory of the ``ok`` runs: the CUDA allocator's peak
       (``cuda.peak_allocated_bytes``) when any of them measured one, otherwise the tracked
       peak of live tensor storage (``memory.peak_bytes``); ``memory source`` names which.
-    * ``saving vs BP (%)``: ``100 * (1 - peak / peak of BP)``, BP being the ``bp`` row of the
-      same net, dataset and batch size (NaN without one). Both peaks come from the same
+    * ``saving vs BP (%)``: ``100 * (1 - peak / peak of BP)``, BP being a ``bp`` row of the
+      same net, dataset and batch size (NaN without one). With several such ``bp`` rows, the
+      one whose other non-method settings (lr, epochs, K asked for, ...) all equal the row's,
+      else the one with the most such settings equal, ties going to the first ``bp`` variant
+      label in sorted order; a ``bp`` row is its own baseline. Both peaks come from the same
       source: the row's own if BP has it, else the other one if both rows have it, else NaN.
     * ``step overhead vs BP (%)`` and ``FLOPs overhead vs BP (%)``: ``100 * (x / x of BP - 1)``
       for the median step time and the FLOPs of one training step (forward + backward,
-      backbone and auxiliary nets).
+      backbone and auxiliary nets), against the same BP row.
     """
     if results.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    runs = _runs(results)
+    rows = []
+    for key, group in runs.groupby([*KEYS, "variant", "_identity"], dropna=False, sort=False):
+        ok = group[group["ok"]]
+        peaks = {src: ok[src].mean() for src in (CUDA_SOURCE, TRACKED_SOURCE)}
+        source = next((src for src, v in peaks.items() if not math.isnan(v)), None)
+        acc_mean, acc_std = ok["acc"].mean(), ok["acc"].std(ddof=1)
+        rows.append(
+            {
+                **dict(zip([*KEYS, "variant"], key)),
+                "seeds": len(ok),
+                "failed runs": len(group) - len(ok),
+                "test acc (%)": format_mean_std(acc_mean, acc_std),
+                "acc mean (%)": acc_mean,
+                "acc std (%)": acc_std,
+                "peak (MiB)": peaks[source] / MIB if source else math.nan,
+                "memory source": source,
+                "step (ms)": ok["step"].mean() * 1e3,
+                "GFLOP / step": ok["flops"].mean() / 1e9,
+                "_peaks": peaks,
+                "_settings": group["_settings"].iloc[0],
+            }
+        )
+    baselines: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["method"] == "bp":
+            baselines.setdefault(_baseline_key(row), []).append(row)
+    for row in rows:
+        bp = _baseline(row, baselines.get(_baseline_key(row), []))
+        ours, theirs = _common_peaks(row, bp) if bp else (math.nan, math.nan)
+        row["saving vs BP (%)"] = _saving(ours, theirs)
+        for column, name in (("step (ms)", "step"), ("GFLOP / step", "FLOPs")):
+            row[f"{name} overhead vs BP (%)"] = (
+                _overhead(row[column], bp[column]) if bp else math.nan
+            )
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    for col in INTEGER_COLUMNS:
+        table[col] = table[col].astype("Int64")
+    table["_bp_first"] = table["method"] != "bp"
+    table = table.sort_values(
+        ["net", "dataset", "batch size", "_bp_first", "method", "variant", "K", "aux depth"],
+        na_position="last",
+        kind="stable",
+    )
+    return table.drop(columns="_bp_first").reset_index(drop=True)
+
+
+def variant_labels(results: pd.DataFrame) -> pd.Series:
+    """The ``variant`` label of :func:`comparison_table` for every run of ``results`` (same
+    index): for legends of per-run charts and lists of runs."""
+    if results.empty:
+        return pd.Series([], index=results.index, dtype=object)
+    return _runs(results)["variant"]
+
+
+def _runs(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the table's keys, the numbers, the settings and the variant label."""
+    settings = [_settings(row) for _, row in results.iterrows()]
     runs = pd.DataFrame(
         {
             "net": _column(results, "config.net"),
@@ -107,51 +195,115 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
             "flops": _numeric(results, "flops.total"),
             CUDA_SOURCE: _numeric(results, "cuda.peak_allocated_bytes"),
             TRACKED_SOURCE: _numeric(results, "memory.peak_bytes"),
-        }
+            "_settings": pd.Series(settings, index=results.index, dtype=object),
+            "_identity": [json.dumps(s, sort_keys=True) for s in settings],
+        },
+        index=results.index,
     )
-    rows = []
-    for key, group in runs.groupby(KEYS, dropna=False, sort=False):
-        ok = group[group["ok"]]
-        peaks = {src: ok[src].mean() for src in (CUDA_SOURCE, TRACKED_SOURCE)}
-        source = next((src for src, v in peaks.items() if not math.isnan(v)), None)
-        acc_mean, acc_std = ok["acc"].mean(), ok["acc"].std(ddof=1)
-        rows.append(
-            {
-                **dict(zip(KEYS, key)),
-                "seeds": len(ok),
-                "failed runs": len(group) - len(ok),
-                "test acc (%)": format_mean_std(acc_mean, acc_std),
-                "acc mean (%)": acc_mean,
-                "acc std (%)": acc_std,
-                "peak (MiB)": peaks[source] / MIB if source else math.nan,
-                "memory source": source,
-                "step (ms)": ok["step"].mean() * 1e3,
-                "GFLOP / step": ok["flops"].mean() / 1e9,
-                "_peaks": peaks,
-            }
+    runs["variant"] = None
+    for _, group in runs.groupby(["net", "dataset", "method"], dropna=False, sort=False):
+        runs.loc[group.index, "variant"] = _label_variants(group)
+    return runs
+
+
+def _settings(row: pd.Series) -> dict:
+    """A run's identity: every ``config.*`` setting but the seed, one key per hyperparameter."""
+    out = {}
+    for column, value in row.items():
+        if not str(column).startswith("config.") or column == "config.seed":
+            continue
+        if column == "config.method_params" and isinstance(value, dict):
+            out.update({f"{PARAMS_PREFIX}{k}": _canonical(v) for k, v in value.items()})
+        else:
+            out[str(column)] = _canonical(value)
+    return out
+
+
+def _canonical(value):
+    """A setting as a JSON scalar that compares equal exactly when the settings are equal: 64
+    and 64.0 (a column pandas widened) alike, missing as None, lists and dicts as JSON text."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()  # numpy scalar
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _label_variants(group: pd.DataFrame) -> pd.Series:
+    """Variant labels of one net, dataset and method's runs (see :func:`comparison_table`)."""
+    method = str(group["method"].iloc[0])
+    slots = [
+        (_slot_value(k), _slot_value(d), _slot_value(b), ident)
+        for k, d, b, ident in zip(
+            group["K"], group["aux depth"], group["batch size"], group["_identity"]
         )
-    baselines: dict[tuple, dict] = {}
-    for row in rows:
-        if row["method"] == "bp":
-            baselines.setdefault(_baseline_key(row), row)
-    for row in rows:
-        bp = baselines.get(_baseline_key(row))
-        ours, theirs = _common_peaks(row, bp) if bp else (math.nan, math.nan)
-        row["saving vs BP (%)"] = _saving(ours, theirs)
-        for column, name in (("step (ms)", "step"), ("GFLOP / step", "FLOPs")):
-            row[f"{name} overhead vs BP (%)"] = (
-                _overhead(row[column], bp[column]) if bp else math.nan
-            )
-    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-    for col in INTEGER_COLUMNS:
-        table[col] = table[col].astype("Int64")
-    table["_bp_first"] = table["method"] != "bp"
-    table = table.sort_values(
-        ["net", "dataset", "batch size", "_bp_first", "method", "K", "aux depth"],
-        na_position="last",
-        kind="stable",
-    )
-    return table.drop(columns="_bp_first").reset_index(drop=True)
+    ]
+    rows = dict(zip(slots, group["_settings"]))  # one entry per table row
+    names = sorted({k for s in rows.values() for k in s})
+    differing = [n for n in names if len({_text(s.get(n)) for s in rows.values()}) > 1]
+    shown = [n for n in differing if n in SHOWN_SETTINGS]
+    keys = [n for n in differing if n not in SHOWN_SETTINGS]
+
+    def labels(keys: list[str]) -> dict[tuple, str]:
+        return {slot: _label(method, keys, s) for slot, s in rows.items()}
+
+    by_slot = labels(keys)
+    if shown and _clashes(by_slot):
+        by_slot = labels(sorted([*keys, *shown]))
+    if _clashes(by_slot):  # settings equal as text (3 and "3"): number them
+        seen: dict[tuple, int] = {}
+        for slot in sorted(by_slot, key=str):
+            clash = (by_slot[slot], *slot[:3])
+            seen[clash] = seen.get(clash, 0) + 1
+            if seen[clash] > 1:
+                by_slot[slot] = f"{by_slot[slot]} #{seen[clash]}"
+    return pd.Series([by_slot[s] for s in slots], index=group.index, dtype=object)
+
+
+def _slot_value(value):
+    return None if _isnan(value) else float(value)
+
+
+def _clashes(by_slot: dict[tuple, str]) -> bool:
+    """Whether two table rows with the same K, aux depth and batch size share a label."""
+    seen = [(label, *slot[:3]) for slot, label in by_slot.items()]
+    return len(set(seen)) < len(seen)
+
+
+def _label(method: str, keys: list[str], settings: dict) -> str:
+    short = [k.removeprefix(PARAMS_PREFIX).removeprefix("config.") for k in keys]
+    # a hyperparameter named like a run setting keeps its prefix to stay unambiguous
+    names = [k if short.count(s) > 1 else s for k, s in zip(keys, short)]
+    return " ".join([method, *(f"{n}={_text(settings.get(k))}" for n, k in zip(names, keys))])
+
+
+def _text(value) -> str:
+    return str(value)
+
+
+def _baseline(row: dict, candidates: list[dict]) -> dict | None:
+    """The BP row ``row`` is compared with (rule in :func:`comparison_table`)."""
+    if any(bp is row for bp in candidates):
+        return row
+    ours = row["_settings"]
+
+    def rank(bp: dict) -> tuple:
+        theirs = bp["_settings"]
+        names = [n for n in sorted({*ours, *theirs}) if _is_run_setting(n)]
+        equal = sum(ours.get(n) == theirs.get(n) for n in names)
+        return (equal < len(names), -equal, str(bp["variant"]))
+
+    return min(candidates, key=rank, default=None)
+
+
+def _is_run_setting(name: str) -> bool:
+    return not name.startswith(PARAMS_PREFIX) and name not in _NOT_BASELINE_SETTINGS
 
 
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str | None:

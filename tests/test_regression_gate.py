@@ -3,11 +3,13 @@ every method against the committed baseline (tests/benchmarks/baseline.json), pl
 deliberate regression that the gate must catch."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
+from bench.errors import UserError
 from bench.regress import DETERMINISTIC, compare, figures, format_changes, load_figures
 
 BASELINE = Path(__file__).parent / "benchmarks" / "baseline.json"
@@ -94,3 +96,98 @@ def test_compare_cli_passes_unchanged_and_fails_growth(tmp_path, capsys):
     (tmp_path / "junk.json").write_text("[]")
     assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "junk.json")]) == 2
     assert "not a pytest-benchmark JSON file" in capsys.readouterr().err
+
+
+GOOD_ENTRY = {"name": "test_method_step[dgl]", "param": "dgl",
+              "extra_info": {"tracked_peak_bytes": 1000}, "stats": {"median": 0.01}}  # fmt: skip
+
+
+def entry(**changes) -> dict:
+    """GOOD_ENTRY with ``changes``; a value None drops that key."""
+    out = {**GOOD_ENTRY, **changes}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def bench_text(*entries) -> str:
+    return json.dumps({"benchmarks": list(entries)})
+
+
+BAD_INPUTS = [
+    ("missing", None, "does not exist"),
+    ("folder", "DIR", "is not a file"),
+    ("not JSON", '{"benchmarks": [', "is not JSON (Expecting value at line 1)"),
+    ("not UTF-8", b"\xff\xfe{}", "is not JSON (not UTF-8 text)"),
+    ("a JSON list", "[]", 'is not a pytest-benchmark JSON file (no "benchmarks" list'),
+    ("a run record", '{"schema": "locbench.run/2"}', "is not a pytest-benchmark JSON file"),
+    ("benchmarks not a list", '{"benchmarks": {}}', "is not a pytest-benchmark JSON file"),
+    ("entry not an object", bench_text(3), "benchmark #1 is not a JSON object"),
+    ("entry without name", bench_text(entry(name=None)), 'benchmark #1 has no "name"'),
+    ("name not a string", bench_text(entry(name=7)), 'benchmark #1 has no "name"'),
+    ("no stats", bench_text(entry(stats=None)), "'test_method_step[dgl]' has no \"stats\" object"),
+    ("stats not an object", bench_text(entry(stats=[0.01])), 'has no "stats" object'),
+    ("stats without median", bench_text(entry(stats={"mean": 0.01})), 'has no "stats.median"'),
+    ("median a string", bench_text(entry(stats={"median": "fast"})),
+     "stats.median is not a finite number ('fast')"),
+    ("figure a string", bench_text(entry(extra_info={"tracked_peak_bytes": "abc"})),
+     "extra_info.tracked_peak_bytes is not a finite number ('abc')"),
+    ("figure NaN", bench_text(entry(extra_info={"flops_per_step": math.nan})),
+     "extra_info.flops_per_step is not a finite number (NaN)"),
+    ("figure infinite", bench_text(entry(extra_info={"flops_per_step": math.inf})),
+     "extra_info.flops_per_step is not a finite number (Infinity)"),
+    ("figure true", bench_text(entry(extra_info={"estimated_peak_bytes": True})),
+     "extra_info.estimated_peak_bytes is not a finite number (true)"),
+    ("extra_info a list", bench_text(entry(extra_info=[1])), '"extra_info" is not a JSON object'),
+    ("a case twice", bench_text(GOOD_ENTRY, GOOD_ENTRY), "case 'dgl' appears twice"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_compare_rejects_bad_input_with_one_line(tmp_path, capsys, content, message):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(bench_text(GOOD_ENTRY))
+    if content == "DIR":
+        bad.mkdir()
+    elif isinstance(content, bytes):
+        bad.write_bytes(content)
+    elif content is not None:
+        bad.write_text(content)
+    with pytest.raises(UserError) as exc:
+        load_figures(bad)
+    assert message in str(exc.value) and str(bad) in str(exc.value)
+    for argv in (["compare", str(good), str(bad)], ["compare", str(bad), str(good)]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "Traceback" not in captured.err
+        assert captured.out == ""
+
+
+def test_a_good_file_loads_with_its_time(tmp_path):
+    path = tmp_path / "good.json"
+    path.write_text(bench_text(GOOD_ENTRY, entry(name="test_other", param=None)))
+    assert load_figures(path) == {
+        "dgl": {"tracked_peak_bytes": 1000, "step_time_s": 0.01},
+        "test_other": {"tracked_peak_bytes": 1000, "step_time_s": 0.01},
+    }
+
+
+def test_a_case_only_in_head_is_reported_not_failed(tmp_path, capsys):
+    base = {"dgl": {"tracked_peak_bytes": 1000}}
+    head = {**base, "newmethod": {"tracked_peak_bytes": 5000}}
+    changes = compare(base, head, time_factor=1.5)
+    assert not [c for c in changes if c.failed]
+    assert format_changes(changes).splitlines() == [
+        "no figure moved",
+        "new case newmethod: not in the baseline",
+    ]
+    grown = {"dgl": {"tracked_peak_bytes": 2000}, "newmethod": {"tracked_peak_bytes": 5000}}
+    lines = format_changes(compare(base, grown, time_factor=1.5)).splitlines()
+    assert "FAIL" in lines[2] and lines[-1] == "new case newmethod: not in the baseline"
+    write_benchmark_json(tmp_path / "base.json", base, 0.01)
+    write_benchmark_json(tmp_path / "head.json", head, 0.01)
+    assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "new case newmethod: not in the baseline" in out
+    assert out[-1] == "0 of 2 figures over their limit"

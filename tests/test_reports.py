@@ -3,6 +3,7 @@ records written by hand (numbers chosen so that every expected value is known)."
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -14,9 +15,10 @@ from matplotlib.colors import to_rgba
 
 from bench.config import RunConfig
 from bench.errors import UserError
-from bench.records import RunRecord, load_results, save_record
+from bench.records import RunRecord, curves_frame, load_results, save_record, scan_records
 from reports.charts import (
     accuracy_memory_figure,
+    curves_figure,
     memory_batch_figure,
     memory_k_figure,
     pareto_front,
@@ -64,17 +66,13 @@ def spec(**match) -> list[dict]:
     return [r for r in runs if all(r[k] == v for k, v in match.items())]
 
 
-def make_record(r: dict) -> RunRecord:
-    params = {} if r["depth"] is None else {"depth": r["depth"]}
+def make_record(r: dict, params: dict | None = None, **settings) -> RunRecord:
+    """The record of fixture run ``r``; ``params`` and ``settings`` override its config."""
+    if params is None:
+        params = {} if r["depth"] is None else {"depth": r["depth"]}
+    base = dict(K=r["K"], net=r["net"], dataset="digits", batch_size=r["batch"], epochs=2)
     config = RunConfig(
-        method=r["method"],
-        K=r["K"],
-        net=r["net"],
-        dataset="digits",
-        batch_size=r["batch"],
-        seed=r["seed"],
-        method_params=params,
-        epochs=2,
+        method=r["method"], seed=r["seed"], method_params=params, **{**base, **settings}
     )
     record = RunRecord(
         run_id=config.run_id(),
@@ -154,6 +152,7 @@ def test_comparison_table_rows_and_order(table):
         "net",
         "dataset",
         "method",
+        "variant",
         "K",
         "aux depth",
         "batch size",
@@ -184,6 +183,8 @@ def test_comparison_table_rows_and_order(table):
         ("smallnet", "dgl", 4, 128),
     ]
     assert set(table["dataset"]) == {"digits"}
+    # one setting per method in this fixture: every variant is the plain method name
+    assert table["variant"].tolist() == table["method"].tolist()
     depths = table["aux depth"].tolist()
     assert depths[1] == 2 and depths[5] == 2
     assert all(pd.isna(d) for i, d in enumerate(depths) if i not in (1, 5))
@@ -499,10 +500,10 @@ def test_save_writes_png_and_svg_and_closes(results, tmp_path):
 
 def test_build_report_writes_everything(runs_dir, tmp_path):
     out = tmp_path / "report"
-    html_path = build_report(
-        runs_dir, out, estimates=pd.DataFrame(ESTIMATES).assign(net="smallnet")
-    )
-    assert html_path == out / "report.html"
+    report = build_report(runs_dir, out, estimates=pd.DataFrame(ESTIMATES).assign(net="smallnet"))
+    html_path = report.path
+    assert html_path == out / "report.html" and report.skipped == ()
+    assert f"report: {report}" == f"report: {html_path}"  # what the CLI prints
     charts = ["accuracy_vs_memory", "memory_vs_K", "memory_vs_batch", "step_overhead", "curves"]
     expected = {"report.html", "comparison.csv", "comparison.md"}
     expected |= {f"{c}.{ext}" for c in charts[:4] for ext in ("png", "svg")}
@@ -517,6 +518,7 @@ def test_build_report_writes_everything(runs_dir, tmp_path):
     assert page.count("<td>CUDA allocated</td>") == 2
     assert page.count("<td>tracked</td>") == 7
     assert "CUDA out of memory" in page  # the failed runs are listed
+    assert "Skipped files" not in page
     assert not plt.get_fignums()
 
 
@@ -549,4 +551,202 @@ def test_build_report_empty_or_missing_folder_is_user_error(tmp_path):
     assert "\n" not in str(exc.value) and str(tmp_path / "empty") in str(exc.value)
     with pytest.raises(UserError, match="does not exist"):
         build_report(tmp_path / "missing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- variants (identity)
+
+DGL_PARAMS = {"variant": "auglocal", "hidden_dim": 128, "mlp_layers": 3}
+
+
+def one_run(method: str, seed: int = 0, K: int = 4, **fields) -> dict:
+    """A fixture run on smallnet at batch 64; ``fields`` override its numbers."""
+    r = dict(zip(FIELDS, ("smallnet", method, K, None, 64, seed, "ok", 80.0, 0.02, 1e9, 5.0, None)))
+    return {**r, **fields}
+
+
+def dgl(hidden_dim: int, seed: int = 0, **fields) -> RunRecord:
+    return make_record(one_run("dgl", seed, **fields), dict(DGL_PARAMS, hidden_dim=hidden_dim))
+
+
+def frame(records: list[RunRecord], tmp_path) -> pd.DataFrame:
+    for record in records:
+        save_record(record, tmp_path)
+    return load_results(tmp_path)
+
+
+def test_hyperparameters_separate_rows_with_unique_variant_labels(tmp_path):
+    bp = make_record(one_run("bp", K=1, tracked=10.0, step=0.01))
+    results = frame([bp, dgl(64, tracked=4.0, acc=76.0), dgl(128, tracked=6.0, acc=78.0)], tmp_path)
+    table = comparison_table(results)
+    assert table["variant"].tolist() == ["bp", "dgl hidden_dim=128", "dgl hidden_dim=64"]
+    assert table["method"].tolist() == ["bp", "dgl", "dgl"]
+    assert table["seeds"].tolist() == [1, 1, 1]  # not averaged together
+    assert table["peak (MiB)"].tolist() == [10.0, 6.0, 4.0]
+    assert table["saving vs BP (%)"].tolist() == pytest.approx([0.0, 40.0, 60.0])
+    assert table["step overhead vs BP (%)"].tolist() == pytest.approx([0.0, 100.0, 100.0])
+
+
+def test_two_seeds_of_one_configuration_make_one_row(tmp_path):
+    table = comparison_table(frame([dgl(64, seed=0), dgl(64, seed=1, acc=82.0)], tmp_path))
+    assert len(table) == 1
+    assert (table["variant"][0], table["seeds"][0], table["acc mean (%)"][0]) == ("dgl", 2, 81.0)
+
+
+def test_run_settings_make_variants_and_pick_the_matching_bp(tmp_path):
+    runs = [
+        make_record(one_run("bp", K=1, tracked=10.0), lr=0.05),
+        make_record(one_run("bp", K=1, tracked=20.0), lr=0.1),
+        make_record(one_run("dgl", tracked=5.0), DGL_PARAMS, lr=0.1),
+        make_record(one_run("predsim", tracked=5.0), lr=0.2),  # no bp at lr 0.2
+    ]
+    table = comparison_table(frame(runs, tmp_path))
+    assert table["variant"].tolist() == ["bp lr=0.05", "bp lr=0.1", "dgl", "predsim"]
+    saving = dict(zip(table["variant"], table["saving vs BP (%)"]))
+    assert saving["dgl"] == pytest.approx(75.0)  # against bp at its own lr: 5 / 20
+    # no bp shares predsim's lr: equally close, the first bp label wins
+    assert saving["predsim"] == pytest.approx(50.0)
+    assert saving["bp lr=0.05"] == saving["bp lr=0.1"] == 0.0
+
+
+def test_variants_told_apart_only_by_a_shown_setting_still_get_unique_labels(tmp_path):
+    # BP trains one module whatever K is asked: K=4 and K=16 are two rows with K 1
+    runs = [
+        make_record(one_run("bp", K=1, tracked=10.0), K=4),
+        make_record(one_run("bp", K=1, tracked=12.0), K=16),
+        make_record(one_run("dgl", K=4, tracked=5.0), K=4),
+    ]
+    table = comparison_table(frame(runs, tmp_path))
+    assert table["variant"].tolist() == ["bp K=16", "bp K=4", "dgl"]
+    assert table["K"].tolist() == [1, 1, 4]
+    assert table["saving vs BP (%)"].tolist()[-1] == pytest.approx(50.0)  # the bp asked K=4
+
+
+def test_variants_share_the_method_colour_and_differ_in_style(tmp_path):
+    bp = make_record(one_run("bp", K=1, tracked=10.0, step=0.01))
+    runs = [bp, dgl(64, tracked=4.0, acc=76.0), dgl(128, tracked=6.0, acc=78.0)]
+    runs += [dgl(64, K=2, tracked=5.0, acc=77.0), dgl(128, K=2, tracked=7.0, acc=79.0)]
+    results = frame(runs, tmp_path)
+
+    (ax,) = accuracy_memory_figure(results).axes
+    labels = ["bp", "dgl hidden_dim=128", "dgl hidden_dim=64"]
+    assert legend_labels(ax) == [*labels, "Pareto front"]
+    series = {c.get_label(): c.lines[0] for c in ax.containers}
+    colors = {k: to_rgba(line.get_color()) for k, line in series.items()}
+    assert colors["dgl hidden_dim=64"] == colors["dgl hidden_dim=128"] != colors["bp"]
+    assert series["dgl hidden_dim=64"].get_marker() != series["dgl hidden_dim=128"].get_marker()
+
+    (ax,) = memory_k_figure(results).axes
+    assert legend_labels(ax) == labels
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["dgl hidden_dim=64"].get_ydata()) == [5.0, 4.0]
+    assert to_rgba(lines["dgl hidden_dim=64"].get_color()) == colors["dgl hidden_dim=64"]
+    assert lines["dgl hidden_dim=64"].get_linestyle() != lines["dgl hidden_dim=128"].get_linestyle()
+
+    (ax,) = step_overhead_figure(results).axes
+    assert legend_labels(ax) == labels[1:]
+    bars = [c[0] for c in ax.containers]
+    assert bars[0].get_facecolor() == bars[1].get_facecolor() == colors["dgl hidden_dim=64"]
+    assert bars[0].get_hatch() != bars[1].get_hatch()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(set(ticks)) == len(ticks) == 4
+
+
+def test_curves_legend_uses_variant_labels(tmp_path):
+    point = {"epoch": 1, "train_loss": 1.0, "test_acc": 50.0}
+    runs = [dgl(64), dgl(128), dgl(128, seed=1)]
+    for record in runs:
+        record.curve = [point, dict(point, epoch=2)]
+    results = frame(runs, tmp_path)
+    fig = curves_figure(curves_frame(runs), results)
+    assert legend_labels(fig.axes[1]) == [
+        "dgl hidden_dim=64 (K=4)",
+        "dgl hidden_dim=128 (K=4) seed 0",
+        "dgl hidden_dim=128 (K=4) seed 1",
+    ]
+    colors = {to_rgba(line.get_color()) for line in fig.axes[1].lines}
+    assert len(colors) == 1  # one method, one colour
+
+
+def test_report_page_shows_variant_labels(tmp_path):
+    runs = tmp_path / "runs"
+    frame([dgl(64), dgl(128), make_record(one_run("bp", K=1))], runs)
+    page = build_report(runs, tmp_path / "out").path.read_text()
+    assert "<td>dgl hidden_dim=64</td>" in page and "<td>dgl hidden_dim=128</td>" in page
+    csv = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert csv["variant"].tolist() == ["bp", "dgl hidden_dim=128", "dgl hidden_dim=64"]
+
+
+# ---------------------------------------------------------------- untrusted files
+
+
+def good_record_json() -> str:
+    return make_record(one_run("bp", K=1)).to_json()
+
+
+BAD_FILES = {
+    "truncated.json": (lambda: good_record_json()[:200], "truncated or not valid JSON"),
+    "old.json": (
+        lambda: good_record_json().replace("locbench.run/2", "locbench.run/1"),
+        "unknown schema version 'locbench.run/1'",
+    ),
+    "list.json": (lambda: "[1, 2]", "not a run record (JSON an array)"),
+    "bench.json": (lambda: '{"benchmarks": []}', "not a run record (a pytest-benchmark file)"),
+    "missing.json": (
+        lambda: json.dumps({k: v for k, v in json.loads(good_record_json()).items() if k != "env"}),
+        "missing fields: env",
+    ),
+    "unknown.json": (
+        lambda: json.dumps({**json.loads(good_record_json()), "colour": "red"}),
+        "unknown fields: colour",
+    ),
+    "wrongtype.json": (
+        lambda: json.dumps({**json.loads(good_record_json()), "config": [1]}),
+        "config is list, expected dict",
+    ),
+    "binary.json": (lambda: "\udcff", "not UTF-8 text"),
+}
+
+
+def write_bad(folder, name: str) -> None:
+    text = BAD_FILES[name][0]()
+    (folder / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_scan_records_skips_a_bad_file_with_its_reason(tmp_path, name):
+    save_record(make_record(one_run("bp", K=1)), tmp_path)
+    write_bad(tmp_path, name)
+    (tmp_path / "notes.txt").write_text("not json, not looked at")
+    records, skipped = scan_records(tmp_path)
+    assert [r.config["method"] for r in records] == ["bp"]
+    assert len(skipped) == 1
+    path, reason = skipped[0]
+    assert path == tmp_path / name
+    assert BAD_FILES[name][1] in reason and "\n" not in reason
+
+
+def test_report_renders_good_records_and_lists_a_truncated_one(runs_dir, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for path in runs_dir.glob("*.json"):
+        (runs / path.name).write_bytes(path.read_bytes())
+    (runs / "zz-killed.json").write_text(good_record_json()[:300])
+    report = build_report(runs, tmp_path / "out")
+    assert [(p.name, r.split(" (")[0]) for p, r in report.skipped] == [
+        ("zz-killed.json", "truncated or not valid JSON")
+    ]
+    assert len(pd.read_csv(tmp_path / "out" / "comparison.csv")) == 10  # every good record
+    page = report.path.read_text()
+    assert "Skipped files" in page and "<td>zz-killed.json</td>" in page
+    assert "1 file skipped" in page
+
+
+def test_report_without_a_valid_record_is_one_line_user_error(tmp_path):
+    for name in ("truncated.json", "old.json"):
+        write_bad(tmp_path, name)
+    with pytest.raises(UserError, match="holds no valid run records") as exc:
+        build_report(tmp_path, tmp_path / "out")
+    message = str(exc.value)
+    assert "2 of 2 *.json files skipped" in message and "\n" not in message
     assert not (tmp_path / "out").exists()
