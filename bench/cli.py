@@ -221,8 +221,10 @@ def check_probe(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.page import build_report
 
-    page = build_report(args.runs, args.out or args.runs / "report")
-    print(f"report: {page}")
+    report = build_report(args.runs, args.out or args.runs / "report")
+    for path, reason in report.skipped:
+        print(f"locbench: skipped {path}: {reason}", file=sys.stderr)
+    print(f"report: {report.path}")
     return 0
 
 
