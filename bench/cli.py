@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--ignore-time", action="store_true", help="gate memory and FLOPs only")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
-    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--epochs", type=int, default=None, help="default: the digits preset")
     demo.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -182,8 +182,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.presets import PRESETS
     from bench.sweep import sweep
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.preset:
         grid = PRESETS.get(args.preset)
     elif args.config:

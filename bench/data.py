@@ -15,8 +15,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from bench.config import BY_NAME
 from bench.errors import UserError
 from bench.registry import Registry
+from bench.settings import check
 
 Shape = tuple[int, ...]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -73,8 +75,7 @@ DATASETS: Registry[Callable[[DataRequest], DataBundle]] = Registry("dataset")
 
 
 def load_dataset(name: str, request: DataRequest) -> DataBundle:
-    if request.batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {request.batch_size}")
+    check(BY_NAME["batch_size"], request.batch_size, "--batch-size")  # the run setting's rule
     factory = DATASETS.get(name)
     return factory(request)
 

@@ -54,7 +54,7 @@ def test_every_pass_reshuffles_but_covers_all_samples():
 
 @pytest.mark.parametrize("bs", [0, -3])
 def test_batch_size_below_one(bs):
-    with pytest.raises(UserError, match="batch size must be at least 1"):
+    with pytest.raises(UserError, match="--batch-size must be an integer >= 1"):
         load_dataset("digits", DataRequest((3, 8, 8), bs))
 
 
