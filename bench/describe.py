@@ -9,6 +9,9 @@ is 2), as ``FlopCounterMode`` counts; the optimizer step is not counted.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,11 +19,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.backbone import Backbone
 from bench.build import build
 from bench.config import RunConfig
+from bench.data import DataInfo
 from bench.errors import UserError
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer, probe_config
 from methods import Batch, Method
 
 META = torch.device("meta")
+#: What a method's hooks raise on the meta device when they need tensor values (see the
+#: contract in ``methods/base.py``): such a step cannot be traced, so it has no FLOPs.
+TRACE_ERRORS = (RuntimeError, ValueError, TypeError, NotImplementedError)
 
 
 def count(modules: list[nn.Module]) -> int:
@@ -48,26 +55,66 @@ def aux_layers(module: nn.Module) -> list[str]:
     return [layer_name(c) for c in children]
 
 
-def step_flops(method: Method, backbone: Backbone, batch_size: int) -> tuple[int, list[int]]:
-    """FLOPs of one training step, and of each local module's auxiliary part of it.
+def step_flops(
+    method: Method, backbone: Backbone, batch_size: int, config: RunConfig
+) -> tuple[int, list[int]]:
+    """FLOPs of one training step, and of each local module's auxiliary part of it; moves
+    ``method`` and ``backbone`` to the meta device.
 
     The auxiliary part of module k is its local loss, forward and backward, on a leaf of the
     cut's shape; what remains of the step is the backbone's (incl. the output head)."""
-    trainer = LocalTrainer(backbone, method.split, method, OptimSettings(lr=0.1, epochs=1), META)
+    trainer = LocalTrainer(backbone, method.split, method, probe_config(config), META)
     x = torch.empty(batch_size, *backbone.input_shape, device=META)
     y = torch.zeros(batch_size, dtype=torch.long, device=META)
     with FlopCounterMode(display=False) as total:
         trainer.train_step(x, y)
+    batch = Batch(x, y, trainer.default_step)
     aux = []
     for k in range(method.split.K - 1):
         shape = backbone.shapes[method.split.last_unit(k)]
         h = torch.empty(batch_size, *shape, device=META, requires_grad=True)
         with FlopCounterMode(display=False) as counter:
-            loss = method.local_loss(k, h, Batch(x, y))
+            loss = method.local_loss(k, h, batch)
             if loss is not None:
                 loss.backward()
         aux.append(counter.get_total_flops())
     return total.get_total_flops(), aux
+
+
+def config_flops(
+    config: RunConfig,
+    data: DataInfo | None = None,
+    batch_size: int = 64,
+    num_classes: int = 10,
+    net: Callable[[int], Backbone] | None = None,
+) -> tuple[int, list[int]]:
+    """:func:`step_flops` of ``config``, built afresh on the meta device (``build``'s
+    arguments): nothing is allocated, and a run's own modules are never touched or copied.
+
+    Raises what the method raises when it cannot run on meta tensors (``TRACE_ERRORS``, see
+    ``methods/base.py``). The global random state is left as it was: ``build`` reseeds."""
+    with torch.random.fork_rng(devices=[]), torch.device(META):
+        backbone, method = build(config, data, num_classes=num_classes, net=net)
+        return step_flops(method, backbone, batch_size, config)
+
+
+def meta_backbone(backbone: Backbone) -> Callable[[int], Backbone]:
+    """A ``net`` factory for :func:`config_flops` giving ``backbone``'s structure on the meta
+    device (call it under ``torch.device("meta")``): a run's FLOPs are those of the backbone
+    it trains, which need not be a registered net (``prepare(config, net=...)``). No parameter
+    or buffer data is copied."""
+
+    def factory(num_classes: int) -> Backbone:
+        memo: dict[int, torch.Tensor] = {}
+        for t in [*backbone.units.parameters(), *backbone.units.buffers()]:
+            empty = torch.empty_like(t, device=META)
+            memo[id(t)] = (
+                nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+            )
+        units = copy.deepcopy(list(backbone.units), memo)
+        return Backbone(backbone.name, units, backbone.input_shape, backbone.specs)
+
+    return factory
 
 
 def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> dict:
@@ -77,9 +124,12 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
     backbone_params = backbone.num_params()
     aux_params = count([method])  # every parameter the method owns
     try:
-        total, aux_flops = step_flops(method, backbone, batch_size)
-    except (RuntimeError, ValueError) as e:  # e.g. BatchNorm1d given a batch of one
-        message = str(e).strip().splitlines()[0]
+        total, aux_flops = config_flops(config, None, batch_size, num_classes)
+    except UserError:
+        raise
+    except TRACE_ERRORS as e:  # e.g. BatchNorm1d given a batch of one
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
         raise UserError(f"one training step at batch {batch_size} fails: {message}") from None
     modules = []
     for k in range(split.K):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -19,7 +20,7 @@ from bench.build import build
 from bench.config import RunConfig
 from bench.errors import UserError
 from bench.memory import TrackedPeak
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer, probe_config, steady_state_peak
 
 UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 UNITS |= {"kb": 10**3, "mb": 10**6, "gb": 10**9}
@@ -37,6 +38,11 @@ def parse_bytes(text: str) -> int:
     return size
 
 
+class StepFails(UserError):
+    """One training step of the configuration cannot run at that batch size (e.g. BatchNorm1d
+    given a batch of one), or not on fake tensors (see ``methods/base.py``)."""
+
+
 def estimate(
     config: RunConfig,
     batch_size: int,
@@ -49,28 +55,36 @@ def estimate(
     with FakeTensorMode(allow_non_fake_inputs=True):
         backbone, method = build(config, num_classes=num_classes, image_size=image_size)
         trainer = LocalTrainer(
-            backbone,
-            method.split,
-            method,
-            OptimSettings(
-                lr=0.1,
-                epochs=1,
-                momentum=config.momentum,
-                nesterov=config.nesterov,
-                weight_decay=config.weight_decay,
-            ),
-            torch.device("cpu"),
+            backbone, method.split, method, probe_config(config), torch.device("cpu")
         )
         x = torch.empty(batch_size, *backbone.input_shape)
         y = torch.zeros(batch_size, dtype=torch.long)
         try:
-            previous = trainer.train_step(x, y)  # makes the gradients and optimizer state
-            tracker = trainer.start_tracking(previous)
-            trainer.tracked_step(tracker, x, y)
-        except (RuntimeError, ValueError) as e:  # e.g. BatchNorm1d given a batch of one
-            message = str(e).strip().splitlines()[0]
-            raise UserError(f"one training step at batch {batch_size} fails: {message}") from None
-        return trainer.tracked_result(tracker)
+            return steady_state_peak(trainer, x, y)
+        except UserError:
+            raise
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+            text = str(e).strip()
+            message = text.splitlines()[0] if text else type(e).__name__
+            raise StepFails(f"one training step at batch {batch_size} fails: {message}") from None
+
+
+#: The batches ``max_batch`` tries first, in order: it searches upwards from the first that
+#: trains (BatchNorm1d, as in DGL's auxiliary nets, refuses a batch of one in training).
+SMALLEST_BATCHES = (1, 2, 3, 4)
+
+
+def smallest_batch(peak: Callable[[int], TrackedPeak]) -> int:
+    """The first of :data:`SMALLEST_BATCHES` whose ``peak`` (an :func:`estimate`) runs."""
+    failure: StepFails | None = None
+    for b in SMALLEST_BATCHES:
+        try:
+            peak(b)
+        except StepFails as e:
+            failure = e
+            continue
+        return b
+    raise UserError(f"no batch of {SMALLEST_BATCHES[-1]} or fewer trains: {failure}")
 
 
 def max_batch(
@@ -81,10 +95,11 @@ def max_batch(
     limit: int = 2**20,
 ) -> tuple[int, TrackedPeak | None]:
     """The largest batch whose rounded peak fits ``budget`` bytes, and its estimate; (0, None)
-    if not even one sample fits.
+    if not even the smallest batch that trains (:func:`smallest_batch`) fits.
 
-    Memory grows almost linearly with the batch: a line through the estimates at 2 and 4
-    predicts the answer, a widening step brackets it, and bisection settles it exactly."""
+    Memory grows almost linearly with the batch: a line through the estimates at two small
+    batches predicts the answer, a widening step brackets it, and bisection settles it
+    exactly."""
     cache: dict[int, TrackedPeak] = {}
 
     def peak(b: int) -> TrackedPeak:
@@ -95,10 +110,12 @@ def max_batch(
     def fits(b: int) -> bool:
         return peak(b).peak_bytes_rounded <= budget
 
-    if not fits(1):
+    least = smallest_batch(peak)
+    if not fits(least):
         return 0, None
-    slope = max((peak(4).peak_bytes_rounded - peak(2).peak_bytes_rounded) / 2, 1.0)
-    guess = int(min(max(2 + (budget - peak(2).peak_bytes_rounded) / slope, 1), limit))
+    a = max(least, 2)
+    slope = max((peak(a + 2).peak_bytes_rounded - peak(a).peak_bytes_rounded) / 2, 1.0)
+    guess = int(min(max(a + (budget - peak(a).peak_bytes_rounded) / slope, least), limit))
     step = max(guess // 32, 1)
     if fits(guess):
         lo, hi = guess, min(guess + step, limit + 1)
@@ -106,10 +123,10 @@ def max_batch(
             lo, step = hi, step * 2
             hi = min(lo + step, limit + 1)
     else:
-        lo, hi = max(guess - step, 1), guess
+        lo, hi = max(guess - step, least), guess
         while not fits(lo):
             hi, step = lo, step * 2
-            lo = max(hi - step, 1)
+            lo = max(hi - step, least)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)

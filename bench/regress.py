@@ -26,22 +26,28 @@ import torch
 
 from bench.build import build
 from bench.config import RunConfig
-from bench.describe import step_flops
+from bench.describe import config_flops
 from bench.errors import UserError
 from bench.estimate import estimate
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer, probe_config, steady_state_peak
 
 SMALL = {"net": "smallnet", "K": 4}
 SMALL_BATCH = 32
+SMALL_LR = 0.05
 PUBLISHED = {"net": "resnet32", "K": 16}
 PUBLISHED_BATCH = 1024
 DETERMINISTIC = ("tracked_peak_bytes", "estimated_peak_bytes", "flops_per_step")
 MEMORY_TOLERANCE = 0.01
 
 
+def small_config(method: str) -> RunConfig:
+    return probe_config(RunConfig(method=method, **SMALL), lr=SMALL_LR)
+
+
 def small_trainer(method: str) -> LocalTrainer:
-    backbone, m = build(RunConfig(method=method, **SMALL))
-    return LocalTrainer(backbone, m.split, m, OptimSettings(0.05, 1), torch.device("cpu"))
+    config = small_config(method)
+    backbone, m = build(config)
+    return LocalTrainer(backbone, m.split, m, config, torch.device("cpu"))
 
 
 def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,17 +58,11 @@ def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def figures(method: str) -> dict[str, int]:
     """The deterministic figures of ``method`` (a name or ``path.py:Class``)."""
-    trainer = small_trainer(method)
-    x, y = small_batch()
-    previous = trainer.train_step(x, y)
-    tracker = trainer.start_tracking(previous)
-    trainer.tracked_step(tracker, x, y)
-    tracked = trainer.tracked_result(tracker).peak_bytes
-    backbone, m = build(RunConfig(method=method, **SMALL))
-    flops, _ = step_flops(m, backbone, SMALL_BATCH)
+    tracked = steady_state_peak(small_trainer(method), *small_batch())
+    flops, _ = config_flops(small_config(method), batch_size=SMALL_BATCH)
     published = estimate(RunConfig(method=method, **PUBLISHED), PUBLISHED_BATCH)
     return {
-        "tracked_peak_bytes": tracked,
+        "tracked_peak_bytes": tracked.peak_bytes,
         "estimated_peak_bytes": published.peak_bytes_rounded,
         "flops_per_step": flops,
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,11 +14,11 @@ from bench.backbone import Backbone, get_backbone
 from bench.build import build
 from bench.config import RunConfig
 from bench.data import DataBundle, DataRequest, load_dataset
-from bench.describe import step_flops
+from bench.describe import config_flops, meta_backbone
 from bench.errors import UserError
 from bench.records import RunRecord, environment
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings, fit
+from bench.trainer import LocalTrainer, fit
 from methods import Method
 
 
@@ -76,43 +75,16 @@ def execute(
         params_aux=sum(x.numel() for x in p.method.parameters()),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    # FLOPs on the meta device, from copies: the real modules stay where they are. A method
-    # whose step needs real values (e.g. .item()) cannot be traced there: no FLOPs, not no run.
-    try:
-        total, aux = step_flops(copy.deepcopy(p.method), copy.deepcopy(p.backbone), cfg.batch_size)
-        record.flops = {"backbone": total - sum(aux), "aux": sum(aux), "total": total}
-    except (RuntimeError, NotImplementedError, ValueError) as e:
-        record.message = f"FLOPs not counted: {first_line(e)}"
+    record.flops, why = count_flops(p)
+    if why:
+        record.message = why
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     t0 = time.perf_counter()
     try:
-        trainer = LocalTrainer(
-            p.backbone,
-            p.split,
-            p.method,
-            OptimSettings(
-                lr=cfg.lr,
-                epochs=cfg.epochs,
-                warmup_epochs=cfg.warmup_epochs,
-                warmup_start_lr=cfg.warmup_start_lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                nesterov=cfg.nesterov,
-            ),
-            device,
-        )
-        result = fit(
-            trainer,
-            p.data.train,
-            p.data.test,
-            cfg.warmup_steps,
-            cfg.measure_steps,
-            on_step,
-            track_steps=cfg.track_steps if cfg.memory in ("tracked", "both") else 0,
-            cuda_peaks=cfg.memory in ("cuda", "both"),
-        )
+        trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, device)
+        result = fit(trainer, p.data.train, p.data.test, on_step)
     except torch.cuda.OutOfMemoryError as e:
         record.status, record.message = "oom", first_line(e)
         return finish(record, t0)
@@ -135,6 +107,21 @@ def execute(
         record.status = "diverged"
         record.message = f"non-finite training loss in epoch {len(result.curve)}"
     return finish(record, t0)
+
+
+def count_flops(p: Prepared) -> tuple[dict | None, str]:
+    """FLOPs per step of the prepared run, or ``None`` and why they were not counted.
+
+    Counted on a fresh build of the configuration on the meta device, with the prepared
+    backbone's structure: the run's own modules are neither touched nor copied (a method may
+    hold anything, e.g. a lock). A method whose step needs real values (e.g. ``.item()``)
+    cannot be traced there: no FLOPs, but the run goes on."""
+    cfg = p.config
+    try:
+        total, aux = config_flops(cfg, p.data.info, cfg.batch_size, net=meta_backbone(p.backbone))
+    except Exception as e:  # noqa: BLE001 - FLOPs are best effort: the run goes on without
+        return None, f"FLOPs not counted: {first_line(e)}"
+    return {"backbone": total - sum(aux), "aux": sum(aux), "total": total}, ""
 
 
 def finish(record: RunRecord, t0: float) -> RunRecord:

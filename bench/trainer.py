@@ -9,6 +9,7 @@ plain end-to-end backpropagation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -16,23 +17,26 @@ import torch
 from torch import nn
 
 from bench.backbone import Backbone
+from bench.config import RunConfig
 from bench.data import Loader
+from bench.errors import UserError
 from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
 from bench.meters import CudaPeaks, CudaWindow, StepTimer
 from bench.optim import make_sgd, set_lr, warmup_cosine
 from bench.split import Split
-from methods.base import Batch, Method
+from methods.base import Batch, Method, StepContext
+
+#: Learning rate of a trainer built outside a run for a configuration that sets none.
+PROBE_LR = 0.1
 
 
-@dataclass(frozen=True)
-class OptimSettings:
-    lr: float
-    epochs: int
-    warmup_epochs: float = 0.0
-    warmup_start_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = True
+def probe_config(config: RunConfig, lr: float = PROBE_LR) -> RunConfig:
+    """``config`` for a trainer that runs single steps outside a training run (describe,
+    FLOPs, estimate, regression figures): one epoch without warm-up, at ``config.lr`` if it
+    sets one, else ``lr``. Memory and FLOPs do not depend on the learning rate's value."""
+    return dataclasses.replace(
+        config, epochs=1, warmup_epochs=0.0, lr=lr if config.lr is None else config.lr
+    )
 
 
 @dataclass
@@ -74,29 +78,43 @@ def build_modules(backbone: Backbone, split: Split) -> nn.ModuleList:
 
 
 class LocalTrainer:
-    """Owns the device, the optimizer and the step; the method only supplies losses."""
+    """Owns the device, the optimizer and the step; the method only supplies losses.
+
+    ``config`` is a run's configuration with ``lr`` and ``epochs`` set (resolved, or see
+    :func:`probe_config`); its optimizer fields (``lr``, ``momentum``, ``weight_decay``,
+    ``nesterov``) make the optimizer, and :func:`fit` reads the schedule and the measurement
+    windows from it."""
 
     def __init__(
         self,
         backbone: Backbone,
         split: Split,
         method: Method,
-        optim: OptimSettings,
+        config: RunConfig,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.split, self.method, self.optim = split, method, optim
+        if config.lr is None or config.epochs is None:
+            raise UserError("a trainer needs a configuration with lr and epochs set (resolved)")
+        self.split, self.method, self.config = split, method, config
         self.device, self.dtype = device, dtype
         self.modules = place(build_modules(backbone, split), device, dtype)
         place(self.method, device, dtype)
         self.optimizer = make_sgd(
-            self.parameters(), optim.lr, optim.momentum, optim.weight_decay, optim.nesterov
+            self.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
         )
+        # What a step outside a run (describe, estimate, a test's own step) shows the method.
+        self.default_step = StepContext(lr=config.lr)
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, tracker: MemoryTracker | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tracker: MemoryTracker | None = None,
+        step: StepContext | None = None,
     ) -> StepLosses:
-        """One training step on a batch already on the device.
+        """One training step on a batch already on the device; the method sees ``step`` as
+        ``batch.step`` (default: step 0 of 1 at the configuration's learning rate).
 
         With a ``tracker`` (entered by the caller), each part of the step is labelled for the
         memory breakdown; the computation is the same either way."""
@@ -104,13 +122,13 @@ class LocalTrainer:
         self.modules.train()
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batch = Batch(x, y)
+        batch = Batch(x, y, self.default_step if step is None else step)
         last = self.split.K - 1
         local: list[torch.Tensor] = []
         h = x
         for k, module in enumerate(self.modules):
             with phase("backbone", k):
-                out = self.method.forward_module(k, module, h)
+                out = self.method.forward_module(k, module, h, batch)
             if k < last:
                 with phase("aux", k):
                     loss = self.method.local_loss(k, out, batch)
@@ -130,25 +148,6 @@ class LocalTrainer:
         if tracker is not None:
             tracker.end_step(self.parameters(), self.optimizer)
         return StepLosses(local, loss.detach(), correct)
-
-    def start_tracking(self, previous: StepLosses | None = None) -> MemoryTracker:
-        """A tracker that already counts what is resident between steps: parameters, buffers,
-        gradients, optimizer state, and the last step's losses (still referenced)."""
-        tracker = MemoryTracker()
-        for tag, tensors in self.state_tensors().items():
-            tracker.register(tensors, tag)
-        if previous is not None:
-            tracker.register(previous.tensors(), "other")
-        return tracker
-
-    def tracked_step(self, tracker: MemoryTracker, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
-        tracker.register([x, y], "other")
-        with tracker:
-            return self.train_step(x, y, tracker)
-
-    def tracked_result(self, tracker: MemoryTracker) -> TrackedPeak:
-        resident = storage_bytes(t for ts in self.state_tensors().values() for t in ts)
-        return tracker.result(resident, self.split.K)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.modules.parameters()) + list(self.method.parameters())
@@ -195,13 +194,41 @@ class LocalTrainer:
         )
 
 
-@dataclass
-class FitResult:
-    curve: list[dict] = field(default_factory=list)
-    step_times: StepTimer | None = None
-    cuda: CudaPeaks | None = None
-    memory: TrackedPeak | None = None
-    diverged: bool = False
+class MemoryWindow:
+    """Tracked steps: the peak of live tensor bytes over consecutive training steps.
+
+    Opened between steps, it first counts what is resident then: parameters, buffers,
+    gradients, optimizer state and ``previous`` (the last step's losses, still referenced by
+    the caller); each :meth:`step` also counts its batch. This is the one measurement that
+    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make."""
+
+    def __init__(self, trainer: LocalTrainer, previous: StepLosses | None = None) -> None:
+        self.trainer = trainer
+        self.tracker = MemoryTracker()
+        for tag, tensors in trainer.state_tensors().items():
+            self.tracker.register(tensors, tag)
+        if previous is not None:
+            self.tracker.register(previous.tensors(), "other")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: StepContext | None = None) -> StepLosses:
+        self.tracker.register([x, y], "other")
+        with self.tracker:
+            return self.trainer.train_step(x, y, self.tracker, step)
+
+    def close(self) -> TrackedPeak:
+        trainer = self.trainer
+        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
+        return self.tracker.result(resident, trainer.split.K)
+
+
+def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -> TrackedPeak:
+    """Tracked peak of one steady-state step on ``(x, y)``: a first, untracked step makes the
+    gradients and optimizer state, whose losses stay referenced through the tracked second
+    step, as in a run's tracked window after its warm-up."""
+    previous = trainer.train_step(x, y)
+    window = MemoryWindow(trainer, previous)
+    window.step(x, y)
+    return window.close()
 
 
 @dataclass(frozen=True)
@@ -220,92 +247,147 @@ class Windows:
         tracked = range(start, min(start + track, total))
         return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
 
+    @classmethod
+    def for_run(cls, config: RunConfig, total: int) -> Windows:
+        """The windows of a run of ``total`` steps: tracked steps only when ``config.memory``
+        asks for tracked memory ("tracked" or "both")."""
+        track = config.track_steps if config.memory in ("tracked", "both") else 0
+        return cls.plan(total, config.warmup_steps, track, config.measure_steps)
+
+
+class MeasuredSteps:
+    """Runs every training step of a run as the :class:`Windows` plan says: tracked (memory),
+    timed (wall time, and on CUDA the allocator's peaks over exactly these steps) or plain."""
+
+    def __init__(self, trainer: LocalTrainer, windows: Windows, cuda_peaks: bool) -> None:
+        self.trainer, self.windows = trainer, windows
+        device = trainer.device
+        self.timer = StepTimer(device)
+        self.cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
+        self.memory: TrackedPeak | None = None
+        self.cuda: CudaPeaks | None = None
+        self._memory_window: MemoryWindow | None = None
+        # The last step's losses: the caller still holds them while the next step runs.
+        self._previous: StepLosses | None = None
+
+    def measured_step(self, step: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
+        i, tracked, timed = step.global_step, self.windows.tracked, self.windows.timed
+        if i in tracked:
+            if i == tracked.start:
+                self._memory_window = MemoryWindow(self.trainer, self._previous)
+            losses = self._memory_window.step(x, y, step)
+            if i == tracked[-1]:
+                self.memory, self._memory_window = self._memory_window.close(), None
+        elif i in timed:
+            if i == timed.start and self.cuda_window is not None:
+                self.cuda_window.open()
+            self.timer.start()
+            losses = self.trainer.train_step(x, y, step=step)
+            self.timer.stop()
+            if i == timed[-1] and self.cuda_window is not None:
+                self.cuda = self.cuda_window.close()
+        else:
+            losses = self.trainer.train_step(x, y, step=step)
+        self._previous = losses
+        return losses
+
+
+class EpochSums:
+    """Training loss, local losses and accuracy of one epoch, summed on the device (no sync
+    per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.local: torch.Tensor | float = 0.0  # a tensor once a method reports local losses
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, losses: StepLosses, n: int) -> None:
+        self.loss += losses.output.double() * n
+        if losses.local:
+            # sized on first use: end-to-end methods report no local losses
+            self.local = self.local + torch.stack(losses.local).double() * n
+        self.correct += losses.correct
+        self.seen += n
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.loss)) and bool(
+            torch.isfinite(torch.as_tensor(self.local)).all()
+        )
+
+
+@dataclass
+class FitResult:
+    curve: list[dict] = field(default_factory=list)
+    step_times: StepTimer | None = None
+    cuda: CudaPeaks | None = None
+    memory: TrackedPeak | None = None
+    diverged: bool = False
+
 
 def fit(
     trainer: LocalTrainer,
     train: Loader,
     test: Loader,
-    warmup_steps: int,
-    measure_steps: int,
     on_step: Callable[[int, dict], None] | None = None,
-    track_steps: int = 0,
-    cuda_peaks: bool = True,
 ) -> FitResult:
-    """Train for ``trainer.optim.epochs`` epochs, evaluating after each.
+    """Train for ``config.epochs`` epochs of the trainer's configuration, evaluating after each.
 
-    After ``warmup_steps``, ``track_steps`` steps run under the memory tracker, then
-    ``measure_steps`` steps are timed (and on CUDA the allocator peaks cover exactly them);
-    both windows are clipped to the run (:class:`Windows`)."""
-    optim, device = trainer.optim, trainer.device
+    After ``config.warmup_steps``, ``config.track_steps`` steps run under the memory tracker
+    (``config.memory`` "tracked" or "both"), then ``config.measure_steps`` steps are timed (and
+    on CUDA, with ``config.memory`` "cuda" or "both", the allocator peaks cover exactly them);
+    both windows are clipped to the run (:class:`Windows`). Every step's method sees its
+    :class:`~methods.base.StepContext`."""
+    config, device = trainer.config, trainer.device
+    if config.memory not in ("tracked", "cuda", "both"):
+        raise UserError(f"fit needs a resolved configuration; memory is {config.memory!r}")
     steps_per_epoch = len(train)
-    windows = Windows.plan(optim.epochs * steps_per_epoch, warmup_steps, track_steps, measure_steps)
-    timer = StepTimer(device)
-    cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
-    result = FitResult(step_times=timer)
-    tracker: MemoryTracker | None = None
-    losses: StepLosses | None = None
-    step = 0
-    for epoch in range(optim.epochs):
-        timer_epoch = StepTimer(device)
-        timer_epoch.start()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        local_sums: torch.Tensor | float = 0.0  # a tensor once a method reports local losses
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        lr = optim.lr
+    total = config.epochs * steps_per_epoch
+    steps = MeasuredSteps(
+        trainer, Windows.for_run(config, total), cuda_peaks=config.memory in ("cuda", "both")
+    )
+    result = FitResult(step_times=steps.timer)
+    global_step = 0
+    for epoch in range(config.epochs):
+        epoch_timer = StepTimer(device)
+        epoch_timer.start()
+        sums = EpochSums(device)
+        lr = config.lr
         for i, (x, y) in enumerate(train):
             lr = warmup_cosine(
                 epoch + i / steps_per_epoch,
-                optim.lr,
-                optim.epochs,
-                optim.warmup_epochs,
-                optim.warmup_start_lr,
+                config.lr,
+                config.epochs,
+                config.warmup_epochs,
+                config.warmup_start_lr,
             )
             set_lr(trainer.optimizer, lr)
             x, y = trainer.to_device(x, y)
-            if step in windows.tracked:
-                if step == windows.tracked.start:
-                    tracker = trainer.start_tracking(previous=losses)
-                losses = trainer.tracked_step(tracker, x, y)
-                if step == windows.tracked[-1]:
-                    result.memory, tracker = trainer.tracked_result(tracker), None
-            elif step in windows.timed:
-                if step == windows.timed.start and cuda_window is not None:
-                    cuda_window.open()
-                timer.start()
-                losses = trainer.train_step(x, y)
-                timer.stop()
-                if step == windows.timed[-1] and cuda_window is not None:
-                    result.cuda = cuda_window.close()
-            else:
-                losses = trainer.train_step(x, y)
-            loss_sum += losses.output.double() * len(y)
-            if losses.local:
-                # sized on first use: end-to-end methods report no local losses
-                local_sums = local_sums + torch.stack(losses.local).double() * len(y)
-            correct += losses.correct
-            seen += len(y)
-            step += 1
+            context = StepContext(global_step, epoch, steps_per_epoch, total, lr)
+            sums.add(steps.measured_step(context, x, y), len(y))
+            global_step += 1
             if on_step is not None:
-                on_step(step, {"epoch": epoch + 1})
-        timer_epoch.stop()
-        train_loss = loss_sum.item() / seen
+                on_step(global_step, {"epoch": epoch + 1})
+        epoch_timer.stop()
         test_acc, test_loss = trainer.evaluate(test)
         result.curve.append(
             {
                 "epoch": epoch + 1,
                 "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": 100.0 * correct.item() / seen,
+                "train_loss": sums.loss.item() / sums.seen,
+                "train_acc": 100.0 * sums.correct.item() / sums.seen,
                 "local_losses": (
-                    (local_sums / seen).tolist() if isinstance(local_sums, torch.Tensor) else []
+                    (sums.local / sums.seen).tolist()
+                    if isinstance(sums.local, torch.Tensor)
+                    else []
                 ),
                 "test_loss": test_loss,
                 "test_acc": test_acc,
-                "epoch_time_s": timer_epoch.times[-1],
+                "epoch_time_s": epoch_timer.times[-1],
             }
         )
-        if not torch.isfinite(loss_sum) or not torch.isfinite(torch.as_tensor(local_sums)).all():
+        if not sums.finite():
             result.diverged = True
             break
+    result.memory, result.cuda = steps.memory, steps.cuda
     return result

@@ -7,9 +7,10 @@ training loop, the device, the optimizer, timing or memory measurement: the harn
 
 The harness runs one training step like this::
 
+    batch = Batch(x, y, step)                     # step: a StepContext (where training is)
     h = x
     for k in range(K):
-        out = method.forward_module(k, modules[k], h)   # default: modules[k](h)
+        out = method.forward_module(k, modules[k], h, batch)   # default: modules[k](h)
         if k < K - 1:
             loss = method.local_loss(k, out, batch)
             if loss is not None:
@@ -23,10 +24,14 @@ The harness runs one training step like this::
 Guarantees the harness gives every hook:
   * ``__init__`` runs on the CPU in float32 after the global seed is set; the harness then moves
     the whole method (its parameters and buffers) to the run's device and dtype with ``.to()``.
-    Never call ``.cuda()`` or pick a device yourself.
-  * ``forward_module(k, module, h)`` runs module k (the backbone's units, in train mode); the
-    default just calls it. Override it to change *how* it runs (e.g. activation checkpointing),
-    never what it computes.
+    Never call ``.cuda()`` or pick a device yourself. It may run more than once per process
+    (``locbench run`` builds the configuration a second time on the ``meta`` device to count
+    FLOPs), so it must not depend on being the only instance.
+  * ``forward_module(k, module, h, batch)`` runs module k (the backbone's units, in train mode)
+    on ``h``; the default just calls it. ``batch`` is the step's batch (its labels ``batch.y``
+    and ``batch.step``), for methods whose forward pass needs the targets (e.g. target
+    propagation). Override it to change *how* module k runs (e.g. activation checkpointing) or
+    what it sees; the parameters it trains remain the module's.
   * ``local_loss(k, ...)`` is called for k = 0 .. K-2 in order, once per step, in train mode,
     with ``out`` still attached to module k's graph; the returned 0-dim tensor is
     backpropagated immediately by the harness. ``None`` means "no local loss": nothing is
@@ -35,9 +40,38 @@ Guarantees the harness gives every hook:
     k+1's input. Returning a tensor attached to module k's graph breaks gradient isolation.
   * ``output_loss`` sees the output head's logits of the last module.
   * All parameters of ``self`` are optimised by the same optimizer as the backbone.
+  * Every hook of one step sees the same :class:`Batch`, hence the same ``batch.step``.
+
+The step context (``batch.step``, a :class:`StepContext`) of a training run:
+  * ``global_step`` runs 0, 1, ..., ``total_steps`` - 1: every training step exactly once, in
+    order, across epochs. A run that diverges stops early and never reaches the end.
+  * ``total_steps == epochs * steps_per_epoch``, both fixed for the whole run;
+    ``epoch`` is 0-based and ``global_step == epoch * steps_per_epoch + step_in_epoch``.
+  * ``lr`` is the learning rate the optimizer applies in this step (warm-up, then cosine).
+  * Steps measured by the harness (tracked for memory, timed) get their context like any other:
+    a method cannot tell, and must not try to tell, whether it is being measured.
+  * Its fields are Python numbers, never tensors, so branching on them is safe everywhere,
+    including on meta and fake tensors (below).
+  * Outside a run (``locbench describe``, FLOPs, ``locbench estimate``, the regression figures)
+    every step is step 0 of 1 at the configuration's learning rate (0.1 when it sets none):
+    a method whose computation changes with the step is counted and estimated as at step 0.
+
+Hooks also run on tensors without values. ``locbench describe`` and the FLOPs of every run
+record run one training step on the ``meta`` device (``__init__`` included: the configuration
+is built there afresh), and ``locbench estimate`` runs two under ``FakeTensorMode`` (fake
+tensors: shapes, dtypes and devices only). There, anything that needs a tensor's *values*
+raises: ``.item()``, ``.tolist()``, ``float(t)``/``int(t)``/``bool(t)``, Python ``if``/``while``
+or ``assert`` on a tensor, data-dependent shapes (``nonzero``, boolean-mask indexing,
+``unique``), ``.numpy()`` and any NumPy conversion; printing or logging a tensor shows no
+values (``tensor(..., device='meta', size=(8,))``). A method that does such things still trains
+and its run records everything measured while training (time, accuracy, tracked and CUDA
+memory), but the record has no FLOPs (its ``message`` says "FLOPs not counted: ...") and
+``locbench describe``/``estimate`` refuse it with a one-line error. Shapes (``t.shape``,
+``t.size(0)``, ``t.dim()``), ``t.device``, ``t.dtype`` and the step context work everywhere.
+Keep value-dependent bookkeeping (logging a loss, early stopping) out of the hooks.
 
 A new method is one file: subclass :class:`Method`, declare its hyperparameters as a dataclass
-in ``Params``, override the hooks you need, and register it with ``@METHODS.register("name")``.
+in ``Params``, override the hooks you need, and register it with ``@register("name")``.
 """
 
 from __future__ import annotations
@@ -70,11 +104,34 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class StepContext:
+    """Where training is at the current step. See "The step context" in the module docstring
+    for what the harness guarantees; outside a run, the default: step 0 of 1."""
+
+    global_step: int = 0  # 0 .. total_steps - 1, each training step once, in order
+    epoch: int = 0  # 0-based
+    steps_per_epoch: int = 1
+    total_steps: int = 1  # epochs * steps_per_epoch
+    lr: float = 0.0  # the learning rate of this step's optimizer update
+
+    @property
+    def step_in_epoch(self) -> int:
+        return self.global_step - self.epoch * self.steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done before this step: 0 at the first, < 1 at the last."""
+        return self.global_step / self.total_steps
+
+
+@dataclass(frozen=True)
 class Batch:
-    """One training batch as the method sees it: normalised inputs and integer labels."""
+    """One training batch as the method sees it: normalised inputs, integer labels, and where
+    training is (``step``; filled by the harness for every training step)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    step: StepContext = StepContext()
 
 
 class Method(nn.Module):
@@ -111,8 +168,11 @@ class Method(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cut.shape[0], self.data.num_classes)
         )
 
-    def forward_module(self, k: int, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        """Output of module ``k`` on input ``h``. Default: ``module(h)``."""
+    def forward_module(
+        self, k: int, module: nn.Module, h: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """Output of module ``k`` on input ``h``; ``batch`` is the step's batch (labels, step
+        context) for methods whose forward pass needs it. Default: ``module(h)``."""
         return module(h)
 
     def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor | None:

@@ -47,7 +47,9 @@ class BPCheckpoint(Method):
     def aux_modules(self, k: int) -> list[nn.Module]:
         return []
 
-    def forward_module(self, k: int, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    def forward_module(
+        self, k: int, module: nn.Module, h: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
         if k == self.split.K - 1 or not torch.is_grad_enabled():
             return module(h)
         return checkpoint(

@@ -4,14 +4,23 @@ Three spellings are accepted, tried in this order:
 
 * a registered short name (``dgl``): ``METHODS.get(name)``;
 * ``path/to/file.py:ClassName``: the file is imported as a module of its own (it need not be
-  inside a package or on ``sys.path``) and ``ClassName`` is taken from it;
+  inside a package or on ``sys.path``) and ``ClassName`` is taken from it. While the file is
+  imported its folder is first on ``sys.path``, so it can ``import helper`` for a
+  ``helper.py`` beside it. Do those imports at the top of the file (the folder leaves
+  ``sys.path`` afterwards); helpers are ordinary top-level modules, imported once per process
+  under their file name, so name them so they clash with no installed module or with another
+  method folder's helpers;
 * a name from the ``locbench.methods`` entry-point group, declared by an installed package::
 
       [project.entry-points."locbench.methods"]
       mymethod = "mypkg.mymethod:MyMethod"
 
-  Entry points are only looked up when the name is not a registered one, so a broken plugin
-  package never slows down or breaks runs of the built-in methods.
+  Entry points are only *loaded* (their package imported) when their name is the one asked
+  for, so a broken plugin package never breaks runs of the built-in methods. Their names are
+  read for every name, though: a plug-in name must be unambiguous. One that is also a
+  registered method's name (unless it points at that very class), or that two plug-ins
+  declare with different values, is refused with a one-line error naming both whenever that
+  name is asked for, and ``locbench list`` refuses to list it.
 
 Every failure is a one-line :class:`~bench.errors.UserError`.
 
@@ -23,10 +32,12 @@ point's name). The name only labels the method in error messages; run records ke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import UserError
@@ -40,14 +51,15 @@ FILE_SPEC_HINT = "use path/to/file.py:ClassName"
 
 def resolve_method(spec: str) -> type[Method]:
     """The method class that ``spec`` (a name, ``file.py:Class`` or an entry point) names."""
+    if spec not in METHODS and looks_like_path(spec):
+        return load_from_file(spec)
+    claims = entry_point_claims()
+    check_unambiguous(spec, claims.get(spec, []))
     if spec in METHODS:
         return METHODS.get(spec)
-    if looks_like_path(spec):
-        return load_from_file(spec)
-    entry_point = method_entry_points().get(spec)
-    if entry_point is not None:
-        return load_entry_point(entry_point)
-    known = sorted(set(METHODS.names()) | set(method_entry_points()))
+    if spec in claims:
+        return load_entry_point(claims[spec][0])
+    known = sorted(set(METHODS.names()) | set(claims))
     raise UserError(f"unknown method {spec!r}; known: {', '.join(known)}")
 
 
@@ -110,11 +122,27 @@ def import_file(path: Path):
     # In sys.modules before running it: dataclasses and pickling look the module up by name.
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with folder_on_path(path.parent):
+            spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - any error in user code becomes one line
         del sys.modules[module_name]
         raise UserError(f"importing {path} failed: {type(e).__name__}: {first_line(e)}") from None
     return module
+
+
+@contextlib.contextmanager
+def folder_on_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` for the duration: a method file's ``import helper``
+    finds ``helper.py`` beside it, as when that file runs as a script."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
 
 
 def methods_defined_in(module) -> list[str]:
@@ -140,18 +168,54 @@ def check_method_class(obj: object, what: str) -> None:
         raise UserError(f"{what} is not a subclass of methods.base.Method (it is {kind})")
 
 
-def method_entry_points() -> dict:
-    """``name -> entry point`` of the ``locbench.methods`` group (first one wins on clashes).
+def entry_point_claims() -> dict[str, list]:
+    """``name -> entry points`` of the ``locbench.methods`` group, one per distinct value (the
+    same package found twice on ``sys.path`` claims a name once). Reads metadata only.
 
     Looked up through ``importlib.metadata.entry_points`` at call time, so tests can patch it."""
-    found: dict = {}
+    claims: dict[str, list] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep)
-    return found
+        same_name = claims.setdefault(ep.name, [])
+        if all(other.value != ep.value for other in same_name):
+            same_name.append(ep)
+    return claims
+
+
+def check_unambiguous(name: str, entry_points: list) -> None:
+    """One-line error if ``name`` is claimed by a registered method and a plug-in entry point
+    pointing elsewhere, or by two plug-in entry points of different values."""
+    if name in METHODS:
+        cls = METHODS.get(name)
+        own = f"{cls.__module__}:{cls.__qualname__}"
+        others = [ep for ep in entry_points if ep.value != own]
+        if others:
+            raise UserError(
+                f"method name {name!r} is both the registered method {own} and plug-in "
+                f"{entry_point_label(others[0])}; rename or uninstall the plug-in"
+            )
+    elif len(entry_points) > 1:
+        first, second = entry_points[:2]
+        raise UserError(
+            f"method name {name!r} is claimed by two plug-ins, {entry_point_label(first)} and "
+            f"{entry_point_label(second)}; rename or uninstall one of them"
+        )
+
+
+def entry_point_label(ep) -> str:
+    return f"entry point {ep.name!r} ({ep.value})"
+
+
+def method_entry_points() -> dict:
+    """``name -> entry point`` of every plug-in method (for ``locbench list``); a one-line
+    error if any name is ambiguous (:func:`check_unambiguous`)."""
+    claims = entry_point_claims()
+    for name in sorted(claims):
+        check_unambiguous(name, claims[name])
+    return {name: eps[0] for name, eps in claims.items()}
 
 
 def load_entry_point(ep) -> type[Method]:
-    what = f"entry point {ep.name!r} ({ep.value})"
+    what = entry_point_label(ep)
     try:
         cls = ep.load()
     except Exception as e:  # noqa: BLE001 - a broken plugin package becomes one line

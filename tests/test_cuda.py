@@ -8,7 +8,7 @@ from bench.config import RunConfig
 from bench.data import DataInfo
 from bench.run import execute
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer
 from methods import METHODS, make_params
 
 pytestmark = pytest.mark.cuda
@@ -41,7 +41,7 @@ def test_cuda_K1_gradients_match_cpu():
             net,
             split,
             bp(net, split, info, make_params(bp, {})),
-            OptimSettings(0.1, 1),
+            RunConfig(lr=0.1, epochs=1),
             torch.device(device),
         )
         trainer.train_step(*trainer.to_device(x, y))

@@ -13,7 +13,7 @@ from bench.data import DataInfo
 from bench.optim import warmup_cosine
 from bench.run import execute
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings, build_modules
+from bench.trainer import LocalTrainer, build_modules
 from methods import METHODS, make_params
 from methods.dgl import DGL
 
@@ -26,7 +26,7 @@ def make_trainer(method_cls, K, seed=0, **params):
     net = get_backbone("smallnet")
     split = method_cls.plan_split(Split.uniform(net.n_hidden, K), None)
     method = method_cls(net, split, INFO, make_params(method_cls, params))
-    return LocalTrainer(net, split, method, OptimSettings(lr=0.1, epochs=1), CPU)
+    return LocalTrainer(net, split, method, RunConfig(lr=0.1, epochs=1), CPU)
 
 
 def batch(seed=1, n=16):
@@ -79,7 +79,7 @@ def test_K1_harness_equals_plain_backward():
     split = Split(net.n_hidden, (0,))
     bp = METHODS.get("bp")
     trainer = LocalTrainer(
-        net, split, bp(net, split, INFO, make_params(bp, {})), OptimSettings(0.1, 1), CPU
+        net, split, bp(net, split, INFO, make_params(bp, {})), RunConfig(lr=0.1, epochs=1), CPU
     )
     x, y = batch()
     trainer.train_step(x, y)
@@ -204,3 +204,112 @@ def test_a_method_that_cannot_be_traced_on_meta_still_runs(tmp_path):
     assert r.status == "ok" and r.flops is None
     assert r.message.startswith("FLOPs not counted:")
     assert r.memory["peak_bytes"] > 0
+
+
+# --- the step context and what forward_module sees ------------------------------------------
+
+STEP_RECORDER = """
+from methods.dgl import DGL
+
+
+class StepRecorder(DGL):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.steps = []  # the step context of every training step, from module 0's forward
+
+    def forward_module(self, k, module, h, batch):
+        if k == 0:
+            self.steps.append(batch.step)
+        return super().forward_module(k, module, h, batch)
+
+    def local_loss(self, k, out, batch):
+        assert batch.step is self.steps[-1]  # every hook of a step sees the same context
+        return super().local_loss(k, out, batch)
+"""
+
+
+def test_every_training_step_sees_its_step_context_once(tmp_path):
+    from bench.run import prepare
+
+    plugin = tmp_path / "step_recorder.py"
+    plugin.write_text(STEP_RECORDER)
+    # synthetic: 512 samples at batch 128 -> 4 steps an epoch, 8 in all: step 0 plain, 1-2
+    # tracked, 3-4 timed, 5-7 plain; every kind of step must get its context.
+    config = RunConfig(
+        method=f"{plugin}:StepRecorder",
+        K=2,
+        dataset="synthetic",
+        epochs=2,
+        batch_size=128,
+        warmup_epochs=1,
+        warmup_steps=1,
+        track_steps=2,
+        measure_steps=2,
+    )
+    p = prepare(config)
+    r = execute(config, prepared=p)
+    assert r.status == "ok", r.message
+    assert r.flops is not None  # counted on a fresh build: its steps are not in p.method.steps
+    assert r.memory["steps"] == 2 and r.measured_steps == 2
+    steps = p.method.steps
+    per_epoch = len(p.data.train)
+    assert per_epoch == 4
+    assert [s.global_step for s in steps] == list(range(8))
+    assert {(s.total_steps, s.steps_per_epoch) for s in steps} == {(2 * per_epoch, per_epoch)}
+    assert [s.epoch for s in steps] == [0] * 4 + [1] * 4
+    assert [s.step_in_epoch for s in steps] == [0, 1, 2, 3] * 2
+    cfg = p.config
+    expected_lr = [
+        warmup_cosine(s.global_step / per_epoch, cfg.lr, 2, 1, cfg.warmup_start_lr) for s in steps
+    ]
+    assert [s.lr for s in steps] == expected_lr
+    assert steps[0].lr == cfg.warmup_start_lr and steps[4].lr == cfg.lr  # warm-up, then cosine
+    assert [c["lr"] for c in r.curve] == [steps[3].lr, steps[7].lr]
+    assert steps[0].progress == 0 and steps[-1].progress == 7 / 8
+
+
+class SeesTheBatch(DGL):
+    """DGL that records the batch each hook is given."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.seen: list[tuple[str, int, object]] = []
+
+    def forward_module(self, k, module, h, batch):
+        self.seen.append(("forward", k, batch))
+        return super().forward_module(k, module, h, batch)
+
+    def local_loss(self, k, out, batch):
+        self.seen.append(("local", k, batch))
+        return super().local_loss(k, out, batch)
+
+    def output_loss(self, logits, batch):
+        self.seen.append(("output", self.split.K - 1, batch))
+        return super().output_loss(logits, batch)
+
+
+def test_forward_module_sees_the_batch_labels_and_the_step():
+    from methods.base import StepContext
+
+    trainer = make_trainer(SeesTheBatch, K=3)
+    x, y = batch()
+    trainer.train_step(x, y)
+    seen = trainer.method.seen
+    assert [(hook, k) for hook, k, _ in seen] == [
+        ("forward", 0),
+        ("local", 0),
+        ("forward", 1),
+        ("local", 1),
+        ("forward", 2),
+        ("output", 2),
+    ]
+    first = seen[0][2]
+    assert all(b is first for _, _, b in seen)  # one Batch for every hook of the step
+    assert first.y is y and first.x is x
+    # outside a run: step 0 of 1 at the configuration's learning rate
+    assert first.step == StepContext(0, 0, 1, 1, 0.1)
+    context = StepContext(global_step=5, epoch=1, steps_per_epoch=4, total_steps=8, lr=0.3)
+    trainer.method.seen.clear()
+    trainer.train_step(x, y, step=context)
+    assert {b.step for _, _, b in trainer.method.seen} == {context}
+    assert context.step_in_epoch == 1

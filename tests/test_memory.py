@@ -98,6 +98,40 @@ def test_max_batch_is_the_largest_that_fits():
     assert max_batch(config, 1000) == (0, None)
 
 
+def test_max_batch_starts_from_the_smallest_batch_the_method_trains_on():
+    # DGL's auxiliary MLP has BatchNorm1d, which refuses a batch of one in training
+    config = RunConfig(method="dgl", net="smallnet", K=4)
+    with pytest.raises(UserError, match="one training step at batch 1 fails"):
+        estimate(config, 1)
+    budget = estimate(config, 40).peak_bytes_rounded
+    batch, peak = max_batch(config, budget)
+    assert batch >= 2
+    assert peak.peak_bytes_rounded <= budget
+    assert estimate(config, batch + 1).peak_bytes_rounded > budget
+    assert batch >= 40
+    # a budget below batch 2's peak: nothing fits
+    assert max_batch(config, estimate(config, 2).peak_bytes_rounded - 1) == (0, None)
+
+
+NEEDS_VALUES = """
+from methods.dgl import DGL
+
+
+class NeedsValues(DGL):
+    def local_loss(self, k, out, batch):
+        loss = super().local_loss(k, out, batch)
+        return loss * (1.0 if loss.item() < 1e9 else 0.0)
+"""
+
+
+def test_max_batch_of_a_method_that_never_steps_on_fake_tensors_is_one_error(tmp_path):
+    plugin = tmp_path / "needs_values.py"
+    plugin.write_text(NEEDS_VALUES)
+    config = RunConfig(method=f"{plugin}:NeedsValues", net="smallnet", K=2)
+    with pytest.raises(UserError, match="^no batch of 4 or fewer trains: one training step at "):
+        max_batch(config, 2**30)
+
+
 @pytest.mark.parametrize(
     "text, value",
     [("24GiB", 24 * 2**30), ("512 MiB", 512 * 2**20), ("8GB", 8 * 10**9), ("4096", 4096)],

@@ -33,10 +33,11 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.backbone import Backbone
+from bench.config import RunConfig
 from bench.data import DataInfo
-from bench.memory import CUDA_BLOCK, MemoryTracker, round_up, storage_bytes
+from bench.memory import CUDA_BLOCK, MemoryTracker, round_up
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer, MemoryWindow
 from methods.base import Method
 from methods.bp import BP
 
@@ -323,20 +324,15 @@ def harness_step(method_cls, fake: bool):
         data = DataInfo("tiny", C, (D,), (0.0,), (1.0,))
         method = method_cls(backbone, split, data, method_cls.Params())
         trainer = LocalTrainer(
-            backbone, split, method, OptimSettings(lr=0.1, epochs=1), torch.device("cpu")
+            backbone, split, method, RunConfig(lr=0.1, epochs=1), torch.device("cpu")
         )
         x, y = torch.randn(NB, D), torch.arange(NB) % C
-        trainer.train_step(x, y)  # makes the gradients and momentum buffers
-        tracker = MemoryTracker()
-        for tag, tensors in trainer.state_tensors().items():
-            tracker.register(tensors, tag)
-        tracker.register([x, y], "other")
-        with tracker:
-            losses = trainer.train_step(x, y, tracker)
-        current = tracker.current
+        trainer.train_step(x, y)  # makes the gradients and momentum buffers (losses dropped)
+        window = MemoryWindow(trainer)
+        losses = window.step(x, y)
+        current = window.tracker.current
         del losses
-        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
-        return tracker.result(resident, split.K), current
+        return window.close(), current
 
 
 @REAL_AND_FAKE

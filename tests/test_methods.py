@@ -66,9 +66,9 @@ def test_method_params_are_checked():
     assert make_params(dgl, {"mlp_layers": "4"}).mlp_layers == 4
     with pytest.raises(UserError, match="has no parameter nope; known: variant, hidden_dim"):
         make_params(dgl, {"nope": "1"})
-    with pytest.raises(UserError, match="must be a int"):
+    with pytest.raises(UserError, match="must be an integer"):
         make_params(dgl, {"hidden_dim": "wide"})
-    with pytest.raises(UserError, match="'auglocal' or 'paper'"):
+    with pytest.raises(UserError, match="one of auglocal, paper"):
         make_params(dgl, {"variant": "deep"})
 
 

@@ -17,10 +17,11 @@ from bench.backbone import get_backbone
 from bench.cli import main
 from bench.config import RunConfig
 from bench.data import DataInfo
+from bench.describe import describe
 from bench.errors import UserError
 from bench.run import prepare
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer
 from methods import METHODS, Batch, Method, make_params
 from methods.dgl import DGL
 from methods.loading import import_file, resolve_method
@@ -132,7 +133,7 @@ def test_example_keeps_gradients_isolated():
         net = get_backbone("smallnet")
         split = Split.uniform(net.n_hidden, 4)
         method = cls(net, split, INFO, make_params(cls, {"loss_scale": scale}))
-        settings = OptimSettings(lr=0.1, epochs=1)
+        settings = RunConfig(lr=0.1, epochs=1)
         trainers.append(LocalTrainer(net, split, method, settings, torch.device("cpu")))
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)
@@ -174,7 +175,7 @@ def test_method_file_outside_the_packages_runs_through_the_cli(tmp_path):
     assert [r.parent for r in records] == [out_dir]
     record = json.loads(records[0].read_text())
     assert record["config"]["method"] == spec
-    assert record["config"]["method_params"] == {}
+    assert record["config"]["method_params"] == {"loss_scale": 1.0}  # typed defaults
     assert record["K"] == 4
     assert record["status"] == "ok", record.get("message")
     assert record["params_aux"] == sum(HEAD_PARAMS) == 670
@@ -193,7 +194,7 @@ def test_hyperparameter_of_a_method_file_reaches_the_record(tmp_path, monkeypatc
     assert [r.parent for r in records] == [tmp_path / "runs"]
     record = json.loads(records[0].read_text())
     assert record["config"]["method"] == spec
-    assert record["config"]["method_params"] == {"loss_scale": "2"}
+    assert record["config"]["method_params"] == {"loss_scale": 2.0}  # typed
     assert record["status"] == "ok", record.get("message")
     assert record["params_aux"] == 670
 
@@ -299,8 +300,9 @@ def test_subprocess_missing_class_is_one_line_without_traceback(plugins):
 
 
 class FakeEntryPoint:
-    def __init__(self, name: str, load) -> None:
-        self.name, self.value, self.group = name, f"fake.{name}:Class", "locbench.methods"
+    def __init__(self, name: str, load, value: str | None = None) -> None:
+        self.name, self.group = name, "locbench.methods"
+        self.value = value or f"fake.{name}:Class"
         self._load = load
 
     def load(self):
@@ -360,17 +362,58 @@ def test_entry_point_failing_to_load_is_a_user_error(monkeypatch):
         resolve_method("broken")
 
 
-def test_registered_names_never_touch_entry_points(monkeypatch):
-    def entry_points(**_):
-        raise AssertionError("entry points looked up for a registered name")
+def never_loaded():
+    raise AssertionError("an entry point was loaded for another name")
 
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+def test_registered_names_never_load_entry_points(monkeypatch):
+    fake_entry_points(monkeypatch, FakeEntryPoint("other", never_loaded))
     assert resolve_method("dgl") is DGL
 
 
-def test_registered_name_wins_over_an_entry_point_of_the_same_name(monkeypatch):
-    fake_entry_points(monkeypatch, FakeEntryPoint("dgl", lambda: dict))
+def test_plugin_named_like_a_registered_method_is_refused_in_one_line(monkeypatch, capsys):
+    fake_entry_points(monkeypatch, FakeEntryPoint("dgl", never_loaded, "theirs.dgl:DGL"))
+    expected = (
+        "method name 'dgl' is both the registered method methods.dgl:DGL and plug-in entry "
+        "point 'dgl' (theirs.dgl:DGL); rename or uninstall the plug-in"
+    )
+    with pytest.raises(UserError) as exc:
+        resolve_method("dgl")
+    assert str(exc.value) == expected
+    assert resolve_method("bp") is METHODS.get("bp")  # other names are not affected
+    for argv in (["list"], ["run", "--method", "dgl", *FAST], ["describe", "--method", "dgl"]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert err == f"{PREFIX}{expected}\n" and "plugins:" not in out
+
+
+def test_plugin_pointing_at_the_registered_class_itself_is_no_clash(monkeypatch, capsys):
+    fake_entry_points(monkeypatch, FakeEntryPoint("dgl", never_loaded, "methods.dgl:DGL"))
     assert resolve_method("dgl") is DGL
+    assert main(["list"]) == 0
+    assert "plugins:" not in capsys.readouterr().out
+
+
+def test_two_plugins_of_one_name_are_refused_unless_they_agree(monkeypatch, tmp_path, capsys):
+    cls = fresh_example_class(tmp_path)
+    mine = FakeEntryPoint("greedy-ep", lambda: cls, "mine.greedy:GreedyLinear")
+    theirs = FakeEntryPoint("greedy-ep", never_loaded, "theirs.greedy:Greedy")
+    fake_entry_points(monkeypatch, mine, theirs)
+    expected = (
+        "method name 'greedy-ep' is claimed by two plug-ins, entry point 'greedy-ep' "
+        "(mine.greedy:GreedyLinear) and entry point 'greedy-ep' (theirs.greedy:Greedy); rename "
+        "or uninstall one of them"
+    )
+    with pytest.raises(UserError) as exc:
+        resolve_method("greedy-ep")
+    assert str(exc.value) == expected
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == f"{PREFIX}{expected}\n"
+    # the same package found twice (same value) claims the name once
+    fake_entry_points(monkeypatch, mine, FakeEntryPoint("greedy-ep", never_loaded, mine.value))
+    assert resolve_method("greedy-ep") is cls
+    assert main(["list"]) == 0
+    assert "plugins:  greedy-ep\n" in capsys.readouterr().out
 
 
 def test_unknown_name_lists_entry_point_names(monkeypatch, capsys, tmp_path):
@@ -381,3 +424,77 @@ def test_unknown_name_lists_entry_point_names(monkeypatch, capsys, tmp_path):
     assert str(exc.value) == f"unknown method 'nope'; known: {known}"
     assert main(["list"]) == 0
     assert "plugins:  greedy-ep\n" in capsys.readouterr().out
+
+
+# --- a method file's own state and its neighbours -------------------------------------------
+
+LOCKED = """
+import threading
+
+from methods.dgl import DGL
+
+
+class Locked(DGL):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.lock = threading.Lock()  # cannot be deep-copied (or pickled)
+"""
+
+
+def test_a_method_holding_a_lock_runs_and_has_its_flops_counted(tmp_path, capsys):
+    import copy
+
+    path = write(tmp_path, "locked.py", LOCKED)
+    spec = f"{path}:Locked"
+    with pytest.raises(TypeError):  # what `run` used to do to count FLOPs
+        copy.deepcopy(prepare(RunConfig(method=spec, K=2, dataset="synthetic")).method)
+    out_dir = tmp_path / "runs"
+    code = main(["run", "--method", spec, "--K", "2", *FAST, "--out", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err
+    record = json.loads(next(out_dir.glob("*.json")).read_text())
+    assert record["status"] == "ok" and not record["message"]
+    # the same FLOPs as DGL's: counted on a fresh build of the configuration
+    dgl = describe(RunConfig(method="dgl", K=2), batch_size=64)
+    assert record["flops"] == dgl["flops_per_step"]
+
+
+def test_a_method_file_imports_a_module_beside_it(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "my_method"
+    folder.mkdir()
+    write(
+        folder,
+        "locbench_test_heads.py",
+        "from torch import nn\n\n\n"
+        "def linear_head(channels, classes):\n"
+        "    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+        "nn.Linear(channels, classes))\n",
+    )
+    write(
+        folder,
+        "beside.py",
+        "import locbench_test_heads\n\nfrom methods.base import Method\n\n\n"
+        "class Beside(Method):\n"
+        "    def build_aux(self, backbone, cut):\n"
+        "        return locbench_test_heads.linear_head(cut.shape[0], self.data.num_classes)\n",
+    )
+    monkeypatch.chdir(tmp_path)  # the working directory is not the method's folder
+    path_before = list(sys.path)
+    cls = resolve_method("my_method/beside.py:Beside")
+    monkeypatch.delitem(sys.modules, "locbench_test_heads")
+    assert sys.path == path_before  # on sys.path only while the file was imported
+    assert [count(a) for a in build(cls).aux] == HEAD_PARAMS
+    # and through `locbench run`, in a fresh process
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--method", "my_method/beside.py:Beside"]
+        + ["--K", "4", *FAST, "--out", "runs"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["status"] == "ok" and record["params_aux"] == sum(HEAD_PARAMS)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from bench.backbone import get_backbone
+from bench.config import RunConfig
 from bench.data import DataInfo
 from bench.errors import UserError
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer
 from methods import METHODS, Method, make_params
 from methods.predsim import pool_to_fit, similarity_matrix
 
@@ -197,7 +198,11 @@ def trainer_for(method_cls, K=4, **params):
     p = make_params(method_cls, params)
     split = method_cls.plan_split(Split.uniform(net.n_hidden, K), p)
     return LocalTrainer(
-        net, split, method_cls(net, split, SMALL, p), OptimSettings(0.1, 1), torch.device("cpu")
+        net,
+        split,
+        method_cls(net, split, SMALL, p),
+        RunConfig(lr=0.1, epochs=1),
+        torch.device("cpu"),
     )
 
 

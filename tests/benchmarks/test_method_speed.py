@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from bench.backbone import get_backbone
+from bench.config import RunConfig
 from bench.data import DataInfo
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer
 from methods import METHODS, make_params
 
 INFO = DataInfo("cifar10", 10, (3, 32, 32), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -47,7 +48,7 @@ def resnet32_trainer(name: str, **params) -> LocalTrainer:
     p = make_params(cls, params)
     split = cls.plan_split(Split.uniform(net.n_hidden, 16), p)
     method = cls(net, split, INFO, p)
-    return LocalTrainer(net, split, method, OptimSettings(lr=0.01, epochs=1), torch.device("cpu"))
+    return LocalTrainer(net, split, method, RunConfig(lr=0.01, epochs=1), torch.device("cpu"))
 
 
 def seconds(fn) -> float:

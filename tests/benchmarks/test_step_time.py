@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from bench.backbone import get_backbone
+from bench.config import RunConfig
 from bench.data import DataInfo
 from bench.split import Split
-from bench.trainer import LocalTrainer, OptimSettings
+from bench.trainer import LocalTrainer
 from methods import METHODS, make_params
 
 INFO = DataInfo("synthetic", 10, (3, 32, 32), (0.0,) * 3, (1.0,) * 3)
@@ -24,7 +25,7 @@ def test_resnet32_step_time(benchmark, method, K):
         net,
         split,
         cls(net, split, INFO, make_params(cls, {})),
-        OptimSettings(0.01, 1),
+        RunConfig(lr=0.01, epochs=1),
         torch.device("cpu"),
     )
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
