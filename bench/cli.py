@@ -117,8 +117,8 @@ def cmd_list(_: argparse.Namespace) -> None:
     from methods import METHODS
     from methods.loading import method_entry_points
 
+    plugins = sorted(set(method_entry_points()) - set(METHODS.names()))  # clashes fail first
     print("methods:  " + ", ".join(METHODS.names()))
-    plugins = sorted(set(method_entry_points()) - set(METHODS.names()))
     if plugins:  # installed packages' `locbench.methods` entry points
         print("plugins:  " + ", ".join(plugins))
     print("nets:     " + ", ".join(BACKBONES.names()))

@@ -16,7 +16,7 @@ from bench.config import RunConfig
 from bench.data import DataBundle, DataRequest, load_dataset
 from bench.describe import config_flops, meta_backbone
 from bench.errors import UserError
-from bench.records import RunRecord, environment
+from bench.records import RunRecord
 from bench.split import Split
 from bench.trainer import LocalTrainer, fit
 from methods import Method
@@ -65,10 +65,8 @@ def execute(
     (out of memory, NaN loss, anything else) come back as a record with that status."""
     p = prepared or prepare(config)
     cfg = p.config
-    record = RunRecord(
-        run_id=cfg.run_id(),
-        config=cfg.to_dict(),
-        env=environment(cfg.device),
+    record = RunRecord.of(
+        cfg,
         K=p.split.K,
         module_starts=list(p.split.starts),
         params_backbone=p.backbone.num_params(),
