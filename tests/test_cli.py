@@ -219,7 +219,7 @@ def test_run_dgl_writes_one_record(capsys, tmp_path):
     path = paths[0]
     rec = json.loads(path.read_text())
     assert path.name == f"dgl-smallnet-K2-synthetic-s0-{rec['run_id']}.json"
-    assert rec["schema"] == "locbench.run/1"
+    assert rec["schema"] == "locbench.run/2"
     assert rec["status"] == "ok"
     assert rec["message"] == ""
     assert rec["config"]["method"] == "dgl"
