@@ -6,45 +6,163 @@
 * Every run is a child process (``python -m bench.worker``): CUDA peaks start clean, and a
   crash takes down one run, not the sweep. N workers run at once: one per visible GPU (each
   child sees only its own), or N CPU processes sharing the cores.
-* A finished configuration is recognised by the hash of its resolved configuration (the
-  ``run_id`` ending its record's file name) and skipped, so an interrupted sweep started again
-  runs each configuration exactly once. A child that dies without writing its record (killed,
-  segfault) leaves an ``error`` row written by the sweep.
+* A configuration is known by its run id (the hash of its resolved configuration, ending its
+  record's file name); one run id has one record file. A configuration with a record is
+  skipped, so a sweep started again runs each configuration once. A child that dies without
+  writing its record (killed, segfault) leaves an ``error`` row with ``worker_died`` set, written
+  by the sweep; the next sweep runs that configuration again (and, with ``retry_failed``, every
+  configuration whose record is not ``ok``), replacing the row.
+* Sweeps on the same ``--out`` (other processes, other machines on a shared filesystem) share
+  the work: a sweep claims a configuration before running it by creating
+  ``OUT/.claims/<run_id>.claim`` exclusively, keeps the claim's mtime fresh while it runs and
+  removes it once the record is written. A claim whose owner is gone (its pid no longer exists
+  on this host; on another host, no heartbeat for :data:`STALE_S`) is taken over.
+* SIGINT or SIGTERM stops the sweep: its workers get SIGTERM (SIGKILL after
+  :data:`TERM_GRACE_S`), the configurations they were running get no record (so they run on
+  resume), and :func:`sweep` raises :class:`KeyboardInterrupt`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from bench.config import RunConfig
 from bench.errors import UserError
 from bench.grid import Grid
-from bench.records import RunRecord, environment, read_record, save_record
+from bench.records import RunRecord, check_out_dir, read_record, save_record
+
+HEARTBEAT_S = 30.0  # how often a sweep touches the claims it holds
+STALE_S = 300.0  # a claim from another host untouched this long belongs to a dead sweep
+TERM_GRACE_S = 10.0  # after SIGTERM, how long an interrupted sweep waits before SIGKILL
+CLAIMS = ".claims"  # the claims folder inside --out
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    # Looked up here, once: the child runs it between fork and exec, where loading a library
+    # (or importing) could deadlock on a lock another thread of the sweep held at fork time.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def record_files(out: Path, run_id: str) -> list[Path]:
+    """The record files of one run id in ``out`` (normally one, none before it ran)."""
+    return sorted(Path(out).glob(f"*-{run_id}.json"))
 
 
 def finished_ids(out: Path) -> set[str]:
     """Run ids with a record in ``out`` (the id is the last dash-separated part of the name)."""
-    return {p.stem.rsplit("-", 1)[-1] for p in out.glob("*.json")}
+    return {p.stem.rsplit("-", 1)[-1] for p in Path(out).glob("*.json")}
 
 
 def resolved_id(config: RunConfig) -> str:
     return config.resolved().run_id()
 
 
+@dataclass(frozen=True)
+class Existing:
+    """The record files of one run id as a sweep saw them: their outcome, and a snapshot
+    (name, inode, mtime of each) that changes whenever anyone writes or replaces one."""
+
+    status: str | None = None  # None: no record; "unreadable": a file that is not valid JSON
+    worker_died: bool = False
+    snapshot: frozenset = frozenset()
+
+    def needs_run(self, retry_failed: bool) -> bool:
+        if self.status is None or self.worker_died:
+            return True
+        return retry_failed and self.status not in ("ok", "unreadable")
+
+
+def _outcome(path: Path) -> tuple[int, str, bool]:
+    """(rank, status, worker_died) of a record file: ok above other outcomes above a died
+    worker's row. Read as plain JSON: any record schema counts."""
+    try:
+        data = json.loads(path.read_text())
+        status, died = str(data.get("status", "error")), bool(data.get("worker_died", False))
+    except (OSError, ValueError, AttributeError):
+        # Unknown content is never rerun nor replaced: it may be someone's result.
+        return 2, "unreadable", False
+    return (3 if status == "ok" else 1 if died else 2), status, died
+
+
+def _stat_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return path.name, st.st_ino, st.st_mtime_ns
+
+
+def existing(
+    out: Path, run_id: str, tidy: bool = False, files: list[Path] | None = None
+) -> Existing:
+    """What ``out`` holds for ``run_id`` (``files``: its record files, if already listed).
+    ``tidy``: remove rows superseded by an ``ok`` record (left only when a sweep died between
+    writing a new record and removing the old row)."""
+    files = record_files(out, run_id) if files is None else files
+    if not files:
+        return Existing()
+    ranked = []
+    for path in files:
+        key = _stat_key(path)
+        if key is not None:
+            ranked.append((_outcome(path), key, path))
+    if not ranked:
+        return Existing()
+    (rank, status, died), _, best = max(ranked, key=lambda r: (r[0][0], r[1][2], r[2].name))
+    keys = set()
+    for (_, other, _), key, path in ranked:
+        if tidy and rank == 3 and path != best and other != "unreadable":
+            path.unlink(missing_ok=True)
+        else:
+            keys.add(key)
+    return Existing(status, died, frozenset(keys))
+
+
 @dataclass
 class SweepResult:
-    total: int
-    skipped: int
-    ran: int
-    failed: list[str]
+    total: int  # distinct configurations (run ids) in the grid
+    skipped: int  # already had a record (also when another sweep wrote it meanwhile)
+    ran: int  # run by this sweep (ok or not)
+    failed: list[str]  # one line per run of this sweep that did not end ``ok``
+    claimed: int = 0  # being run by another sweep on the same --out: left to it
+    retried: int = 0  # of ``ran``: had a record before (a died worker, or retry_failed)
+
+    def summary(self, out: Path | str) -> str:
+        """The sweep's one-line summary, e.g. for the CLI."""
+        retried = f" ({self.retried} retried)" if self.retried else ""
+        claimed = f", {self.claimed} claimed by another sweep" if self.claimed else ""
+        return (
+            f"sweep: {self.total} configurations, {self.skipped} already done, "
+            f"{self.ran} run{retried}, {len(self.failed)} failed{claimed}; records in {out}"
+        )
 
 
 def worker_slots(workers: int, gpus: int) -> list[dict[str, str]]:
@@ -56,44 +174,385 @@ def worker_slots(workers: int, gpus: int) -> list[dict[str, str]]:
     return [{"OMP_NUM_THREADS": str(threads)} for _ in range(workers)]
 
 
-def _die_with_parent() -> None:
-    # Linux: a child gets SIGKILL when the sweep dies, so no orphan writes a record later.
+def _child_setup(parent: int) -> None:
+    # Runs in the child between fork and exec: nothing here may import or allocate much.
+    # Its own process group: a Ctrl-C at the terminal reaches the sweep, which stops its
+    # workers itself (and knows it did) instead of every worker dying on its own.
+    os.setpgid(0, 0)
+    if _PRCTL is not None:
+        # Linux: the child gets SIGKILL when the sweep dies, so no orphan writes a record later.
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the sweep died before the line above took effect
+            os._exit(1)
+
+
+def _pid_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux), to tell it from a later one with its pid."""
     try:
-        import ctypes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _look(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """A file's content and stat, None if it is gone."""
+    try:
+        return path.read_bytes(), path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _same_file(path: Path, raw: bytes, st: os.stat_result) -> bool:
+    look = _look(path)
+    return look is not None and look[0] == raw and look[1].st_ino == st.st_ino
+
+
+def _put_back(aside: Path, path: Path) -> None:
+    try:
+        os.link(aside, path)  # unless a claim is there again: link never replaces
+    except FileExistsError:
         pass
+    except OSError:  # a filesystem without hard links
+        if not path.exists():
+            os.rename(aside, path)
+    aside.unlink(missing_ok=True)
 
 
-def run_child(config: RunConfig, out: Path, env: dict[str, str]) -> RunRecord:
-    """Run one configuration in a child process and return its record: the child's own, or
-    an ``error`` record written here if the child died without writing one."""
-    command = [sys.executable, "-m", "bench.worker", json.dumps(config.to_dict()), str(out)]
-    proc = subprocess.run(
-        command,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-    )
-    run_id = resolved_id(config)
-    written = sorted(out.glob(f"*-{run_id}.json"))
-    if written:
-        return read_record(written[0])
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    message = lines[-1] if lines else f"worker exited with status {proc.returncode}"
+class Claims:
+    """The claims of one sweep in ``OUT/.claims``: a claim is the file ``<run_id>.claim``
+    holding JSON {host, pid, started_at, token}, created with O_CREAT | O_EXCL (atomic, also on
+    NFS v3+), so only one sweep can hold it. A thread touches the held claims every
+    ``heartbeat_s`` seconds; use as a context manager."""
+
+    def __init__(
+        self, out: Path, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S
+    ) -> None:
+        self.dir = Path(out) / CLAIMS
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.held: dict[str, str] = {}  # run id -> token of our claim
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def path(self, run_id: str) -> Path:
+        return self.dir / f"{run_id}.claim"
+
+    def __enter__(self) -> Claims:
+        self._beat = threading.Thread(target=self._heartbeat, name="claims-heartbeat", daemon=True)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        for run_id in list(self.held):
+            self.release(run_id)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            with self._lock:
+                held = list(self.held)
+            for run_id in held:
+                with contextlib.suppress(OSError):  # released meanwhile
+                    os.utime(self.path(run_id))  # no times given: the file server's clock
+
+    def acquire(self, run_id: str) -> bool:
+        """Claim ``run_id``: True when this sweep now holds it, False when another live sweep
+        does. A stale claim (its owner is gone) is taken over."""
+        path = self.path(run_id)
+        for _ in range(5):  # a retry follows a claim vanishing between two looks
+            if self._create(path, run_id):
+                return True
+            look = _look(path)
+            if look is None:
+                continue  # released meanwhile
+            if not self.stale(look[0], look[1].st_mtime):
+                return False
+            return self._recover(path, run_id)
+        return False
+
+    def _create(self, path: Path, run_id: str) -> bool:
+        token = uuid.uuid4().hex
+        info = {
+            "host": self.host,
+            "pid": self.pid,
+            "pid_start": _pid_start(self.pid),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "token": token,
+        }
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        with self._lock:
+            self.held[run_id] = token
+        return True
+
+    def stale(self, raw: bytes, mtime: float) -> bool:
+        """Whether a claim with content ``raw`` and ``mtime`` belongs to a sweep that is gone."""
+        try:
+            info = json.loads(raw)
+            host, pid = str(info["host"]), int(info["pid"])
+        except (ValueError, KeyError, TypeError):
+            info = None  # empty: its owner is between creating and writing it, or died there
+        if info is not None and host == self.host:
+            if not _pid_alive(pid):
+                return True
+            start = info.get("pid_start")
+            now = _pid_start(pid)
+            return start is not None and now is not None and start != now  # pid reused
+        return self._fs_now() - mtime > self.stale_s
+
+    def _fs_now(self) -> float:
+        # The file server's clock, the one that stamped the claim's mtime: the hosts' own
+        # clocks may disagree with it by more than the timeout.
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.dir, prefix=".now-") as f:
+                return os.fstat(f.fileno()).st_mtime
+        except OSError:
+            return time.time()
+
+    def _recover(self, path: Path, run_id: str) -> bool:
+        """Take over the stale claim ``path``: move it aside (a rename to a unique name, so of
+        several recoverers one moves it), then create ours exclusively. Only the holder of the
+        guard ``<claim>.recovering`` moves a claim: without it, a recoverer that judged the old
+        claim stale could move the new claim another recoverer had just created."""
+        guard = path.with_name(f"{path.name}.recovering")
+        if not self._guard(guard):
+            return False  # another sweep is taking it over
+        try:
+            look = _look(path)  # again: it may have been released and claimed since
+            if look is not None:
+                raw, st = look
+                if not self.stale(raw, st.st_mtime):
+                    return False
+                aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+                try:
+                    os.rename(path, aside)
+                except FileNotFoundError:
+                    pass  # released meanwhile
+                else:
+                    if not _same_file(aside, raw, st):
+                        _put_back(aside, path)  # a new claim replaced it between look and move
+                        return False
+                    aside.unlink(missing_ok=True)
+            return self._create(path, run_id)
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def _guard(self, guard: Path) -> bool:
+        for _ in range(2):
+            try:
+                os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return True
+            except FileExistsError:
+                pass
+            look = _look(guard)
+            if look is not None and self._fs_now() - look[1].st_mtime <= self.stale_s:
+                return False
+            # Held for milliseconds: one this old was left by a sweep that died holding it.
+            guard.unlink(missing_ok=True)
+        return False
+
+    def clear_stale(self, run_ids: set[str]) -> None:
+        """Remove the stale claims of ``run_ids``, configurations already finished: their sweep
+        died between writing the record and removing the claim."""
+        for path in sorted(self.dir.glob("*.claim")):
+            run_id = path.name.removesuffix(".claim")
+            if run_id in run_ids and self.acquire(run_id):  # taken over only if stale
+                self.release(run_id)
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            token = self.held.pop(run_id, None)
+        if token is None:
+            return
+        path = self.path(run_id)
+        try:
+            ours = json.loads(path.read_bytes()).get("token") == token
+        except (OSError, ValueError, AttributeError):
+            return
+        if ours:
+            path.unlink(missing_ok=True)
+
+
+class _Children:
+    """The worker processes running now, and whether the sweep is stopping."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+        with self.lock:  # checked under the lock: a stop never misses a child started now
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                preexec_fn=functools.partial(_child_setup, os.getpid()),
+            )
+            self.running.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen) -> bool:
+        """Forget ``proc``; True if the sweep was stopping when it ended."""
+        with self.lock:
+            self.running.discard(proc)
+            return self.stopping
+
+    def stop(self) -> list[subprocess.Popen]:
+        with self.lock:
+            self.stopping = True
+            return list(self.running)
+
+
+def _signal_each(procs: list[subprocess.Popen], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)  # no-op once reaped: never hits a recycled pid
+
+
+def _died_message(returncode: int, stderr: str) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        how = f"killed by {name} (exit status {returncode})"
+    else:
+        how = f"exited with status {returncode}"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = f": {lines[-1]}" if lines else ""
+    return f"worker {how} without writing its record{last}"
+
+
+def run_child(
+    config: RunConfig, out: Path, env: dict[str, str], children: _Children | None = None
+) -> RunRecord | None:
+    """Run one configuration in a child process and return its record: the child's own, or a
+    ``worker_died`` ``error`` row written here if it died without writing one. Older records
+    of the run id are removed once the new one is in place. None when the sweep stopped the
+    child (``children.stopping``): nothing is written."""
+    children = children or _Children()
     cfg = config.resolved()
-    record = RunRecord(
-        run_id=run_id,
-        config=cfg.to_dict(),
-        env=environment(cfg.device),
-        status="error",
-        message=message,
-        K=config.K,
-    )
-    save_record(record, out)
+    run_id = cfg.run_id()
+    before = {_stat_key(p) for p in record_files(out, run_id)}
+    command = [sys.executable, "-m", "bench.worker", json.dumps(config.to_dict()), str(out)]
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    proc = children.start(command, env)
+    if proc is None:
+        return None
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        stopping = children.done(proc)
+    now = record_files(out, run_id)
+    fresh = [p for p in now if _stat_key(p) not in before]
+    if fresh:  # the worker wrote its record (also if it was stopped right after)
+        newest = max(fresh, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        record = read_record(newest)
+        keep = newest
+    elif stopping:
+        return None
+    else:
+        record = RunRecord.of(
+            cfg,
+            status="error",
+            message=_died_message(proc.returncode, stderr),
+            K=None,  # the split was built, if at all, in the process that died
+            started_at=started_at,
+            wall_time_s=time.perf_counter() - t0,
+            worker_died=True,
+        )
+        keep = save_record(record, out)
+    for path in now:  # one run id, one record file
+        if path != keep:
+            path.unlink(missing_ok=True)
     return record
+
+
+@dataclass
+class _State:
+    """What the sweep's threads share."""
+
+    out: Path
+    claims: Claims
+    children: _Children
+    retry_failed: bool
+    bar: Any  # a tqdm bar
+    result: SweepResult
+    queue: deque
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def work(self, env: dict[str, str]) -> None:
+        while True:
+            with self.lock:
+                if self.errors or self.children.stopping or not self.queue:
+                    return
+                item = self.queue.popleft()
+            try:
+                self.one(*item, env)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                with self.lock:
+                    self.errors.append(e)
+                return
+
+    def one(self, config: RunConfig, run_id: str, seen: Existing, env: dict[str, str]) -> None:
+        if not self.claims.acquire(run_id):
+            self.count(claimed=1)
+            return
+        try:
+            # Between listing and claiming, another sweep may have run it: any change to its
+            # records means someone did, whatever the outcome.
+            now = existing(self.out, run_id)
+            if now.snapshot != seen.snapshot or not now.needs_run(self.retry_failed):
+                self.count(skipped=1)
+                return
+            record = run_child(config, self.out, env, self.children)
+        finally:
+            self.claims.release(run_id)
+        if record is None:  # stopped: no record, it runs again on resume
+            return
+        failed = []
+        if record.status != "ok":
+            failed = [f"{config.method} {config.net}: {record.status}, {record.message}"]
+        self.count(ran=1, retried=int(seen.status is not None), failed=failed)
+
+    def count(
+        self, skipped: int = 0, ran: int = 0, claimed: int = 0, retried: int = 0, failed=()
+    ) -> None:
+        with self.lock:
+            r = self.result
+            r.skipped, r.ran, r.claimed = r.skipped + skipped, r.ran + ran, r.claimed + claimed
+            r.retried += retried
+            r.failed.extend(failed)
+            self.bar.update(1)
 
 
 def sweep(
@@ -101,8 +560,11 @@ def sweep(
     out: Path,
     workers: int = 1,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> SweepResult:
-    """Run every configuration of ``grid`` not already finished in ``out``."""
+    """Run every configuration of ``grid`` that has no record in ``out`` yet, or whose record
+    is a died worker's row (with ``retry_failed``: any record but ``ok``), unless another sweep
+    is running it. Raises KeyboardInterrupt after stopping cleanly on SIGINT or SIGTERM."""
     import torch
     from tqdm import tqdm
 
@@ -110,36 +572,94 @@ def sweep(
 
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    configs = grid.configs()
-    ids = [resolved_id(c) for c in configs]  # checks every config before anything runs
-    done = finished_ids(out)
-    todo = [c for c, i in zip(configs, ids) if i not in done]
-    slots = worker_slots(workers, torch.cuda.device_count())
-    free = list(range(len(slots)))
-    lock = threading.Lock()
-    failed: list[str] = []
+    out = check_out_dir(out)
+    configs: dict[str, RunConfig] = {}
+    for config in grid.configs():  # checks every config before anything runs
+        configs.setdefault(resolved_id(config), config)
+    listed: dict[str, list[Path]] = {}
+    for path in sorted(out.glob("*.json")):
+        listed.setdefault(path.stem.rsplit("-", 1)[-1], []).append(path)
+    todo = deque()
+    for run_id, config in configs.items():
+        seen = existing(out, run_id, tidy=True, files=listed.get(run_id, []))
+        if seen.needs_run(retry_failed):
+            todo.append((config, run_id, seen))
+    result = SweepResult(len(configs), len(configs) - len(todo), 0, [])
+    if (out / CLAIMS).is_dir():
+        Claims(out).clear_stale(set(configs) - {run_id for _, run_id, _ in todo})
+    if not todo:
+        return result
+    slots = worker_slots(workers, torch.cuda.device_count())[: max(1, len(todo))]
 
-    with tqdm(
-        total=len(configs), initial=len(configs) - len(todo), disable=not progress, unit="run"
-    ) as bar:
-
-        def one(config: RunConfig) -> None:
-            with lock:
-                slot = free.pop()
+    signals: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Only noted here; the main loop below acts on it, outside any lock.
+            handlers[sig] = signal.signal(sig, lambda signum, frame: signals.append(signum))
+    children = _Children()
+    try:
+        with (
+            Claims(out) as claims,
+            tqdm(
+                total=result.total, initial=result.skipped, disable=not progress, unit="run"
+            ) as bar,
+        ):
+            state = _State(out, claims, children, retry_failed, bar, result, todo)
+            threads = [
+                threading.Thread(target=state.work, args=(env,), name=f"sweep-slot-{i}")
+                for i, env in enumerate(slots)
+            ]
+            for t in threads:
+                t.start()
             try:
-                record = run_child(config, out, slots[slot])
-                if record.status != "ok":
-                    with lock:
-                        failed.append(
-                            f"{config.method} {config.net}: {record.status}, {record.message}"
-                        )
+                while _wait_any(threads, 0.1) and not signals:
+                    pass
             finally:
-                with lock:
-                    free.append(slot)
-                    bar.update(1)
+                if signals or any(t.is_alive() for t in threads):  # interrupted, or an error
+                    _stop_children(children, threads, signals, announce=bool(signals))
+                for t in threads:
+                    t.join()
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    if signals:
+        raise KeyboardInterrupt
+    if state.errors:
+        error = state.errors[0]
+        if isinstance(error, OSError):  # the filesystem of --out, not a bug: one line
+            where = error.filename or out
+            raise UserError(f"sweep stopped: {where}: {error.strerror or error}") from None
+        raise error
+    return result
 
-        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            list(pool.map(one, todo))
-    return SweepResult(len(configs), len(configs) - len(todo), len(todo), failed)
+
+def _stop_children(
+    children: _Children, threads: list[threading.Thread], signals: list[int], announce: bool
+) -> None:
+    """SIGTERM to every running worker, SIGKILL after TERM_GRACE_S (or at a second signal)."""
+    procs = children.stop()
+    if announce:
+        n = len(procs)
+        what = f"{n} running worker{'s' if n != 1 else ''}" if n else "(no worker running)"
+        print(
+            f"locbench: interrupted; stopping {what} (SIGKILL after {TERM_GRACE_S:g} s); "
+            "their configurations run on resume ...",
+            file=sys.stderr,
+            flush=True,
+        )
+    _signal_each(procs, signal.SIGTERM)
+    first = len(signals)
+    deadline = time.monotonic() + TERM_GRACE_S
+    while _wait_any(threads, 0.1):
+        if time.monotonic() > deadline or len(signals) > first:
+            _signal_each(procs, signal.SIGKILL)
+            break
+
+
+def _wait_any(threads: list[threading.Thread], timeout: float) -> bool:
+    """Wait up to ``timeout`` on a live thread; False when none is alive."""
+    alive = [t for t in threads if t.is_alive()]
+    if alive:
+        alive[0].join(timeout)
+    return bool(alive)
