@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="runs at once (one per GPU, or CPU processes)"
     )
     sw.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
+    sw.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again every configuration whose record is not ok (oom, diverged, error)",
+    )
     sw.add_argument("--no-progress", action="store_true")
     cfg = sub.add_parser("config", help="every run setting: default, accepted values, help")
     cfg.add_argument("--list", action="store_true", help="print the settings table (default)")
@@ -191,11 +196,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = grid.override(
         axes=axes_from_args(args), hp=hp_axes_from_args(args), aux_depth=depth_axis(args)
     )
-    result = sweep(grid, args.out, workers=args.workers, progress=not args.no_progress)
-    print(
-        f"sweep: {result.total} configurations, {result.skipped} already done, "
-        f"{result.ran} run, {len(result.failed)} failed; records in {args.out}"
+    result = sweep(
+        grid,
+        args.out,
+        workers=args.workers,
+        progress=not args.no_progress,
+        retry_failed=args.retry_failed,
     )
+    print(result.summary(args.out))
     for line in result.failed:
         print(f"  failed: {line}")
     return 0
