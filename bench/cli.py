@@ -218,8 +218,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def check_probe(args: argparse.Namespace) -> None:
     """``describe``/``estimate``'s own batch and class count."""
-    if not 1 <= args.batch_size <= 2**20:
-        raise UserError(f"--batch-size must be between 1 and {2**20}, got {args.batch_size}")
+    from bench.config import BY_NAME
+    from bench.settings import check
+
+    check(BY_NAME["batch_size"], args.batch_size, "--batch-size")  # the run setting's rule
     if not 2 <= args.classes <= 1_000_000:
         raise UserError(f"--classes must be between 2 and 1000000, got {args.classes}")
 

@@ -17,9 +17,10 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.build import build
-from bench.config import RunConfig
+from bench.config import BY_NAME, RunConfig
 from bench.errors import UserError
 from bench.memory import TrackedPeak
+from bench.settings import check
 from bench.trainer import LocalTrainer, probe_config, steady_state_peak
 
 UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -50,8 +51,7 @@ def estimate(
     num_classes: int = 10,
 ) -> TrackedPeak:
     """Tracked peak of one steady-state training step of ``config``, on fake tensors."""
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    check(BY_NAME["batch_size"], batch_size, "--batch-size")  # the run setting's rule
     with FakeTensorMode(allow_non_fake_inputs=True):
         backbone, method = build(config, num_classes=num_classes, image_size=image_size)
         trainer = LocalTrainer(

@@ -116,7 +116,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "run out in /proc": (["run", *FAST, "--out", "/proc/locbench"], ["not a writable folder"]),
     # ---- describe
-    "describe batch 0": ([*DESCRIBE, "--batch-size", "0"], ["--batch-size must be between 1"]),
+    "describe batch 0": ([*DESCRIBE, "--batch-size", "0"], ["--batch-size must be an integer >= 1"]),
     "describe classes 0": ([*DESCRIBE, "--classes", "0"], ["--classes must be between 2"]),
     "describe unknown net": (["describe", "--net", "nope"], ["unknown net 'nope'"]),
     "describe K too large": (["describe", "--net", "smallnet", "--K", "99"], ["K=99"]),
@@ -127,7 +127,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     # ---- estimate
     "estimate classes 0": ([*EST, "--classes", "0"], ["--classes must be between 2"]),
-    "estimate batch 0": ([*EST, "--batch", "0"], ["--batch-size must be between 1"]),
+    "estimate batch 0": ([*EST, "--batch", "0"], ["--batch-size must be an integer >= 1"]),
     "estimate image size 0": ([*EST, "--image-size", "0"], ["--image-size must be between 1"]),
     "estimate budget 400 digits": (
         [*EST, "--max-batch", "--budget", BIG_NUMBER],
