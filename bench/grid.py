@@ -45,13 +45,7 @@ class Grid:
 
     def setting_axes(self) -> dict[str, tuple]:
         """Run setting -> values, every axis of the grid."""
-        named = {
-            "method": self.methods,
-            "net": self.nets,
-            "K": self.K,
-            "batch_size": self.batch_size,
-            "seed": self.seeds,
-        }
+        named = {NAMED_AXES[k]: v for k, v in vars(self).items() if k in NAMED_AXES}
         return {**named, **self.axes}
 
     def configs(self) -> list[RunConfig]:
@@ -68,7 +62,7 @@ class Grid:
             hp_axes = per_method[settings["method"]]
             for hp_values in itertools.product(*hp_axes.values()):
                 params = dict(zip(hp_axes, hp_values))
-                label = describe(settings, params)
+                label = config_label(settings, params)
                 try:
                     config = RunConfig.from_dict(
                         {**settings, "method_params": params}, where=label
@@ -143,7 +137,7 @@ class Grid:
         )
 
 
-def describe(settings: dict, params: dict) -> str:
+def config_label(settings: dict, params: dict) -> str:
     """``dgl smallnet K=4 seed=0 hidden_dim=64``: a configuration in error messages."""
     text = f"{settings.get('method')} {settings.get('net')} K={settings.get('K')}"
     text += f" seed={settings.get('seed')}"
