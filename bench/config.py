@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.settings import Spec, coerce_typed, convert, setting, specs
+from bench.settings import SECTIONS, Spec, coerce_typed, convert, setting, specs
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
-        """A config from JSON/TOML values; text is converted as flags are."""
+        """A config from JSON/TOML values; text is converted as flags are. Keys are setting
+        names (``lr``), dotted paths (``train.lr``) or section tables (``train = {lr = 0.1}``)."""
+        d = flatten_sections(d, where)
         unknown = sorted(set(d) - set(BY_NAME))
         if unknown:
             raise UserError(f"{where}: unknown settings {unknown}; see `locbench config --list`")
@@ -177,6 +179,28 @@ class RunConfig:
 
 SPECS: list[Spec] = specs(RunConfig)
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
+
+
+def flatten_sections(d: dict, where: str) -> dict:
+    """``{"train": {"lr": 0.1}}`` and ``{"train.lr": 0.1}`` as ``{"lr": 0.1}``; a setting
+    named under the wrong section is an error."""
+    out = {}
+    for key, value in d.items():
+        if key in SECTIONS and isinstance(value, dict):
+            items = [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            items = [(key, value)]
+        for path, v in items:
+            section, _, name = path.rpartition(".")
+            spec = BY_NAME.get(name)
+            if section and spec is not None and spec.section != section:
+                raise UserError(
+                    f"{where}: {path} is not a setting; {name} is {spec.section}.{name}"
+                )
+            if section and spec is None:
+                raise UserError(f"{where}: unknown setting {path}; see `locbench config --list`")
+            out[name] = v
+    return out
 
 
 def source_sha256(cls: type) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.build import check_split
-from bench.config import BY_NAME, RunConfig
+from bench.config import BY_NAME, RunConfig, flatten_sections
 from bench.errors import UserError
 
 # Grid fields that are axes of one run setting each (the rest go in ``axes``).
@@ -169,6 +169,7 @@ def load_grid(path: str | Path) -> Grid:
             raise UserError(f"{path}: {table} must be a table ([{table}])")
     grid = dict(data.get("grid", {}))
     hp = grid.pop("hp", {})
+    grid = flatten_sections(grid, f"{path} [grid]")
     if not isinstance(hp, dict):
         raise UserError(f"{path}: [grid] hp must be a table ([grid.hp])")
     names = set(NAMED_AXES) | {"aux_depth"}

@@ -229,3 +229,21 @@ def test_the_readme_sweep_file_is_a_valid_grid(tmp_path):
     # K x lr = 4 each; dgl x hidden_dim 2, auglocal x depth 2; bp has neither
     assert [len(v) for v in by_method.values()] == [4, 8, 8]
     assert {c.method_params["variant"] for c in by_method["dgl"]} == {"paper"}
+
+
+def test_settings_take_dotted_paths_and_section_tables(tmp_path):
+    assert RunConfig.from_dict({"train.lr": 0.1, "env": {"seed": 3}}) == RunConfig(lr=0.1, seed=3)
+    with pytest.raises(UserError, match=r"config: env\.lr is not a setting; lr is train\.lr"):
+        RunConfig.from_dict({"env.lr": 0.1})
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        '[grid]\nmethods = ["bp"]\n"train.lr" = [0.1, 0.2]\n[grid.env]\nseed = [0, 1]\n'
+        "[run.train]\nepochs = 1\n"
+    )
+    configs = load_grid(path).configs()
+    assert sorted((c.lr, c.seed, c.epochs) for c in configs) == [
+        (0.1, 0, 1),
+        (0.1, 1, 1),
+        (0.2, 0, 1),
+        (0.2, 1, 1),
+    ]
