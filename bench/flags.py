@@ -53,9 +53,10 @@ def add_setting_flags(
         else:
             parser.add_argument(*names, dest=spec.name, default=None, help=help_text)
     if "method" in sections:
-        what = "KEY=V1,V2 (or METHOD.KEY=...): an axis" if lists else "KEY=VALUE"
+        metavar = "KEY=V1,V2" if lists else "KEY=VALUE"
+        scope = "; values make an axis; METHOD.KEY=... for one method only" if lists else ""
         parser.add_argument(
-            "--hp", action="append", default=[], metavar=what, help=f"{HP_HELP}; {what}"
+            "--hp", action="append", default=[], metavar=metavar, help=HP_HELP + scope
         )
         parser.add_argument(
             "--aux-depth",
