@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.claims import CLAIMS, Claims
 from bench.grid import Grid
-from bench.sweep import CLAIMS, Claims, existing, record_files, resolved_id, sweep
+from bench.sweep import existing, record_files, resolved_id, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {
