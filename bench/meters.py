@@ -1,4 +1,5 @@
-"""Meters around the measured window of training steps: wall time and the CUDA allocator.
+"""Meters around the measured window of training steps (wall time and the CUDA allocator) and
+around each epoch (the time spent waiting for data).
 
 Both are the same for every method: the harness opens the window after the same number of
 warm-up steps and closes it after the same number of measured steps.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,32 @@ import torch
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class DataWait:
+    """The batches of ``loader`` moved by ``to_device``, timing how long the training loop
+    waited for each: fetching it (decoding, augmentation, collation) and moving it to the
+    device. A loader-bound run shows up as a large share of the epoch spent here; the step
+    timer's window never sees it."""
+
+    def __init__(
+        self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], to_device: Callable
+    ) -> None:
+        self.loader, self.to_device = loader, to_device
+        self.seconds = 0.0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                self.seconds += time.perf_counter() - t0
+                return
+            batch = self.to_device(x, y)
+            self.seconds += time.perf_counter() - t0
+            yield batch
 
 
 class StepTimer:

@@ -41,6 +41,8 @@ class RunRecord:
     step_time_p10_s: float | None = None
     step_time_p90_s: float | None = None
     images_per_s: float | None = None
+    # Share of the training epochs' wall time spent waiting for data (bench.meters.DataWait).
+    data_wait_share: float | None = None
     cuda: dict | None = None
     memory: dict | None = None  # tracked peak, breakdown, module peaks, floor (bench.memory)
     flops: dict | None = None  # per training step: backbone, aux, total (bench.describe)

@@ -98,6 +98,9 @@ def execute(
     if result.memory is not None:
         record.memory = result.memory.as_dict()
     if result.curve:
+        epochs = sum(c["epoch_time_s"] for c in result.curve)
+        waited = sum(c["data_wait_s"] for c in result.curve)
+        record.data_wait_share = waited / epochs if epochs > 0 else None
         record.final_test_acc = result.curve[-1]["test_acc"]
         record.best_test_acc = max(c["test_acc"] for c in result.curve)
         record.final_train_loss = result.curve[-1]["train_loss"]

@@ -21,7 +21,7 @@ from bench.config import RunConfig
 from bench.data import Loader
 from bench.errors import UserError
 from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
-from bench.meters import CudaPeaks, CudaWindow, StepTimer
+from bench.meters import CudaPeaks, CudaWindow, DataWait, StepTimer
 from bench.optim import make_sgd, set_lr, warmup_cosine
 from bench.split import Split
 from methods.base import Batch, Method, StepContext
@@ -353,7 +353,8 @@ def fit(
         epoch_timer.start()
         sums = EpochSums(device)
         lr = config.lr
-        for i, (x, y) in enumerate(train):
+        data = DataWait(train, trainer.to_device)
+        for i, (x, y) in enumerate(data):
             lr = warmup_cosine(
                 epoch + i / steps_per_epoch,
                 config.lr,
@@ -362,7 +363,6 @@ def fit(
                 config.warmup_start_lr,
             )
             set_lr(trainer.optimizer, lr)
-            x, y = trainer.to_device(x, y)
             context = StepContext(global_step, epoch, steps_per_epoch, total, lr)
             sums.add(steps.measured_step(context, x, y), len(y))
             global_step += 1
@@ -384,6 +384,8 @@ def fit(
                 "test_loss": test_loss,
                 "test_acc": test_acc,
                 "epoch_time_s": epoch_timer.times[-1],
+                # the part of the epoch the loop waited for data; the rest is training
+                "data_wait_s": data.seconds,
             }
         )
         if not sums.finite():

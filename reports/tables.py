@@ -41,6 +41,8 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
         table["CUDA peak (MiB)"] = results["cuda.peak_allocated_bytes"] / MIB
     if "flops.total" in results:
         table["GFLOP / step"] = results["flops.total"] / 1e9
+    if "data_wait_share" in results and results["data_wait_share"].notna().any():
+        table["data wait (%)"] = pd.to_numeric(results["data_wait_share"]) * 100
     return table.reset_index(drop=True)
 
 
@@ -72,6 +74,7 @@ COMPARISON_COLUMNS = [
     "saving vs BP (%)",
     "step (ms)",
     "step overhead vs BP (%)",
+    "data wait (%)",
     "GFLOP / step",
     "FLOPs overhead vs BP (%)",
 ]
@@ -120,6 +123,8 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     * ``step overhead vs BP (%)`` and ``FLOPs overhead vs BP (%)``: ``100 * (x / x of BP - 1)``
       for the median step time and the FLOPs of one training step (forward + backward,
       backbone and auxiliary nets), against the same BP row.
+    * ``data wait (%)``: the mean share of the training epochs' wall time the loop waited for
+      data (``data_wait_share``): a loader-bound configuration shows a large one.
     """
     if results.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
@@ -141,6 +146,7 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
                 "peak (MiB)": peaks[source] / MIB if source else math.nan,
                 "memory source": source,
                 "step (ms)": ok["step"].mean() * 1e3,
+                "data wait (%)": ok["data_wait"].mean() * 100,
                 "GFLOP / step": ok["flops"].mean() / 1e9,
                 "_peaks": peaks,
                 "_settings": group["_settings"].iloc[0],
@@ -192,6 +198,7 @@ def _runs(results: pd.DataFrame) -> pd.DataFrame:
             "ok": _column(results, "status") == "ok",
             "acc": _numeric(results, "final_test_acc"),
             "step": _numeric(results, "step_time_median_s"),
+            "data_wait": _numeric(results, "data_wait_share"),
             "flops": _numeric(results, "flops.total"),
             CUDA_SOURCE: _numeric(results, "cuda.peak_allocated_bytes"),
             TRACKED_SOURCE: _numeric(results, "memory.peak_bytes"),

@@ -313,3 +313,35 @@ def test_forward_module_sees_the_batch_labels_and_the_step():
     trainer.train_step(x, y, step=context)
     assert {b.step for _, _, b in trainer.method.seen} == {context}
     assert context.step_in_epoch == 1
+
+
+def test_the_time_spent_waiting_for_data_is_measured_per_epoch_and_in_the_record():
+    import time as clock
+
+    from bench.config import RunConfig
+    from bench.run import execute, prepare
+
+    prepared = prepare(RunConfig(method="bp", dataset="synthetic", epochs=2, batch_size=128))
+    loader = prepared.data.train
+
+    class SlowLoader:
+        """The real batches, each 20 ms late: a loader-bound run."""
+
+        batch_size = loader.batch_size
+
+        def __len__(self) -> int:
+            return len(loader)
+
+        def __iter__(self):
+            for batch in loader:
+                clock.sleep(0.02)
+                yield batch
+
+    prepared.data.train = SlowLoader()
+    record = execute(prepared.config, prepared=prepared)
+    steps = len(loader)  # 512 images / 128 = 4 per epoch
+    for point in record.curve:
+        assert 0.02 * steps <= point["data_wait_s"] < point["epoch_time_s"]
+    waited = sum(p["data_wait_s"] for p in record.curve)
+    total = sum(p["epoch_time_s"] for p in record.curve)
+    assert record.data_wait_share == pytest.approx(waited / total)

@@ -319,6 +319,8 @@ def test_summary_table_values_and_units():
     assert table["aux params"].tolist() == [250, 0]
     assert table["CUDA peak (MiB)"][0] == CUDA["peak_allocated_bytes"] / 2**20 == 3.5
     assert math.isnan(table["CUDA peak (MiB)"][1])
+    waited = make_record("bp", K=1, data_wait_share=0.25)
+    assert summary_table(results_frame([waited]))["data wait (%)"].tolist() == [25.0]
 
 
 def test_summary_table_without_cuda_has_no_cuda_column():

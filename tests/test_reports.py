@@ -166,6 +166,7 @@ def test_comparison_table_rows_and_order(table):
         "saving vs BP (%)",
         "step (ms)",
         "step overhead vs BP (%)",
+        "data wait (%)",
         "GFLOP / step",
         "FLOPs overhead vs BP (%)",
     ]
