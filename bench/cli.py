@@ -82,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-factor", type=float, default=1.5, help="fail when a step is this much slower"
     )
     cmp.add_argument("--ignore-time", action="store_true", help="gate memory and FLOPs only")
+    dbench = sub.add_parser(
+        "data-bench", help="images/s of one training epoch through each data loader"
+    )
+    dbench.add_argument("--dataset", required=True, help="cifar10, svhn or stl10")
+    dbench.add_argument("--data-root", type=Path, required=True, help="folder holding its files")
+    dbench.add_argument("--batch", "--batch-size", dest="batch", type=int, default=1024)
+    dbench.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
+    dbench.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (torchvision)"
+    )
+    dbench.add_argument(
+        "--loaders", default="tensor,torchvision", help="comma-separated: tensor, torchvision"
+    )
+    dbench.add_argument("--download", action="store_true", help="download the dataset if missing")
     demo = sub.add_parser("demo", help="BP vs DGL on the bundled digits data, table and chart")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
     demo.add_argument("--epochs", type=int, default=None, help="default: the digits preset")
@@ -269,6 +283,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r.status == "ok" for r in records) else 1
 
 
+def cmd_data_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.config import pick_device
+    from bench.data_bench import LOADERS, check_args, epoch_speed, format_speeds
+
+    check_args(args.dataset, args.data_root, args.batch, args.workers)
+    loaders = [s.strip() for s in args.loaders.split(",")]
+    if not loaders or any(s not in LOADERS for s in loaders):
+        raise UserError(f"--loaders must name some of {', '.join(LOADERS)}, got {args.loaders!r}")
+    device = pick_device(args.device)
+    speeds = [
+        epoch_speed(
+            args.dataset,
+            loader,
+            args.data_root,
+            args.batch,
+            torch.device(device),
+            args.workers,
+            download=args.download,
+        )
+        for loader in dict.fromkeys(loaders)
+    ]
+    print(format_speeds(args.dataset, speeds, args.batch, device, args.workers))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
@@ -281,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "config": cmd_config,
         "demo": cmd_demo,
+        "data-bench": cmd_data_bench,
     }
     try:
         return commands[args.command](args) or 0

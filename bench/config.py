@@ -84,6 +84,13 @@ class RunConfig:
     download: bool = setting(False, "download the dataset if missing", section="data")
     augment: bool = setting(True, "train with the dataset's augmentation", section="data")
     num_workers: int = setting(0, "data-loading worker processes", section="data", low=0, high=256)
+    loader: str = setting(
+        "tensor",
+        "tensor: cached uint8 splits augmented in batches on the device; torchvision: "
+        "per-image PIL transforms in a DataLoader",
+        section="data",
+        choices=("tensor", "torchvision"),
+    )
     # measure
     warmup_steps: int = setting(3, "steps before the measured windows", section="measure", low=0)
     track_steps: int = setting(

@@ -2,7 +2,9 @@
 
 ``digits`` (scikit-learn's bundled 8x8 handwritten digits, real and offline) and ``synthetic``
 (deterministic class templates plus noise) live in memory. ``cifar10``, ``svhn`` and ``stl10``
-load through torchvision from ``--data-root`` (see :mod:`bench.torchvision_data`).
+are read from ``--data-root`` (see :mod:`bench.torchvision_data`): by default decoded once into
+cached uint8 tensors and batched on the run's device (:mod:`bench.pipeline`), or with
+``loader="torchvision"`` through torchvision's per-image transforms.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class DataRequest:
     download: bool = False
     augment: bool = True
     num_workers: int = 0
+    # cifar10/svhn/stl10: "tensor" (bench.pipeline) or "torchvision"; digits and synthetic are
+    # in-memory tensors either way.
+    loader: str = "tensor"
+    device: torch.device = torch.device("cpu")  # where the loaders' batches land
 
 
 DATASETS: Registry[Callable[[DataRequest], DataBundle]] = Registry("dataset")
@@ -76,6 +82,7 @@ DATASETS: Registry[Callable[[DataRequest], DataBundle]] = Registry("dataset")
 
 def load_dataset(name: str, request: DataRequest) -> DataBundle:
     check(BY_NAME["batch_size"], request.batch_size, "--batch-size")  # the run setting's rule
+    check(BY_NAME["loader"], request.loader, "--loader")
     factory = DATASETS.get(name)
     return factory(request)
 
@@ -92,8 +99,9 @@ class TensorLoader:
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        device: torch.device | None = None,
     ) -> None:
-        self.x, self.y = x, y
+        self.x, self.y = (x, y) if device is None else (x.to(device), y.to(device))
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -104,6 +112,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.x.device)  # drawn on the CPU: one seed, one order on any device
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.x[idx], self.y[idx]
@@ -141,8 +150,11 @@ def in_memory_bundle(
     info = DataInfo(
         name, num_classes, tuple(x_train.shape[1:]), tuple(mean.tolist()), tuple(std.tolist())
     )
-    train = TensorLoader(norm(x_train), y_train, request.batch_size, True, request.seed)
-    test = TensorLoader(norm(x_test), y_test, request.batch_size, False)
+    device = torch.device(request.device)
+    train = TensorLoader(
+        norm(x_train), y_train, request.batch_size, True, request.seed, device=device
+    )
+    test = TensorLoader(norm(x_test), y_test, request.batch_size, False, device=device)
     return DataBundle(info, train, test, len(x_train))
 
 

@@ -50,6 +50,8 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
         download=config.download,
         augment=config.augment,
         num_workers=config.num_workers,
+        loader=config.loader,
+        device=torch.device(config.device),
     )
     data = load_dataset(config.dataset, request)
     backbone, method = build(config, data.info, net=net)

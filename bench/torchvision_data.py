@@ -1,4 +1,9 @@
-"""CIFAR-10, SVHN and STL-10 through torchvision's dataset classes, read from ``--data-root``.
+"""CIFAR-10, SVHN and STL-10 read from ``--data-root`` with torchvision's dataset classes.
+
+``request.loader`` picks how batches are made: ``"tensor"`` (the default) decodes each split
+once into a uint8 tensor, cached as ``ROOT/.locbench-cache/<dataset>-<split>.pt``, and augments
+whole batches on the run's device (:mod:`bench.pipeline`); ``"torchvision"`` applies
+torchvision's per-image PIL transforms in a DataLoader. Both draw the same augmentation.
 
 Nothing is fetched unless ``request.download`` is set; then torchvision's own download runs,
 which verifies the archive's md5.
@@ -18,6 +23,7 @@ from torchvision import datasets, transforms
 
 from bench.data import DATASETS, DataBundle, DataInfo, DataRequest
 from bench.errors import UserError
+from bench.pipeline import ImageLoader, augment_of, cached_split
 
 # torchvision md5-hashes every data file on each construction (seconds per run for CIFAR-10,
 # minutes for STL-10's 2.6 GB) and so rejects any small test fixture. The subclasses below only
@@ -62,6 +68,20 @@ _FILES: dict[str, list[str]] = {
     "stl10": [
         f"{_STL_DIR}/{name}" for name, _ in datasets.STL10.train_list[:2] + datasets.STL10.test_list
     ],
+}
+
+
+# The files each split decodes: a cached split is rebuilt when one of them changes.
+_SPLIT_FILES: dict[str, dict[str, list[str]]] = {
+    "cifar10": {
+        "train": [f"{_CIFAR_DIR}/{name}" for name, _ in datasets.CIFAR10.train_list],
+        "test": [f"{_CIFAR_DIR}/{name}" for name, _ in datasets.CIFAR10.test_list],
+    },
+    "svhn": {split: [datasets.SVHN.split_list[split][1]] for split in ("train", "test")},
+    "stl10": {
+        "train": [f"{_STL_DIR}/{name}" for name, _ in datasets.STL10.train_list[:2]],
+        "test": [f"{_STL_DIR}/{name}" for name, _ in datasets.STL10.test_list],
+    },
 }
 
 
@@ -136,8 +156,7 @@ def _check_files(name: str, request: DataRequest) -> Path:
     return root
 
 
-def load_torchvision(name: str, request: DataRequest) -> DataBundle:
-    """Train/test loaders for ``name`` (one of ``cifar10``, ``svhn``, ``stl10``)."""
+def _check_channels(name: str, request: DataRequest) -> None:
     spec = _SPECS[name]
     # Only channels must match: the backbones end in adaptive pooling, so a CIFAR ResNet takes
     # STL-10's 96x96 as is, and real images are never silently resized.
@@ -146,6 +165,60 @@ def load_torchvision(name: str, request: DataRequest) -> DataBundle:
             f"the network expects {request.image_shape[0]}-channel input of shape "
             f"{tuple(request.image_shape)} but {name} gives {spec.image_shape}"
         )
+
+
+def _decode(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, ...]:
+    """One split as (N, C, H, W) uint8 images and int64 labels, read by torchvision's classes
+    (which also download), so both loaders see the same pixels and labels."""
+    try:
+        dataset = _SPECS[name].make(root, train, None, download)
+    except Exception as e:
+        # As in load_torchvision: a failed download or a truncated/foreign file.
+        raise UserError(f"could not load {name} from {root}: {type(e).__name__}: {e}") from None
+    if name == "cifar10":  # (N, H, W, C) and a list of labels
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2)
+        labels = torch.tensor(dataset.targets, dtype=torch.int64)
+    else:  # (N, C, H, W) and a numpy array of labels
+        images = torch.from_numpy(dataset.data)
+        labels = torch.from_numpy(dataset.labels.astype("int64").reshape(-1))
+    return images.contiguous(), labels
+
+
+def load_tensor(name: str, request: DataRequest) -> DataBundle:
+    """Train/test :class:`~bench.pipeline.ImageLoader` for ``name``: cached uint8 splits on
+    ``request.device``, the torchvision transforms' augmentation applied batched there."""
+    spec = _SPECS[name]
+    _check_channels(name, request)
+    root = _check_files(name, request)
+    device = torch.device(request.device)
+    loaded = {}
+    for split in ("train", "test"):
+        files = [root / f for f in _SPLIT_FILES[name][split]]
+        train = split == "train"
+        images, labels = cached_split(
+            root, name, split, files, lambda t=train: _decode(name, root, t, request.download)
+        )
+        loaded[split] = images.to(device), labels.to(device)
+    augment = augment_of(spec.train_augment()) if request.augment else None
+    stats = (request.batch_size, spec.mean, spec.std)
+    train = ImageLoader(*loaded["train"], *stats, shuffle=True, seed=request.seed, augment=augment)
+    test = ImageLoader(*loaded["test"], *stats, shuffle=False)
+    info = DataInfo(name, 10, spec.image_shape, spec.mean, spec.std)
+    return DataBundle(info, train, test, len(loaded["train"][0]))
+
+
+def load(name: str, request: DataRequest) -> DataBundle:
+    """``name``'s loaders through the pipeline ``request.loader`` names."""
+    if request.loader == "torchvision":
+        return load_torchvision(name, request)
+    return load_tensor(name, request)
+
+
+def load_torchvision(name: str, request: DataRequest) -> DataBundle:
+    """Train/test loaders for ``name`` (one of ``cifar10``, ``svhn``, ``stl10``) through
+    torchvision's per-image transforms; batches stay on the CPU."""
+    spec = _SPECS[name]
+    _check_channels(name, request)
     root = _check_files(name, request)
     to_tensor = [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
     augment = spec.train_augment() if request.augment else []
@@ -177,17 +250,17 @@ def load_torchvision(name: str, request: DataRequest) -> DataBundle:
 @DATASETS.register("cifar10")
 def cifar10(request: DataRequest) -> DataBundle:
     """CIFAR-10: 50,000 / 10,000 32x32 colour images from ``ROOT/cifar-10-batches-py``."""
-    return load_torchvision("cifar10", request)
+    return load("cifar10", request)
 
 
 @DATASETS.register("svhn")
 def svhn(request: DataRequest) -> DataBundle:
     """SVHN: 73,257 / 26,032 32x32 digits from ``ROOT/{train,test}_32x32.mat``; digit 0 is
     label 0 (the files store it as 10)."""
-    return load_torchvision("svhn", request)
+    return load("svhn", request)
 
 
 @DATASETS.register("stl10")
 def stl10(request: DataRequest) -> DataBundle:
     """STL-10: the labelled 5,000 / 8,000 96x96 images from ``ROOT/stl10_binary``."""
-    return load_torchvision("stl10", request)
+    return load("stl10", request)

@@ -96,7 +96,9 @@ def fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Fixture:
 
 
 def make_request(name: str, root: Path | None, **kw: object) -> DataRequest:
-    args = {"image_shape": SHAPES[name], "batch_size": 4, "data_root": root, **kw}
+    # These tests look into the torchvision datasets; tests/test_pipeline.py covers "tensor".
+    args = {"image_shape": SHAPES[name], "batch_size": 4, "data_root": root}
+    args |= {"loader": "torchvision", **kw}
     return DataRequest(**args)  # type: ignore[arg-type]
 
 
