@@ -36,6 +36,7 @@ PRESETS: dict[str, TrainPreset] = {
 DEFAULT_PRESET = PRESETS["digits"]
 PRESET = "the dataset's preset"
 MEMORY_MODES = ("auto", "tracked", "cuda", "both")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,15 @@ class RunConfig:
     device: str = setting("auto", "auto (CUDA if available), cpu, cuda, cuda:N", section="env")
     dtype: str = setting(
         "float32", "parameter and activation dtype", section="env", choices=("float32",)
+    )
+    precision: str = setting(
+        "fp32",
+        "fp32, or autocast to bf16 / fp16 (fp16 with a loss scaler); parameters stay in --dtype",
+        section="env",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = setting(
+        False, "4-D weights and inputs in channels-last memory format", section="env"
     )
     seed: int = setting(0, "random seed", section="env", low=0, high=2**32 - 1)
     cudnn_benchmark: bool = setting(True, "torch.backends.cudnn.benchmark on CUDA", section="env")

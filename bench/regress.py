@@ -10,6 +10,9 @@ any growth over 1% fails. Time is noisy, so it gates loosely: a step slower than
 * ``flops_per_step``: FLOPs of the smallnet step;
 * ``step_time_s``: median step time of the smallnet step (from pytest-benchmark).
 
+Each method is a case in float32 (named by the method, ``dgl``) and under bf16 autocast
+(``dgl-bf16``: :data:`CASE_PRECISIONS`); the FLOPs are the same in both, as they count shapes.
+
 Files are pytest-benchmark JSON (``--benchmark-json``): each benchmark's ``extra_info`` holds
 the deterministic figures and ``stats.median`` the time. The committed baseline is
 ``tests/benchmarks/baseline.json``.
@@ -38,14 +41,27 @@ PUBLISHED = {"net": "resnet32", "K": 16}
 PUBLISHED_BATCH = 1024
 DETERMINISTIC = ("tracked_peak_bytes", "estimated_peak_bytes", "flops_per_step")
 MEMORY_TOLERANCE = 0.01
+#: The precisions every method is a regression case in (not fp16: slow on the CPU, and its
+#: memory is bf16's plus the loss scaler's few bytes).
+CASE_PRECISIONS = ("fp32", "bf16")
 
 
-def small_config(method: str) -> RunConfig:
-    return probe_config(RunConfig(method=method, **SMALL), lr=SMALL_LR)
+def case_name(method: str, precision: str = "fp32") -> str:
+    """``dgl`` in fp32 (the names baselines have always used), ``dgl-bf16`` otherwise."""
+    return method if precision == "fp32" else f"{method}-{precision}"
 
 
-def small_trainer(method: str) -> LocalTrainer:
-    config = small_config(method)
+def regression_cases(methods: list[str]) -> dict[str, tuple[str, str]]:
+    """``case name -> (method, precision)``: every method in every :data:`CASE_PRECISIONS`."""
+    return {case_name(m, p): (m, p) for p in CASE_PRECISIONS for m in methods}
+
+
+def small_config(method: str, precision: str = "fp32") -> RunConfig:
+    return probe_config(RunConfig(method=method, precision=precision, **SMALL), lr=SMALL_LR)
+
+
+def small_trainer(method: str, precision: str = "fp32") -> LocalTrainer:
+    config = small_config(method, precision)
     backbone, m = build(config)
     return LocalTrainer(backbone, m.split, m, config, torch.device("cpu"))
 
@@ -56,11 +72,12 @@ def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 10, (SMALL_BATCH,), generator=g)
 
 
-def figures(method: str) -> dict[str, int]:
-    """The deterministic figures of ``method`` (a name or ``path.py:Class``)."""
-    tracked = steady_state_peak(small_trainer(method), *small_batch())
-    flops, _ = config_flops(small_config(method), batch_size=SMALL_BATCH)
-    published = estimate(RunConfig(method=method, **PUBLISHED), PUBLISHED_BATCH)
+def figures(method: str, precision: str = "fp32") -> dict[str, int]:
+    """The deterministic figures of ``method`` (a name or ``path.py:Class``) at ``precision``."""
+    tracked = steady_state_peak(small_trainer(method, precision), *small_batch())
+    flops, _ = config_flops(small_config(method, precision), batch_size=SMALL_BATCH)
+    config = RunConfig(method=method, precision=precision, **PUBLISHED)
+    published = estimate(config, PUBLISHED_BATCH)
     return {
         "tracked_peak_bytes": tracked.peak_bytes,
         "estimated_peak_bytes": published.peak_bytes_rounded,
@@ -178,13 +195,13 @@ def format_changes(changes: list[Change]) -> str:
     new_cases = list(dict.fromkeys(c.case for c in changes if _is_new(c)))
     lines = ["no figure moved"] if not moved else []
     if moved:
-        header = f"{'case':<12} {'figure':<22} {'base':>16} {'head':>16} {'change':>8}  verdict"
+        header = f"{'case':<15} {'figure':<22} {'base':>16} {'head':>16} {'change':>8}  verdict"
         lines += [header, "-" * len(header)]
     for c in moved:
         change = f"{100 * (c.ratio - 1):+.1f}%" if c.head == c.head else "missing"
         verdict = f"FAIL (limit {number(c.limit)})" if c.failed else "ok"
         lines.append(
-            f"{c.case:<12} {c.figure:<22} {number(c.base):>16} {number(c.head):>16} "
+            f"{c.case:<15} {c.figure:<22} {number(c.base):>16} {number(c.head):>16} "
             f"{change:>8}  {verdict}"
         )
     lines += [f"new case {case}: not in the baseline" for case in new_cases]

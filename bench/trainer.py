@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from bench.backbone import Backbone
 from bench.config import RunConfig
@@ -23,6 +24,7 @@ from bench.errors import UserError
 from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
 from bench.meters import CudaPeaks, CudaWindow, DataWait, StepTimer
 from bench.optim import make_sgd, set_lr, warmup_cosine
+from bench.precision import MixedPrecision, channels_last_input, to_channels_last
 from bench.split import Split
 from methods.base import Batch, Method, StepContext
 
@@ -100,6 +102,13 @@ class LocalTrainer:
         self.device, self.dtype = device, dtype
         self.modules = place(build_modules(backbone, split), device, dtype)
         place(self.method, device, dtype)
+        if config.channels_last:
+            to_channels_last(self.modules)
+            to_channels_last(self.method)
+        # Autocast and the fp16 loss scaler; a trainer built under FakeTensorMode has fake
+        # parameters, whose overflow check has no value to read.
+        fake = any(isinstance(p, FakeTensor) for p in self.modules.parameters())
+        self.amp = MixedPrecision(config.precision, device, fake)
         self.optimizer = make_sgd(
             self.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
         )
@@ -117,34 +126,39 @@ class LocalTrainer:
         ``batch.step`` (default: step 0 of 1 at the configuration's learning rate).
 
         With a ``tracker`` (entered by the caller), each part of the step is labelled for the
-        memory breakdown; the computation is the same either way."""
+        memory breakdown; the computation is the same either way. With ``config.precision``
+        bf16/fp16, each forward and each loss runs under autocast, and fp16 losses are scaled
+        by one loss scaler for the whole step (:mod:`bench.precision`)."""
         phase = tracker.phase if tracker is not None else _no_phase
         self.modules.train()
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
+        amp = self.amp
+        if self.config.channels_last:
+            x = channels_last_input(x)
         batch = Batch(x, y, self.default_step if step is None else step)
         last = self.split.K - 1
         local: list[torch.Tensor] = []
         h = x
         for k, module in enumerate(self.modules):
-            with phase("backbone", k):
+            with phase("backbone", k), amp.autocast():
                 out = self.method.forward_module(k, module, h, batch)
             if k < last:
-                with phase("aux", k):
+                with phase("aux", k), amp.autocast():
                     loss = self.method.local_loss(k, out, batch)
                 if loss is not None:
                     with phase("backward", k):
-                        loss.backward()
+                        amp.backward(loss)
                     local.append(loss.detach())
                 h = self.method.boundary(k, out)
             else:
-                with phase("other", k):
+                with phase("other", k), amp.autocast():
                     loss = self.method.output_loss(out, batch)
                 with phase("backward", k):
-                    loss.backward()
+                    amp.backward(loss)
                 correct = (out.detach().argmax(1) == y).sum()
         with phase("optimizer_state"):
-            self.optimizer.step()
+            amp.step(self.optimizer)
         if tracker is not None:
             tracker.end_step(self.parameters(), self.optimizer)
         return StepLosses(local, loss.detach(), correct)
@@ -159,6 +173,7 @@ class LocalTrainer:
         optimizer_state = [
             v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
         ]
+        optimizer_state += self.amp.state_tensors()  # the fp16 loss scaler's scale
         return {
             "parameters": params + buffers,
             "gradients": [p.grad for p in params if p.grad is not None],
@@ -168,10 +183,12 @@ class LocalTrainer:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.modules.eval()
-        h = x
-        for module in self.modules:
-            h = module(h)
-        return h
+        h = channels_last_input(x) if self.config.channels_last else x
+        with self.amp.autocast():
+            for module in self.modules:
+                h = module(h)
+        # logits in the run's dtype: a loss summed over the test set in bf16 would round
+        return h.to(self.dtype)
 
     @torch.no_grad()
     def evaluate(self, loader: Loader) -> tuple[float, float]:
@@ -188,8 +205,11 @@ class LocalTrainer:
         return 100.0 * correct.item() / max(n, 1), loss_sum.item() / max(n, 1)
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # channels-last in the same copy, so that train_step finds the layout it wants
+        cl = self.config.channels_last and x.dim() == 4
+        layout = torch.channels_last if cl else torch.preserve_format
         return (
-            x.to(self.device, self.dtype, non_blocking=True),
+            x.to(self.device, self.dtype, non_blocking=True, memory_format=layout),
             y.to(self.device, non_blocking=True),
         )
 

@@ -10,16 +10,20 @@ The harness runs one training step like this::
     batch = Batch(x, y, step)                     # step: a StepContext (where training is)
     h = x
     for k in range(K):
-        out = method.forward_module(k, modules[k], h, batch)   # default: modules[k](h)
+        with autocast:                            # bf16/fp16 runs only; see "Precision"
+            out = method.forward_module(k, modules[k], h, batch)   # default: modules[k](h)
         if k < K - 1:
-            loss = method.local_loss(k, out, batch)
+            with autocast:
+                loss = method.local_loss(k, out, batch)
             if loss is not None:
-                loss.backward()                   # frees module k's graph
+                scaled(loss).backward()           # frees module k's graph
             h = method.boundary(k, out)           # default: out.detach()
         else:
-            loss = method.output_loss(out, batch) # out = logits of the output head
-            loss.backward()
+            with autocast:
+                loss = method.output_loss(out, batch) # out = logits of the output head
+            scaled(loss).backward()
     optimizer.step()                              # one SGD step over backbone + method params
+                                                  # (fp16: unscale, skip if inf/NaN, update)
 
 Guarantees the harness gives every hook:
   * ``__init__`` runs on the CPU in float32 after the global seed is set; the harness then moves
@@ -41,6 +45,27 @@ Guarantees the harness gives every hook:
   * ``output_loss`` sees the output head's logits of the last module.
   * All parameters of ``self`` are optimised by the same optimizer as the backbone.
   * Every hook of one step sees the same :class:`Batch`, hence the same ``batch.step``.
+
+Precision (the ``precision`` setting) belongs to the harness, like the device:
+  * The harness alone enters ``torch.autocast`` (bf16 or fp16) around ``forward_module`` and
+    around ``local_loss`` / ``output_loss``, and runs every backward and ``boundary`` outside
+    it. A method never calls ``torch.autocast`` itself, never scales a loss and never touches
+    the loss scaler: in fp16 the harness multiplies each returned loss by one
+    ``torch.amp.GradScaler``'s scale before its backward, unscales all gradients once, and
+    skips the whole optimizer step (every module) when any gradient is inf or NaN.
+  * Inside autocast a method sees low precision: ops on autocast's lists (convolutions,
+    linear layers, matmuls) return bf16/fp16, so ``out``, ``h`` and activations of the
+    auxiliary nets usually are (``h`` stays so across the ``boundary``), while reductions and
+    losses autocast runs in float32 (``cross_entropy``, ``mse_loss``, ...) return float32.
+    Parameters, buffers, gradients and the input batch ``batch.x`` stay in the run's dtype
+    (float32). Do not assume ``out.dtype == torch.float32``: build new tensors with
+    ``out.dtype`` (or let autocast cast), and keep the returned loss a 0-dim tensor; the
+    harness reports losses as returned, unscaled.
+  * A kernel without a low-precision version (or an op CUDA autocast refuses, e.g.
+    ``F.binary_cross_entropy``: use ``binary_cross_entropy_with_logits``) stops the run with
+    one line naming ``--precision``.
+  * With ``channels_last``, 4-D parameters of the backbone and of the method (convolution
+    weights) and the 4-D input are in channels-last memory format; the shapes are unchanged.
 
 The step context (``batch.step``, a :class:`StepContext`) of a training run:
   * ``global_step`` runs 0, 1, ..., ``total_steps`` - 1: every training step exactly once, in

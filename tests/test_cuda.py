@@ -90,3 +90,28 @@ def test_tracked_and_allocator_peaks_agree_within_10_percent(method):
     assert r.status == "ok", r.message
     tracked, allocated = r.memory["peak_bytes_rounded"], r.cuda["peak_allocated_bytes"]
     assert abs(tracked - allocated) <= 0.1 * allocated, (tracked, allocated)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_mixed_precision_run_with_channels_last(precision):
+    r = execute(
+        RunConfig(
+            method="dgl", K=4, dataset="synthetic", epochs=1, batch_size=32, device="cuda",
+            precision=precision, channels_last=True,
+        )
+    )  # fmt: skip
+    assert r.status == "ok", r.message
+    assert r.config["precision"] == precision and r.config["channels_last"] is True
+    assert r.cuda["peak_allocated_bytes"] > r.cuda["allocated_at_start_bytes"] > 0
+
+
+def test_cuda_autocast_refusing_an_op_is_one_line():
+    # CUDA autocast refuses F.binary_cross_entropy (InfoPro's reconstruction loss)
+    from bench.errors import UserError
+
+    config = RunConfig(
+        method="infopro", K=4, dataset="synthetic", epochs=1, batch_size=32, device="cuda",
+        precision="bf16",
+    )  # fmt: skip
+    with pytest.raises(UserError, match="^--precision bf16 cannot run this step on cuda: .*unsafe"):
+        execute(config)

@@ -21,9 +21,19 @@ METHODS_K = [
 ]
 
 
-@pytest.mark.parametrize("name, K", METHODS_K)
-def test_tracked_on_cpu_equals_the_fake_tensor_estimate(name, K):
-    config = RunConfig(method=name, K=K, net="smallnet", dataset="synthetic", epochs=1)
+# every method in fp32 and under bf16 autocast; two in fp16 (loss scaler included), which is
+# slow on the CPU; two with channels-last weights and inputs
+CASES = [(name, K, p, False) for p in ("fp32", "bf16") for name, K in METHODS_K]
+CASES += [("bp", None, "fp16", False), ("predsim", 4, "fp16", False)]
+CASES += [("auglocal", 4, "fp32", True), ("dgl", 4, "bf16", True)]
+
+
+@pytest.mark.parametrize("name, K, precision, channels_last", CASES)
+def test_tracked_on_cpu_equals_the_fake_tensor_estimate(name, K, precision, channels_last):
+    config = RunConfig(
+        method=name, K=K, net="smallnet", dataset="synthetic", epochs=1, precision=precision,
+        channels_last=channels_last,
+    )  # fmt: skip
     record = execute(config)
     tracked = record.memory
     predicted = estimate(config, batch_size=64)

@@ -428,3 +428,32 @@ def test_sparse_gradients_count_their_indices_and_values():
     assert expected == 2 * 8 + 2 * 3 * 4
     # the sparse gradient's own storages are counted (the tracker used to crash on them)
     assert tracker.current >= expected
+
+
+@REAL_AND_FAKE
+@pytest.mark.parametrize("regions", [1, 2])
+def test_autocast_weight_cache_casts_a_weight_once_per_region(fake, regions):
+    """What autocast adds (bench/precision.py): a bf16 copy of each float32 weight an op casts,
+    once per autocast region (its weight cache), kept while autograd saves it. The harness
+    opens one region per module forward and per loss, so a weight shared by two regions is
+    cast twice. Real and fake tensors hit and miss the cache alike."""
+    bf16 = 2
+    with tensors_mode(fake):
+        layer = nn.Linear(D, D, bias=False)
+        # x needs a gradient, so each matmul saves the weight's cast for its backward
+        x = torch.randn(N, D, requires_grad=True)
+        tracker = MemoryTracker()
+        with tracker:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                h = layer(x)  # casts x and the weight
+                if regions == 1:
+                    out = layer(h)  # the cached cast: no copy
+            if regions == 2:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = layer(h)  # the cache was emptied at the first region's exit
+            held = tracker.current
+            del h, out  # the graph goes, and the casts it saved go with it
+            released = tracker.current
+    weight_casts = regions * D * D * bf16
+    assert held == weight_casts + N * D * bf16 + 2 * N * D * bf16  # + the cast x, h and out
+    assert released == 0

@@ -268,6 +268,7 @@ ACCEPTED_OTHER = {
     "momentum": 0.5,
     "data_root": "/tmp",
     "memory": "tracked",
+    "precision": "bf16",
     "loader": "torchvision",
 }
 ONE_CHOICE = {"dtype"}  # nothing else is accepted yet, so nothing to change

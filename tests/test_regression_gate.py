@@ -10,9 +10,17 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.regress import DETERMINISTIC, compare, figures, format_changes, load_figures
+from bench.regress import (
+    DETERMINISTIC,
+    compare,
+    figures,
+    format_changes,
+    load_figures,
+    regression_cases,
+)
 
 BASELINE = Path(__file__).parent / "benchmarks" / "baseline.json"
+METHODS = ["bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"]
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +30,9 @@ def baseline():
 
 
 def test_every_method_matches_the_committed_baseline(baseline):
-    assert set(baseline) == {"bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"}
-    head = {method: figures(method) for method in baseline}
+    cases = regression_cases(METHODS)  # every method in fp32 ("dgl") and bf16 ("dgl-bf16")
+    assert set(baseline) == set(cases) and len(cases) == 12
+    head = {case: figures(*cases[case]) for case in baseline}
     changes = compare(baseline, head, time_factor=1.5)
     assert not [c for c in changes if c.failed], format_changes(changes)
 
