@@ -18,6 +18,8 @@ from bench.flags import (
 )
 from bench.settings import SECTIONS
 
+# Run settings that change what describe and estimate count: the step's dtypes and layout.
+SHAPE = ("precision", "channels_last")
 DEMO_METHODS = (("bp", None), ("dgl", 4))
 
 
@@ -35,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     describe = sub.add_parser(
         "describe", help="the split, auxiliary nets, parameters and FLOPs of a configuration"
     )
-    add_setting_flags(describe, ("model", "method"), defaults={"net": "resnet32"})
+    add_setting_flags(describe, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE)
     describe.add_argument("--batch-size", type=int, default=64, help="batch for FLOPs per step")
     describe.add_argument("--classes", type=int, default=10, help="number of classes")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
     est = sub.add_parser(
         "estimate", help="predicted peak training memory per method, without a GPU"
     )
-    add_setting_flags(est, ("model", "method"), defaults={"net": "resnet32"})
+    add_setting_flags(est, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE)
     est.add_argument(
         "--methods", default=None, help="comma-separated methods (default: all registered)"
     )
@@ -190,7 +192,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     what = f"largest batch within {args.budget}" if budget else f"batch {args.batch_size}"
     title = (
         f"estimated peak memory of one training step: {config.net}, K={config.K or 'every unit'}"
-        f", {what}{size} (fake tensors, CUDA 512-byte rounding)"
+        f", {what}{size}, {config.precision} (fake tensors, CUDA 512-byte rounding)"
     )
     print(format_estimates(rows, title))
     return 0

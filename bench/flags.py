@@ -26,13 +26,15 @@ def add_setting_flags(
     *,
     lists: bool = False,
     defaults: dict[str, object] | None = None,
+    also: tuple[str, ...] = (),
 ) -> None:
     """One flag per run setting of ``sections`` (``--hp`` and ``--aux-depth`` with the method
-    section). ``lists``: every flag takes comma-separated values (a sweep axis). ``defaults``:
-    this command's own defaults (e.g. ``describe`` builds ResNet-32 by default)."""
+    section) and of the settings named in ``also``. ``lists``: every flag takes comma-separated
+    values (a sweep axis). ``defaults``: this command's own defaults (e.g. ``describe`` builds
+    ResNet-32 by default)."""
     defaults = defaults or {}
     for spec in SPECS:
-        if spec.section not in sections or not spec.cli:
+        if (spec.section not in sections and spec.name not in also) or not spec.cli:
             continue
         default = defaults.get(spec.name, spec.default)
         shown = "none" if default is None else str(default)

@@ -188,3 +188,31 @@ def test_meta_steps_count_the_same_flops_in_every_precision():
         for p in ("fp32", "bf16", "fp16")
     }
     assert flops["bf16"] == flops["fp16"] == flops["fp32"]
+
+
+def test_a_bf16_cifar10_run_tracks_what_estimate_predicts_to_the_byte(tmp_path, capsys):
+    """The issue's acceptance run, small: cifar10 from a folder in the real format, the tensor
+    pipeline, bf16; the record's tracked peak equals `locbench estimate --precision bf16`."""
+    import json
+
+    import numpy as np
+
+    from bench.cli import main
+    from tests.test_torchvision_data import write_cifar
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    write_cifar(tmp_path, train, rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+    common = ["--net", "resnet20", "--K", "3", "--precision", "bf16"]
+    argv = ["run", "--method", "dgl", *common, "--dataset", "cifar10", "--data-root",
+            str(tmp_path), "--batch-size", "2", "--epochs", "2", "--warmup-steps", "1",
+            "--measure-steps", "1", "--no-progress", "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["config"]["precision"] == "bf16" and record["config"]["loader"] == "tensor"
+    assert 0 <= record["data_wait_share"] < 1
+    capsys.readouterr()
+    assert main(["estimate", "--methods", "dgl", *common, "--batch", "2", "--json"]) == 0
+    (estimate,) = json.loads(capsys.readouterr().out)
+    assert record["memory"]["peak_bytes"] == estimate["peak_bytes_unrounded"]
