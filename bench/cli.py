@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(describe, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE)
     describe.add_argument("--batch-size", type=int, default=64, help="batch for FLOPs per step")
-    describe.add_argument("--classes", type=int, default=10, help="number of classes")
+    describe.add_argument(
+        "--classes", type=int, default=None, help="number of classes (default: the dataset's)"
+    )
+    describe.add_argument(
+        "--dataset", default=None, help="sets the number of classes only; no data is read"
+    )
     describe.add_argument("--json", action="store_true", help="print one JSON object")
     est = sub.add_parser(
         "estimate", help="predicted peak training memory per method, without a GPU"
@@ -160,6 +165,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
     from bench.describe import describe, format_description
 
+    if args.classes is None:  # an explicit --classes wins over the dataset's count
+        args.classes = dataset_classes(args.dataset)
     check_probe(args)
     d = describe(config_from_args(args), args.batch_size, args.classes)
     print(json.dumps(d) if args.json else format_description(d))
@@ -230,6 +237,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     print(settings_markdown() if args.markdown else settings_text())
     return 0
+
+
+def dataset_classes(dataset: str | None) -> int:
+    """The class count of a registered dataset, without reading it (10 when none is named)."""
+    from bench.data import NUM_CLASSES
+
+    if dataset is None:
+        return 10
+    if dataset not in NUM_CLASSES:
+        raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(NUM_CLASSES))}")
+    return NUM_CLASSES[dataset]
 
 
 def check_probe(args: argparse.Namespace) -> None:

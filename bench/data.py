@@ -4,7 +4,8 @@
 (deterministic class templates plus noise) live in memory. ``cifar10``, ``svhn`` and ``stl10``
 are read from ``--data-root`` (see :mod:`bench.torchvision_data`): by default decoded once into
 cached uint8 tensors and batched on the run's device (:mod:`bench.pipeline`), or with
-``loader="torchvision"`` through torchvision's per-image transforms.
+``loader="torchvision"`` through torchvision's per-image transforms. ``imagenet``
+(:mod:`bench.imagenet_data`) always goes through a DataLoader.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class DataRequest:
     augment: bool = True
     num_workers: int = 0
     # cifar10/svhn/stl10: "tensor" (bench.pipeline) or "torchvision"; digits and synthetic are
-    # in-memory tensors either way.
+    # in-memory tensors either way, imagenet a DataLoader either way.
     loader: str = "tensor"
     device: torch.device = torch.device("cpu")  # where the loaders' batches land
 
@@ -201,5 +202,16 @@ def synthetic(
     return in_memory_bundle("synthetic", x_train, y_train, x_test, y_test, num_classes, request)
 
 
-# Registers cifar10, svhn and stl10; imported last because it builds on the names above.
-from bench import torchvision_data  # noqa: E402,F401
+# Classes of each registered dataset, for what counts without data on disk (`describe`).
+# imagenet's loader counts its class folders; 1,000 is ILSVRC-2012's.
+NUM_CLASSES: dict[str, int] = {
+    "digits": 10,
+    "synthetic": 10,
+    "cifar10": 10,
+    "svhn": 10,
+    "stl10": 10,
+    "imagenet": 1000,
+}
+
+# Register cifar10, svhn, stl10 and imagenet; imported last as they build on the names above.
+from bench import imagenet_data, torchvision_data  # noqa: E402,F401

@@ -3,8 +3,10 @@
 Training settings (batch, lr, epochs, warm-up) come from the dataset presets in
 :mod:`bench.config` (the AugLocal settings) unless a preset says otherwise. AugLocal's
 auxiliary depth: d = 2 for ResNet-32 (the README of the authors' code), d = 3 for ResNet-110.
-InfoPro's lambdas default to the published ones for ResNet-32 and ResNet-110. ImageNet
-(ResNet-34/101, VGG-13/19) is not a preset yet: there is no ImageNet loader.
+InfoPro's lambdas default to the published ones for ResNet-32 and ResNet-110. ImageNet:
+ResNet-34 (K = 17) and ResNet-101 (K = 34), one seed each (a run takes GPU-days), AugLocal
+depth 4 for both (no published depth specific to ResNet-101 is recorded here, so the ResNet-34
+one is kept); VGG-13/19 are not presets yet.
 """
 
 from __future__ import annotations
@@ -50,5 +52,19 @@ for dataset in ("cifar10", "svhn", "stl10"):
             aux_depth=(3,),
             seeds=SEEDS,
             run={"dataset": dataset},
+        ),
+    )
+
+# The published ImageNet split: one module per residual block.
+for net, K in (("resnet34", 17), ("resnet101", 34)):
+    PRESETS.add(
+        f"imagenet-{net}",
+        Grid(
+            methods=ALL,
+            nets=(net,),
+            K=(K,),
+            aux_depth=(4,),
+            seeds=(0,),
+            run={"dataset": "imagenet"},
         ),
     )

@@ -201,6 +201,36 @@ def test_list_subprocess():
     assert proc.stdout.splitlines()[0] == "methods:  " + ", ".join(METHODS.names())
 
 
+# torchvision's resnet34 with a 1000-way head; with 10 classes the fc loses 512 * 990 + 990.
+RESNET34_PARAMS = 21_797_672
+
+
+@pytest.mark.parametrize(
+    "extra, params",
+    [
+        (["--dataset", "imagenet"], RESNET34_PARAMS),
+        (["--dataset", "imagenet", "--classes", "10"], RESNET34_PARAMS - 513 * 990),
+        (["--dataset", "cifar10"], RESNET34_PARAMS - 513 * 990),
+        ([], RESNET34_PARAMS - 513 * 990),  # no dataset: 10 classes, as before
+    ],
+)
+def test_describe_dataset_sets_classes(capsys, extra, params):
+    code, out, err = run_cli(
+        capsys, "describe", "--net", "resnet34", "--method", "dgl", *extra, "--json"
+    )
+    assert (code, err) == (0, "")
+    d = json.loads(out)
+    assert (d["params_backbone"], d["K"]) == (params, 17)
+
+
+def test_describe_unknown_dataset(capsys):
+    code, out, err = run_cli(capsys, "describe", "--net", "smallnet", "--dataset", "nope")
+    assert code != 0 and out == ""
+    assert err == PREFIX + (
+        "unknown dataset 'nope'; known: cifar10, digits, imagenet, stl10, svhn, synthetic\n"
+    )
+
+
 # DGL's auxiliary net at smallnet's cut after unit 1 (16 x 16x16 features): pool to 4x4, three
 # 1x1 conv(16->16, no bias) + BN(16): 3 * (256 + 32); pool to 2x2 -> 64 features; two
 # Linear(64, 64, no bias) + BN1d(64): 2 * (4096 + 128); Linear(64, 10): 650.

@@ -1,0 +1,142 @@
+"""ImageNet from a tiny ImageFolder of random JPEGs: sizes, transforms, errors, presets, a run.
+
+Nothing here downloads; the fixture has 3 classes x 4 train and 3 x 2 val images of 64x48.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from bench.cli import main
+from bench.config import PRESETS as TRAIN_PRESETS
+from bench.config import TrainPreset
+from bench.data import DataRequest, load_dataset
+from bench.errors import UserError
+from bench.presets import PRESETS
+
+CLASSES = ("n01440764", "n01443537", "n01484850")
+N_TRAIN, N_VAL = 4, 2
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def write_folder(root: Path) -> Path:
+    """``root/{train,val}/<class>/*.JPEG``, random RGB 64 wide and 48 high."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+        for c in CLASSES:
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{c}_{i}.JPEG", format="JPEG")
+    return root
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return write_folder(tmp_path / "imagenet")
+
+
+def request(root: Path | None, **kw) -> DataRequest:
+    return DataRequest(image_shape=(3, 224, 224), batch_size=4, data_root=root, **kw)
+
+
+def test_sizes_shapes_and_labels(root: Path) -> None:
+    bundle = load_dataset("imagenet", request(root))
+    assert bundle.train_size == 12
+    assert bundle.info.num_classes == 3
+    assert bundle.info.image_shape == (3, 224, 224)
+    assert (bundle.info.mean, bundle.info.std) == (MEAN, STD)
+    assert len(bundle.train) == 3 and len(bundle.test) == 2  # 12/4 and ceil(6/4)
+    labels = []
+    for x, y in bundle.train:
+        assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
+        assert x.device == torch.device("cpu")
+        labels += y.tolist()
+    assert sorted(labels) == [0] * 4 + [1] * 4 + [2] * 4  # every image once per epoch
+
+
+def test_val_batch_is_resize_centercrop_normalise(root: Path) -> None:
+    bundle = load_dataset("imagenet", request(root))
+    x, y = next(iter(bundle.test))  # not shuffled: ImageFolder order, class 0 first
+    assert y.tolist() == [0, 0, 1, 1]
+    expect = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+    files = [root / "val" / c / f"{c}_{i}.JPEG" for c in CLASSES[:2] for i in range(N_VAL)]
+    wanted = torch.stack([expect(Image.open(f).convert("RGB")) for f in files])
+    assert torch.equal(x, wanted)
+
+
+def test_tensor_loader_means_the_dataloader(root: Path) -> None:
+    # --loader tensor (the default) is accepted and gives the same batches as torchvision.
+    a = load_dataset("imagenet", request(root, loader="tensor"))
+    b = load_dataset("imagenet", request(root, loader="torchvision"))
+    assert torch.equal(next(iter(a.test))[0], next(iter(b.test))[0])
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^--data-root is required for imagenet: .*train/"):
+        load_dataset("imagenet", request(None))
+    with pytest.raises(UserError, match=r"^--data-root .*nowhere does not exist$"):
+        load_dataset("imagenet", request(tmp_path / "nowhere"))
+
+
+def test_missing_val_folder(root: Path) -> None:
+    shutil.rmtree(root / "val")
+    with pytest.raises(UserError) as err:
+        load_dataset("imagenet", request(root))
+    assert str(err.value) == f"imagenet not found under {root}: missing folder {root / 'val'}"
+
+
+def test_mismatched_classes(root: Path) -> None:
+    (root / "val" / CLASSES[2]).rename(root / "val" / "n99999999")
+    with pytest.raises(UserError) as err:
+        load_dataset("imagenet", request(root))
+    text = str(err.value)
+    assert "\n" not in text
+    assert text == (
+        f"imagenet: train/ and val/ under {root} hold different class folders (3 vs 3; "
+        f"only in one: {CLASSES[2]}, n99999999)"
+    )
+
+
+def test_download_refused(root: Path) -> None:
+    with pytest.raises(UserError, match="^imagenet cannot be downloaded"):
+        load_dataset("imagenet", request(root, download=True))
+
+
+def test_presets(capsys) -> None:
+    assert TRAIN_PRESETS["imagenet"] == TrainPreset(200, 1024, 0.4, 0)
+    for net, K in (("resnet34", 17), ("resnet101", 34)):
+        grid = PRESETS.get(f"imagenet-{net}")
+        assert (grid.nets, grid.K, grid.aux_depth, grid.seeds) == ((net,), (K,), (4,), (0,))
+        assert grid.run == {"dataset": "imagenet"}
+        assert len(grid.methods) == 6
+    assert main(["list"]) == 0
+    presets = capsys.readouterr().out.split("presets:")[1]
+    assert "imagenet-resnet34" in presets and "imagenet-resnet101" in presets
+
+
+def test_one_epoch_run(root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "runs"
+    argv = ["run", "--net", "resnet34", "--K", "2", "--method", "bp", "--batch-size", "4"]
+    argv += ["--epochs", "1", "--measure-steps", "1", "--warmup-steps", "1", "--track-steps", "1"]
+    argv += ["--dataset", "imagenet", "--data-root", str(root), "--out", str(out)]
+    start = time.perf_counter()
+    assert main([*argv, "--no-progress"]) == 0, capsys.readouterr()
+    print(f"one-epoch imagenet run: {time.perf_counter() - start:.1f} s")
+    assert len(list(out.glob("*.json"))) == 1
