@@ -85,7 +85,11 @@ class RunConfig:
     weight_decay: float = setting(1e-4, "L2 weight decay", section="train", low=0)
     # data
     dataset: str = setting("digits", "dataset (see `locbench list`)", section="data")
-    data_root: str | None = setting(None, "folder holding cifar10/svhn/stl10 files", section="data")
+    data_root: str | None = setting(
+        None,
+        "folder holding cifar10/svhn/stl10 files or the imagenet train/ and val/",
+        section="data",
+    )
     download: bool = setting(False, "download the dataset if missing", section="data")
     augment: bool = setting(True, "train with the dataset's augmentation", section="data")
     num_workers: int = setting(0, "data-loading worker processes", section="data", low=0, high=256)
