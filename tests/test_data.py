@@ -59,5 +59,7 @@ def test_batch_size_below_one(bs):
 
 
 def test_unknown_dataset_lists_known():
-    with pytest.raises(UserError, match="unknown dataset 'mnist'; known: cifar10, digits, stl10"):
+    with pytest.raises(
+        UserError, match="unknown dataset 'mnist'; known: cifar10, digits, imagenet, stl10"
+    ):
         load_dataset("mnist", DataRequest((3, 8, 8), 8))
