@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from bench.data import DATASETS, DataBundle, DataInfo, DataRequest
 from bench.errors import UserError
+from bench.torchvision_data import seeded_loader
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -98,21 +97,6 @@ def imagenet(request: DataRequest) -> DataBundle:
         val_set = datasets.ImageFolder(root / "val", eval_transform())
     except Exception as e:  # e.g. a class folder without a single image file
         raise UserError(f"could not load imagenet from {root}: {type(e).__name__}: {e}") from None
-    on_cuda = torch.device(request.device).type == "cuda"
-
-    def loader(dataset: Dataset, shuffle: bool) -> DataLoader:
-        # The seeded generator fixes the shuffling order and, with workers, their RNG seeds.
-        generator = torch.Generator().manual_seed(request.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=request.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=request.num_workers,
-            pin_memory=on_cuda,  # lets the trainer's non_blocking copy overlap the step
-            persistent_workers=request.num_workers > 0,  # no worker restart every epoch
-            drop_last=False,
-        )
-
     info = DataInfo("imagenet", len(train_set.classes), IMAGE_SHAPE, MEAN, STD)
-    return DataBundle(info, loader(train_set, True), loader(val_set, False), len(train_set))
+    train, val = seeded_loader(train_set, request, True), seeded_loader(val_set, request, False)
+    return DataBundle(info, train, val, len(train_set))

@@ -214,6 +214,23 @@ def load(name: str, request: DataRequest) -> DataBundle:
     return load_tensor(name, request)
 
 
+def seeded_loader(dataset: Dataset, request: DataRequest, shuffle: bool) -> DataLoader:
+    """A DataLoader of per-image transforms with ``request.num_workers`` processes."""
+    # The seeded generator fixes the shuffling order and, with workers, their RNG seeds.
+    generator = torch.Generator().manual_seed(request.seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=request.batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=request.num_workers,
+        # pinned batches let the trainer's non_blocking copy to a GPU overlap the step
+        pin_memory=torch.device(request.device).type == "cuda",
+        persistent_workers=request.num_workers > 0,  # no worker restart every epoch
+        drop_last=False,
+    )
+
+
 def load_torchvision(name: str, request: DataRequest) -> DataBundle:
     """Train/test loaders for ``name`` (one of ``cifar10``, ``svhn``, ``stl10``) through
     torchvision's per-image transforms; batches stay on the CPU."""
@@ -231,20 +248,9 @@ def load_torchvision(name: str, request: DataRequest) -> DataBundle:
         # their own types for those): report it in one line.
         raise UserError(f"could not load {name} from {root}: {type(e).__name__}: {e}") from None
 
-    def loader(dataset: Dataset, shuffle: bool) -> DataLoader:
-        # The seeded generator fixes the shuffling order and, with workers, their RNG seeds.
-        generator = torch.Generator().manual_seed(request.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=request.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=request.num_workers,
-            drop_last=False,
-        )
-
     info = DataInfo(name, 10, spec.image_shape, spec.mean, spec.std)
-    return DataBundle(info, loader(train_set, True), loader(test_set, False), len(train_set))
+    train, test = seeded_loader(train_set, request, True), seeded_loader(test_set, request, False)
+    return DataBundle(info, train, test, len(train_set))
 
 
 @DATASETS.register("cifar10")
