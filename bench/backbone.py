@@ -334,7 +334,7 @@ for _depth in VGG_CONFIGS:
     BACKBONES.add(f"vgg{_depth}", lambda num_classes=1000, _d=_depth: vgg(_d, num_classes))
 
 # Published K (number of local modules = hidden units) of the AugLocal paper's configurations
-# (ICLR 2024; restated in REFERENCE.md, "Published configurations"): CIFAR ResNet-32/110 and
+# (ICLR 2024; restated in docs/reference.md, "Published configurations"): CIFAR ResNet-32/110 and
 # ImageNet ResNet-34/101, VGG-13/19. Each equals the backbone's n_hidden here.
 PUBLISHED_K = {
     "resnet32": 16,

@@ -100,8 +100,9 @@ class CudaPeaks:
 
 
 class CudaWindow:
-    """``torch.cuda.max_memory_allocated`` over the window, after the reset protocol of
-    DESIGN.md section 5: collect garbage, empty the cache, reset the peak statistics.
+    """``torch.cuda.max_memory_allocated`` over the window, after the reset protocol the
+    README's "What the numbers mean" states: collect garbage, empty the cache, reset the peak
+    statistics.
 
     ``allocated_at_start_bytes`` is what is resident when the window opens: parameters,
     gradients, optimizer state and buffers."""

@@ -26,7 +26,7 @@ def warmup_cosine(
     """Learning rate at a (fractional) epoch: a linear ramp from ``warmup_start_lr`` to
     ``base_lr`` over ``warmup_epochs``, then cosine decay to 0 at ``epochs``.
 
-    AugLocal (REFERENCE.md): lr 0.8, 10 warm-up epochs from 0.01, 400 epochs."""
+    AugLocal (docs/reference.md): lr 0.8, 10 warm-up epochs from 0.01, 400 epochs."""
     if epoch < warmup_epochs:
         return warmup_start_lr + (base_lr - warmup_start_lr) * epoch / warmup_epochs
     span = max(epochs - warmup_epochs, 1e-12)

@@ -1,4 +1,4 @@
-"""Named sweep grids: the published configurations (REFERENCE.md) and a CPU preset.
+"""Named sweep grids: the published configurations (docs/reference.md) and a CPU preset.
 
 Training settings (batch, lr, epochs, warm-up) come from the dataset presets in
 :mod:`bench.config` (the AugLocal settings) unless a preset says otherwise. AugLocal's

@@ -5,7 +5,7 @@ The auxiliary net of the module that ends at hidden layer j is built from *fresh
 uniformly selected subset of the layers after j (structure only, new weights), then global
 average pooling, a BatchNorm1d (only when the depth is <= 1) and a linear classifier:
 
-* selection (REFERENCE.md): with n hidden layers and depth d, copy layers
+* selection (docs/reference.md): with n hidden layers and depth d, copy layers
   ``round(j + (n - j - 1) / d * i)`` for i = 1..d, or every later layer if ``d >= n - 1 - j``;
   the last copy is always the final hidden layer;
 * a stride-2 step goes wherever the backbone downsamples between copied layers (the authors

@@ -12,7 +12,7 @@ Local loss of module k: ``lambda1_k * reconstruction + lambda2_k * cross entropy
   ``hidden_dim`` (128), ReLU, Linear to the classes; on CIFAR ResNets this is exactly the
   authors' 16->32, 32->64, 64->64 table;
 * lambdas interpolate linearly from the first local module to the last (module K-2):
-  ResNet-32 (5, 0.05) -> (0.2, 0.5), ResNet-110 (5, 0) -> (0.5, 1) (REFERENCE.md, run.sh of
+  ResNet-32 (5, 0.05) -> (0.2, 0.5), ResNet-110 (5, 0) -> (0.5, 1) (docs/reference.md, run.sh of
   the AugLocal code); other nets use the ResNet-32 values unless given.
 """
 

@@ -1,7 +1,7 @@
 """PredSim (Nøkland & Eidnes, "Training Neural Networks with Local Error Signals", ICML 2019),
 as the AugLocal authors ran it.
 
-Local loss = ``(1 - beta) * prediction + beta * similarity`` with beta = 0.99 (REFERENCE.md):
+Local loss = ``(1 - beta) * prediction + beta * similarity`` with beta = 0.99 (docs/reference.md):
 
 * prediction: average pooling that shrinks the map until ``C*h*w <= pool_target`` (512, the
   authors' default; kernels double alternately in height and width), flatten, Linear to the

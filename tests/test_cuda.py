@@ -73,7 +73,7 @@ def test_local_step_peak_below_bp_on_resnet32():
 
 @pytest.mark.parametrize("method", ["bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"])
 def test_tracked_and_allocator_peaks_agree_within_10_percent(method):
-    """DESIGN.md: on CUDA the tracked peak must agree with the allocator's within 10%."""
+    """The design target: on CUDA the tracked peak agrees with the allocator's within 10%."""
     K = None if method == "bp" else 16
     r = execute(
         RunConfig(

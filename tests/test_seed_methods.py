@@ -1,4 +1,4 @@
-"""The seed methods against REFERENCE.md: AugLocal's selection and depth formulas, InfoPro's
+"""The seed methods against docs/reference.md: AugLocal's selection and depth formulas, InfoPro's
 lambdas, PredSim's pooling, pinned auxiliary sizes, gradient isolation, bp-ckpt == bp."""
 
 import copy
@@ -31,7 +31,7 @@ def build(name, net, K, data=CIFAR, **params) -> Method:
     return cls(backbone, split, data, p)
 
 
-# --- AugLocal: tables written by hand from REFERENCE.md's formulas (Python round: half to even)
+# --- AugLocal: tables written by hand from docs/reference.md's formulas (round half to even)
 
 # ResNet-32, K=16, d=2: L = K - d = 14 modules; depth round(2 - i/24) = 2 for i = 0..12;
 # layer j copies round((j + 15) / 2) and 15.
