@@ -199,9 +199,10 @@ def estimate_methods(
 def for_method(config: RunConfig, name: str) -> RunConfig:
     """``config`` for method ``name``, keeping only the hyperparameters that method has."""
     from methods.loading import resolve_method
+    from methods.params import has_param
 
-    fields = {f.name for f in dataclasses.fields(resolve_method(name).Params)}
-    params = {k: v for k, v in config.method_params.items() if k in fields}
+    method = resolve_method(name)
+    params = {k: v for k, v in config.method_params.items() if has_param(method, k)}
     return dataclasses.replace(config, method=name, method_params=params)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,26 +192,3 @@ def load_grid(path: str | Path) -> Grid:
     axes = {k: tuple(v) for k, v in grid.items() if k not in names}
     hp_axes = {k: tuple(v) for k, v in hp.items()}
     return Grid(**named, axes=axes, hp=hp_axes, run=run, method_params=methods)
-
-
-def parse_list(text: str | None, kind: type = str) -> tuple | None:
-    """``"a,b"`` -> ``("a", "b")``; ``none`` stands for None (e.g. K = every unit)."""
-    if text is None:
-        return None
-    try:
-        return tuple(None if v.strip().lower() == "none" else kind(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(
-            f"cannot read {text!r} as a comma-separated list of {kind.__name__}"
-        ) from None
-
-
-def axes_from_args(values: dict[str, str | None]) -> dict[str, Sequence | None]:
-    return {
-        "methods": parse_list(values.get("methods")),
-        "nets": parse_list(values.get("nets")),
-        "K": parse_list(values.get("K"), int),
-        "aux_depth": parse_list(values.get("aux_depth"), int),
-        "batch_size": parse_list(values.get("batch_size"), int),
-        "seeds": parse_list(values.get("seeds"), int),
-    }

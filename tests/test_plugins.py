@@ -60,6 +60,18 @@ def write(folder: Path, name: str, text: str) -> Path:
 # --- resolving -------------------------------------------------------------------------------
 
 
+def locbench_process(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m bench ARGV`` in a fresh process run from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+    )
+
+
 def test_registered_name_gives_the_registered_class():
     assert resolve_method("dgl") is DGL
     assert resolve_method("bp") is METHODS.get("bp")
@@ -160,15 +172,10 @@ def test_method_file_outside_the_packages_runs_through_the_cli(tmp_path):
     shutil.copy(EXAMPLE, plugin)
     spec = f"{tmp_path}/greedy_linear.py:GreedyLinear"
     out_dir = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--method", spec, "--net", "smallnet", "--K", "4"]
-        + ["--dataset", "synthetic", "--epochs", "1", "--no-progress", "--out", str(out_dir)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        timeout=120,
-    )
+    proc = locbench_process(
+        tmp_path, "run", "--method", spec, "--net", "smallnet", "--K", "4", "--dataset",
+        "synthetic", "--epochs", "1", "--no-progress", "--out", str(out_dir),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     records = sorted(tmp_path.rglob("*.json"))  # anywhere: a record must not escape --out
@@ -486,15 +493,10 @@ def test_a_method_file_imports_a_module_beside_it(tmp_path, monkeypatch, capsys)
     assert sys.path == path_before  # on sys.path only while the file was imported
     assert [count(a) for a in build(cls).aux] == HEAD_PARAMS
     # and through `locbench run`, in a fresh process
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--method", "my_method/beside.py:Beside"]
-        + ["--K", "4", *FAST, "--out", "runs"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        timeout=120,
-    )
+    proc = locbench_process(
+        tmp_path, "run", "--method", "my_method/beside.py:Beside", "--K", "4", *FAST,
+        "--out", "runs",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert record["status"] == "ok" and record["params_aux"] == sum(HEAD_PARAMS)
