@@ -9,6 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.executor_options import (
+    EXECUTORS,
+    RayOptions,
+    SlurmOptions,
+    add_option_flags,
+    given_option_flags,
+    options_from_args,
+)
 from bench.flags import (
     add_setting_flags,
     axes_from_args,
@@ -67,9 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(sw, SECTIONS, lists=True)
     sw.add_argument(
-        "--workers", type=int, default=1, help="runs at once (one per GPU, or CPU processes)"
+        "--executor",
+        default="local",
+        choices=EXECUTORS,
+        help="where the runs execute: processes of this machine, a Ray cluster, or SLURM jobs "
+        "(through submitit); default local",
+    )
+    sw.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="--executor local: runs at once (one per GPU, or CPU processes); default 1",
     )
     sw.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
+    sw.add_argument(
+        "--status",
+        action="store_true",
+        help="show each configuration of --out: done, failed, running or pending; run nothing",
+    )
+    add_option_flags(sw, RayOptions, "ray")
+    add_option_flags(sw, SlurmOptions, "slurm")
     sw.add_argument(
         "--retry-failed",
         action="store_true",
@@ -208,8 +233,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.grid import Grid, load_grid
     from bench.presets import PRESETS
-    from bench.sweep import sweep
+    from bench.sweep import LocalExecutor, sweep
 
+    if args.status:
+        from bench.sweep_status import print_status
+
+        return print_status(args.out)
+    for other in ("local", "ray", "slurm"):
+        given = given_option_flags(args, other) if other != "local" else []
+        if other == "local" and args.workers is not None:
+            given = ["--workers"]
+        if given and args.executor != other:
+            raise UserError(f"{given[0]} applies to --executor {other}, not {args.executor}")
     if args.preset:
         grid = PRESETS.get(args.preset)
     elif args.config:
@@ -219,13 +254,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = grid.override(
         axes=axes_from_args(args), hp=hp_axes_from_args(args), aux_depth=depth_axis(args)
     )
-    result = sweep(
-        grid,
-        args.out,
-        workers=args.workers,
-        progress=not args.no_progress,
-        retry_failed=args.retry_failed,
-    )
+    progress, retry = not args.no_progress, args.retry_failed
+    if args.executor == "slurm":
+        from bench.slurm_executor import sweep_slurm
+
+        options = options_from_args(args, SlurmOptions, "slurm")
+        result = sweep_slurm(grid, args.out, options, progress=progress, retry_failed=retry)
+    else:
+        if args.executor == "ray":
+            from bench.ray_executor import RayExecutor
+
+            executor = RayExecutor(options_from_args(args, RayOptions, "ray"))
+        else:
+            executor = LocalExecutor(1 if args.workers is None else args.workers)
+        result = sweep(grid, args.out, progress=progress, retry_failed=retry, executor=executor)
     print(result.summary(args.out))
     for line in result.failed:
         print(f"  failed: {line}")

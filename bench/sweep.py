@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.claims import CLAIMS, Claims
 from bench.config import RunConfig
@@ -238,6 +238,65 @@ def _died_message(returncode: int, stderr: str) -> str:
     return f"worker {how} without writing its record{last}"
 
 
+class Executor(Protocol):
+    """Where a sweep's runs execute. The sweep plans, claims, counts and keeps one record per
+    run id; an executor only runs one configuration at a time per slot.
+
+    Guarantees the sweep relies on: :meth:`run` returns the run's record, already written to
+    ``out`` as its run id's only record file (or a ``worker_died`` row when the process running
+    it died), or None when :meth:`stop` was called while it ran (nothing written; the
+    configuration runs on resume)."""
+
+    def slots(self, todo: int) -> list[dict[str, str]]:
+        """The runs to keep going at once (at most ``todo``), each with its environment."""
+        ...
+
+    def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None: ...
+
+    def stop(self) -> int:
+        """Ask every running run to stop; how many were running."""
+        ...
+
+    def kill(self) -> None:
+        """Stop them at once (the grace period is over, or a second signal came)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor started (called once, after the last run)."""
+        ...
+
+
+class LocalExecutor:
+    """Each run a child process (``python -m bench.worker``) of this machine: one per visible
+    GPU, or ``workers`` CPU processes sharing the cores (:func:`worker_slots`)."""
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise UserError(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.children = _Children()
+        self._stopped: list[subprocess.Popen] = []
+
+    def slots(self, todo: int) -> list[dict[str, str]]:
+        import torch
+
+        return worker_slots(self.workers, torch.cuda.device_count())[: max(1, todo)]
+
+    def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None:
+        return run_child(config, out, slot, self.children)
+
+    def stop(self) -> int:
+        self._stopped = self.children.stop()
+        _signal_each(self._stopped, signal.SIGTERM)
+        return len(self._stopped)
+
+    def kill(self) -> None:
+        _signal_each(self._stopped, signal.SIGKILL)
+
+    def close(self) -> None:
+        pass
+
+
 def run_child(
     config: RunConfig, out: Path, env: dict[str, str], children: _Children | None = None
 ) -> RunRecord | None:
@@ -250,7 +309,7 @@ def run_child(
     run_id = cfg.run_id()
     before = {_stat_key(p) for p in record_files(out, run_id)}
     command = [sys.executable, "-m", "bench.worker", json.dumps(config.to_dict()), str(out)]
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = now_utc()
     t0 = time.perf_counter()
     proc = children.start(command, env)
     if proc is None:
@@ -259,29 +318,51 @@ def run_child(
         _, stderr = proc.communicate()
     finally:
         stopping = children.done(proc)
-    now = record_files(out, run_id)
-    fresh = [p for p in now if _stat_key(p) not in before]
+    fresh = [p for p in record_files(out, run_id) if _stat_key(p) not in before]
     if fresh:  # the worker wrote its record (also if it was stopped right after)
         newest = max(fresh, key=lambda p: (p.stat().st_mtime_ns, p.name))
-        record = read_record(newest)
-        keep = newest
-    elif stopping:
+        keep_only(out, run_id, newest)
+        return read_record(newest)
+    if stopping:
         return None
-    else:
-        record = RunRecord.of(
-            cfg,
-            status="error",
-            message=_died_message(proc.returncode, stderr),
-            K=None,  # the split was built, if at all, in the process that died
-            started_at=started_at,
-            wall_time_s=time.perf_counter() - t0,
-            worker_died=True,
-        )
-        keep = save_record(record, out)
-    for path in now:  # one run id, one record file
+    record = died_record(
+        cfg, _died_message(proc.returncode, stderr), started_at, time.perf_counter() - t0
+    )
+    keep_only(out, run_id, save_record(record, out))
+    return record
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def died_record(cfg: RunConfig, message: str, started_at: str, wall_time_s: float) -> RunRecord:
+    """The ``error`` row of a run whose process (worker, Ray task, SLURM job) died without
+    writing its record; ``cfg`` resolved. The next sweep runs the configuration again."""
+    return RunRecord.of(
+        cfg,
+        status="error",
+        message=message,
+        K=None,  # the split was built, if at all, in the process that died
+        started_at=started_at,
+        wall_time_s=wall_time_s,
+        worker_died=True,
+    )
+
+
+def keep_only(out: Path, run_id: str, keep: Path) -> None:
+    """Remove every record file of ``run_id`` but ``keep``: one run id, one record file."""
+    for path in record_files(out, run_id):
         if path != keep:
             path.unlink(missing_ok=True)
-    return record
+
+
+def keep_record(record: RunRecord, out: Path) -> Path:
+    """Write ``record`` (atomically) as its run id's only record file in ``out``: how a
+    driver that gets records back from remote runs (Ray) stores them."""
+    path = save_record(record, out)
+    keep_only(out, path.stem.rsplit("-", 1)[-1], path)
+    return path
 
 
 @dataclass
@@ -290,28 +371,29 @@ class _State:
 
     out: Path
     claims: Claims
-    children: _Children
+    executor: Executor
     retry_failed: bool
     bar: Any  # a tqdm bar
     result: SweepResult
     queue: deque
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[BaseException] = field(default_factory=list)
+    stopping: bool = False
 
-    def work(self, env: dict[str, str]) -> None:
+    def work(self, slot: dict[str, str]) -> None:
         while True:
             with self.lock:
-                if self.errors or self.children.stopping or not self.queue:
+                if self.errors or self.stopping or not self.queue:
                     return
                 item = self.queue.popleft()
             try:
-                self.one(*item, env)
+                self.one(*item, slot)
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
                 with self.lock:
                     self.errors.append(e)
                 return
 
-    def one(self, config: RunConfig, run_id: str, seen: Existing, env: dict[str, str]) -> None:
+    def one(self, config: RunConfig, run_id: str, seen: Existing, slot: dict[str, str]) -> None:
         if not self.claims.acquire(run_id):
             self.count(claimed=1)
             return
@@ -322,7 +404,7 @@ class _State:
             if now.snapshot != seen.snapshot or not now.needs_run(self.retry_failed):
                 self.count(skipped=1)
                 return
-            record = run_child(config, self.out, env, self.children)
+            record = self.executor.run(config, self.out, slot)
         finally:
             self.claims.release(run_id)
         if record is None:  # stopped: no record, it runs again on resume
@@ -343,23 +425,26 @@ class _State:
             self.bar.update(1)
 
 
-def sweep(
-    grid: Grid,
-    out: Path,
-    workers: int = 1,
-    progress: bool = True,
-    retry_failed: bool = False,
-) -> SweepResult:
-    """Run every configuration of ``grid`` that has no record in ``out`` yet, or whose record
-    is a died worker's row (with ``retry_failed``: any record but ``ok``), unless another sweep
-    is running it. Raises KeyboardInterrupt after stopping cleanly on SIGINT or SIGTERM."""
-    import torch
-    from tqdm import tqdm
+@dataclass
+class SweepPlan:
+    """A grid checked against ``out``: every configuration by run id, and those to run."""
 
+    out: Path
+    configs: dict[str, RunConfig]  # run id -> configuration, the whole grid
+    todo: deque  # (config, run id, Existing) of the configurations that need a run
+    retry_failed: bool
+
+    def result(self) -> SweepResult:
+        """The summary before anything runs: the configurations not to run count as done."""
+        return SweepResult(len(self.configs), len(self.configs) - len(self.todo), 0, [])
+
+
+def plan_sweep(grid: Grid, out: Path, retry_failed: bool = False) -> SweepPlan:
+    """Resolve and check every configuration of ``grid`` (before anything runs), check ``out``
+    and list what needs a run: no record yet, a died worker's row, or (``retry_failed``) any
+    record but ``ok``. Clears claims left by sweeps that died."""
     from bench.run import prepare  # noqa: F401 - fail fast on an unknown method/net below
 
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
     out = check_out_dir(out)
     configs: dict[str, RunConfig] = {}
     for config in grid.configs():  # checks every config before anything runs
@@ -372,20 +457,45 @@ def sweep(
         seen = existing(out, run_id, tidy=True, files=listed.get(run_id, []))
         if seen.needs_run(retry_failed):
             todo.append((config, run_id, seen))
-    result = SweepResult(len(configs), len(configs) - len(todo), 0, [])
     if (out / CLAIMS).is_dir():
         Claims(out).clear_stale(set(configs) - {run_id for _, run_id, _ in todo})
+    return SweepPlan(out, configs, todo, retry_failed)
+
+
+def sweep(
+    grid: Grid,
+    out: Path,
+    workers: int = 1,
+    progress: bool = True,
+    retry_failed: bool = False,
+    executor: Executor | None = None,
+) -> SweepResult:
+    """Run every configuration of ``grid`` that has no record in ``out`` yet, or whose record
+    is a died worker's row (with ``retry_failed``: any record but ``ok``), unless another sweep
+    is running it. ``executor``: where the runs execute (default: ``workers`` local
+    processes). Raises KeyboardInterrupt after stopping cleanly on SIGINT or SIGTERM."""
+    executor = executor or LocalExecutor(workers)
+    try:
+        return run_plan(plan_sweep(grid, out, retry_failed), executor, progress)
+    finally:
+        executor.close()
+
+
+def run_plan(plan: SweepPlan, executor: Executor, progress: bool = True) -> SweepResult:
+    """Run a plan's configurations on ``executor``: each claimed, run, counted (see
+    :func:`sweep`)."""
+    from tqdm import tqdm
+
+    out, todo, result = plan.out, plan.todo, plan.result()
     if not todo:
         return result
-    slots = worker_slots(workers, torch.cuda.device_count())[: max(1, len(todo))]
-
+    slots = executor.slots(len(todo))
     signals: list[int] = []
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only noted here; the main loop below acts on it, outside any lock.
             handlers[sig] = signal.signal(sig, lambda signum, frame: signals.append(signum))
-    children = _Children()
     try:
         with (
             Claims(out) as claims,
@@ -393,10 +503,10 @@ def sweep(
                 total=result.total, initial=result.skipped, disable=not progress, unit="run"
             ) as bar,
         ):
-            state = _State(out, claims, children, retry_failed, bar, result, todo)
+            state = _State(out, claims, executor, plan.retry_failed, bar, result, todo)
             threads = [
-                threading.Thread(target=state.work, args=(env,), name=f"sweep-slot-{i}")
-                for i, env in enumerate(slots)
+                threading.Thread(target=state.work, args=(slot,), name=f"sweep-slot-{i}")
+                for i, slot in enumerate(slots)
             ]
             for t in threads:
                 t.start()
@@ -405,7 +515,7 @@ def sweep(
                     pass
             finally:
                 if signals or any(t.is_alive() for t in threads):  # interrupted, or an error
-                    _stop_children(children, threads, signals, announce=bool(signals))
+                    _stop_runs(state, threads, signals, announce=bool(signals))
                 for t in threads:
                     t.join()
     finally:
@@ -422,13 +532,15 @@ def sweep(
     return result
 
 
-def _stop_children(
-    children: _Children, threads: list[threading.Thread], signals: list[int], announce: bool
+def _stop_runs(
+    state: _State, threads: list[threading.Thread], signals: list[int], announce: bool
 ) -> None:
-    """SIGTERM to every running worker, SIGKILL after TERM_GRACE_S (or at a second signal)."""
-    procs = children.stop()
+    """Stop every running run (SIGTERM to local workers), at once after TERM_GRACE_S or at a
+    second signal."""
+    with state.lock:
+        state.stopping = True
+    n = state.executor.stop()
     if announce:
-        n = len(procs)
         what = f"{n} running worker{'s' if n != 1 else ''}" if n else "(no worker running)"
         print(
             f"locbench: interrupted; stopping {what} (SIGKILL after {TERM_GRACE_S:g} s); "
@@ -436,12 +548,11 @@ def _stop_children(
             file=sys.stderr,
             flush=True,
         )
-    _signal_each(procs, signal.SIGTERM)
     first = len(signals)
     deadline = time.monotonic() + TERM_GRACE_S
     while _wait_any(threads, 0.1):
         if time.monotonic() > deadline or len(signals) > first:
-            _signal_each(procs, signal.SIGKILL)
+            state.executor.kill()
             break
 
 
