@@ -135,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_one(config, out: Path, progress: bool):
-    """Prepare (user errors surface here, before any training), train, save; return the record."""
+def run_one(config, out: Path, progress: bool, ranks=None):
+    """Prepare (user errors surface here, before any training), train, save; return the record
+    and its file. ``ranks``: one rank of a data-parallel run (its process group started); only
+    rank 0 shows progress and writes the record (the path is None on the others)."""
     from tqdm import tqdm
 
     from bench.records import check_out_dir, save_record
@@ -145,12 +147,15 @@ def run_one(config, out: Path, progress: bool):
     prepared = prepare(config)
     check_out_dir(out)  # a results folder that cannot take the record fails before training
     cfg = prepared.config
+    leader = ranks is None or ranks.leader
     total = cfg.epochs * len(prepared.data.train)
     label = f"{cfg.method} {cfg.net} K={prepared.split.K}"
-    with tqdm(total=total, desc=label, disable=not progress, unit="step", leave=False) as bar:
-        record = execute(cfg, on_step=lambda step, info: bar.update(1), prepared=prepared)
-    path = save_record(record, out)
-    return record, path
+    shown = progress and leader
+    with tqdm(total=total, desc=label, disable=not shown, unit="step", leave=False) as bar:
+        record = execute(
+            cfg, on_step=lambda step, info: bar.update(1), prepared=prepared, ranks=ranks
+        )
+    return record, save_record(record, out) if leader else None
 
 
 def summary_line(record, path: Path) -> str:
@@ -180,9 +185,54 @@ def cmd_list(_: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    record, path = run_one(config_from_args(args), args.out, not args.no_progress)
-    print(summary_line(record, path))
+    import dataclasses
+
+    from bench.distributed import Ranks, launch
+
+    config = config_from_args(args)
+    ranks = Ranks.from_env()  # set by torchrun, or by launch() below
+    if ranks is None and config.nproc > 1:
+        from bench.records import check_out_dir
+
+        check_nproc(config.resolved())  # bad input fails here, once, not in every rank
+        check_out_dir(args.out)
+        return launch(args.argv, config.nproc)
+    if ranks is None:
+        record, path = run_one(config, args.out, not args.no_progress)
+        print(summary_line(record, path))
+        return 0 if record.status == "ok" else 1
+    if args.nproc is not None and config.nproc != ranks.world:
+        raise UserError(f"--nproc {config.nproc}, but this run was started with {ranks.world}")
+    config = dataclasses.replace(config, nproc=ranks.world)
+    ranks.start(ranks.device(torch_device(config)))
+    try:
+        record, path = run_one(config, args.out, not args.no_progress, ranks)
+    finally:
+        ranks.stop()
+    if ranks.leader:
+        print(summary_line(record, path))
+    elif record.status != "ok":  # the launcher shows this line and stops the other ranks
+        print(f"status {record.status}: {record.message}", file=sys.stderr)
     return 0 if record.status == "ok" else 1
+
+
+def torch_device(config):
+    import torch
+
+    from bench.config import pick_device
+
+    return torch.device(pick_device(config.device))
+
+
+def check_nproc(config) -> None:
+    """A CUDA data-parallel run needs a GPU per rank."""
+    import torch
+
+    if config.device.startswith("cuda") and config.nproc > torch.cuda.device_count():
+        raise UserError(
+            f"--nproc {config.nproc} needs {config.nproc} GPUs, this machine has "
+            f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --device cpu"
+        )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -245,6 +295,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             given = ["--workers"]
         if given and args.executor != other:
             raise UserError(f"{given[0]} applies to --executor {other}, not {args.executor}")
+    ray_options = options_from_args(args, RayOptions, "ray")
+    slurm_options = options_from_args(args, SlurmOptions, "slurm")
     if args.preset:
         grid = PRESETS.get(args.preset)
     elif args.config:
@@ -258,13 +310,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "slurm":
         from bench.slurm_executor import sweep_slurm
 
-        options = options_from_args(args, SlurmOptions, "slurm")
-        result = sweep_slurm(grid, args.out, options, progress=progress, retry_failed=retry)
+        result = sweep_slurm(grid, args.out, slurm_options, progress=progress, retry_failed=retry)
     else:
         if args.executor == "ray":
             from bench.ray_executor import RayExecutor
 
-            executor = RayExecutor(options_from_args(args, RayOptions, "ray"))
+            executor = RayExecutor(ray_options)
         else:
             executor = LocalExecutor(1 if args.workers is None else args.workers)
         result = sweep(grid, args.out, progress=progress, retry_failed=retry, executor=executor)
@@ -373,7 +424,9 @@ def cmd_data_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `run --nproc N` starts its ranks with the same arguments
     commands = {
         "list": cmd_list,
         "run": cmd_run,

@@ -83,6 +83,11 @@ class RunConfig:
     momentum: float = setting(0.9, "SGD momentum", section="train", low=0, high=1)
     nesterov: bool = setting(True, "Nesterov momentum", section="train")
     weight_decay: float = setting(1e-4, "L2 weight decay", section="train", low=0)
+    sync_bn: bool = setting(
+        False,
+        "with nproc > 1: BatchNorm statistics of the global batch, not of each rank's share",
+        section="train",
+    )
     # data
     dataset: str = setting("digits", "dataset (see `locbench list`)", section="data")
     data_root: str | None = setting(
@@ -128,6 +133,14 @@ class RunConfig:
     )
     seed: int = setting(0, "random seed", section="env", low=0, high=2**32 - 1)
     cudnn_benchmark: bool = setting(True, "torch.backends.cudnn.benchmark on CUDA", section="env")
+    nproc: int = setting(
+        1,
+        "data-parallel processes (ranks, one per GPU on CUDA); --batch-size stays the global "
+        "batch, split among them",
+        section="env",
+        low=1,
+        high=4096,
+    )
 
     def __post_init__(self) -> None:
         # Typed and checked however the config was made (flags, TOML, Python): 1 and 1.0
@@ -153,10 +166,17 @@ class RunConfig:
         if memory != "tracked" and not on_cuda:
             raise UserError(f"--memory {memory} needs a CUDA device; use --memory tracked")
         check_data_root(self.data_root)
+        batch_size = preset.batch_size if self.batch_size is None else self.batch_size
+        if batch_size < self.nproc:
+            raise UserError(
+                f"batch size {batch_size} cannot be shared among {self.nproc} ranks; "
+                f"use a batch size of at least {self.nproc} (it is the global batch)"
+            )
         return dataclasses.replace(
             self,
             epochs=preset.epochs if self.epochs is None else self.epochs,
-            batch_size=preset.batch_size if self.batch_size is None else self.batch_size,
+            batch_size=batch_size,
+            sync_bn=self.sync_bn and self.nproc > 1,  # one process: nothing to synchronise
             lr=preset.lr if self.lr is None else self.lr,
             warmup_epochs=(
                 preset.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs

@@ -46,6 +46,9 @@ class RunRecord:
     cuda: dict | None = None
     memory: dict | None = None  # tracked peak, breakdown, module peaks, floor (bench.memory)
     flops: dict | None = None  # per training step: backbone, aux, total (bench.describe)
+    # Data-parallel runs (config nproc > 1): world size, every rank's tracked and CUDA peaks.
+    # ``memory`` and ``cuda`` above are rank 0's, for its share of each batch.
+    distributed: dict | None = None
     started_at: str = ""
     # True for an ``error`` row written because the worker process died (killed, segfault):
     # a resumed sweep runs that configuration again.
@@ -96,7 +99,7 @@ class RunRecord:
         ``memory.*`` (``memory.breakdown.*``) and ``flops.*`` columns; no curve."""
         d = asdict(self)
         d.pop("curve")
-        for group in ("config", "env", "cuda", "memory", "flops"):
+        for group in ("config", "env", "cuda", "memory", "flops", "distributed"):
             d.update(flatten(d.pop(group) or {}, group))
         return d
 

@@ -15,6 +15,7 @@ from bench.build import build
 from bench.config import RunConfig
 from bench.data import DataBundle, DataRequest, load_dataset
 from bench.describe import config_flops, meta_backbone
+from bench.distributed import Ranks
 from bench.errors import UserError
 from bench.records import RunRecord
 from bench.split import Split
@@ -62,9 +63,13 @@ def execute(
     config: RunConfig,
     on_step: Callable[[int, dict], None] | None = None,
     prepared: Prepared | None = None,
+    ranks: Ranks | None = None,
 ) -> RunRecord:
     """Train and evaluate one configuration. User errors raise; failures during training
-    (out of memory, NaN loss, anything else) come back as a record with that status."""
+    (out of memory, NaN loss, anything else) come back as a record with that status.
+
+    ``ranks``: this process is one rank of a data-parallel run (:mod:`bench.distributed`,
+    process group started); the record then also holds every rank's peaks."""
     p = prepared or prepare(config)
     cfg = p.config
     record = RunRecord.of(
@@ -79,12 +84,16 @@ def execute(
     if why:
         record.message = why
     device = torch.device(cfg.device)
+    if ranks is not None:
+        device = ranks.device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     t0 = time.perf_counter()
     try:
-        trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, device)
+        trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, device, ranks=ranks)
         result = fit(trainer, p.data.train, p.data.test, on_step)
+        if trainer.ranks is not None:
+            record.distributed = rank_peaks(trainer.ranks, result.memory, result.cuda)
     except torch.cuda.OutOfMemoryError as e:
         record.status, record.message = "oom", first_line(e)
         return finish(record, t0)
@@ -110,6 +119,26 @@ def execute(
         record.status = "diverged"
         record.message = f"non-finite training loss in epoch {len(result.curve)}"
     return finish(record, t0)
+
+
+def rank_peaks(ranks: Ranks, memory, cuda) -> dict:
+    """World size and every rank's tracked and CUDA peaks (bytes; max, mean, per rank)."""
+    mine = (
+        memory.peak_bytes if memory is not None else None,
+        cuda.peak_allocated_bytes if cuda is not None else None,
+    )
+    peaks = ranks.gather(mine)
+
+    def stats(values: list) -> dict | None:
+        if any(v is None for v in values):
+            return None
+        return {"max": max(values), "mean": sum(values) / len(values), "per_rank": values}
+
+    return {
+        "world_size": ranks.world,
+        "tracked_peak_bytes": stats([t for t, _ in peaks]),
+        "cuda_peak_allocated_bytes": stats([c for _, c in peaks]),
+    }
 
 
 def count_flops(p: Prepared) -> tuple[dict | None, str]:

@@ -448,6 +448,11 @@ def plan_sweep(grid: Grid, out: Path, retry_failed: bool = False) -> SweepPlan:
     out = check_out_dir(out)
     configs: dict[str, RunConfig] = {}
     for config in grid.configs():  # checks every config before anything runs
+        if config.nproc > 1:
+            raise UserError(
+                f"nproc {config.nproc}: a sweep runs each configuration in one process; "
+                "start data-parallel runs with `locbench run --nproc N`"
+            )
         configs.setdefault(resolved_id(config), config)
     listed: dict[str, list[Path]] = {}
     for path in sorted(out.glob("*.json")):

@@ -20,6 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from bench.backbone import Backbone
 from bench.config import RunConfig
 from bench.data import Loader
+from bench.distributed import GradSync, Ranks, global_batchnorm
 from bench.errors import UserError
 from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
 from bench.meters import CudaPeaks, CudaWindow, DataWait, StepTimer
@@ -95,6 +96,7 @@ class LocalTrainer:
         config: RunConfig,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        ranks: Ranks | None = None,
     ) -> None:
         if config.lr is None or config.epochs is None:
             raise UserError("a trainer needs a configuration with lr and epochs set (resolved)")
@@ -102,6 +104,12 @@ class LocalTrainer:
         self.device, self.dtype = device, dtype
         self.modules = place(build_modules(backbone, split), device, dtype)
         place(self.method, device, dtype)
+        # A data-parallel rank (bench.distributed): its share of each batch, gradients
+        # averaged module by module, BatchNorm over the global batch with sync_bn.
+        self.ranks = ranks if ranks is not None and ranks.world > 1 else None
+        if self.ranks is not None and config.sync_bn:
+            self.modules = global_batchnorm(self.modules, device)
+            self.method = global_batchnorm(self.method, device)
         if config.channels_last:
             to_channels_last(self.modules)
             to_channels_last(self.method)
@@ -114,6 +122,7 @@ class LocalTrainer:
         )
         # What a step outside a run (describe, estimate, a test's own step) shows the method.
         self.default_step = StepContext(lr=config.lr)
+        self.grad_sync = GradSync(self.parameters(), self.ranks) if self.ranks else None
 
     def train_step(
         self,
@@ -149,6 +158,8 @@ class LocalTrainer:
                 if loss is not None:
                     with phase("backward", k):
                         amp.backward(loss)
+                        if self.grad_sync is not None:
+                            self.grad_sync.after_backward()
                     local.append(loss.detach())
                 h = self.method.boundary(k, out)
             else:
@@ -157,6 +168,9 @@ class LocalTrainer:
                 with phase("backward", k):
                     amp.backward(loss)
                 correct = (out.detach().argmax(1) == y).sum()
+        if self.grad_sync is not None:
+            with phase("backward", last):
+                self.grad_sync.finish()
         with phase("optimizer_state"):
             amp.step(self.optimizer)
         if tracker is not None:
@@ -195,14 +209,33 @@ class LocalTrainer:
         """Top-1 accuracy (%) and mean cross entropy of the output head on ``loader``."""
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        n = 0
+        n = torch.zeros((), device=self.device, dtype=torch.long)
+        if self.ranks is not None:  # every rank evaluates rank 0's running statistics
+            self.ranks.same_buffers([self.modules, self.method])
         for x, y in loader:
+            if self.ranks is not None:
+                x, y, _ = self.ranks.share(x, y)
             x, y = self.to_device(x, y)
+            if not len(y):
+                continue
             logits = self.predict(x)
             correct += (logits.argmax(1) == y).sum()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
             n += len(y)
-        return 100.0 * correct.item() / max(n, 1), loss_sum.item() / max(n, 1)
+        if self.ranks is not None:
+            self.ranks.sum_(correct, loss_sum, n)
+        total = max(int(n.item()), 1)
+        return 100.0 * correct.item() / total, loss_sum.item() / total
+
+    def share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of a global batch (the batch itself outside a data-parallel run);
+        the next step's gradients are weighted by the share's size."""
+        if self.ranks is None:
+            return x, y
+        x, y, total = self.ranks.share(x, y)
+        if self.grad_sync is not None:
+            self.grad_sync.begin_step(len(y), total)
+        return x, y
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # channels-last in the same copy, so that train_step finds the layout it wants
@@ -330,6 +363,15 @@ class EpochSums:
         self.correct += losses.correct
         self.seen += n
 
+    def reduce(self, ranks: Ranks) -> None:
+        """The sums of every rank's share: the epoch's figures for the global batches."""
+        seen = torch.tensor(self.seen, device=self.loss.device)
+        self.local = torch.as_tensor(self.local, device=self.loss.device, dtype=torch.float64)
+        ranks.sum_(self.loss, self.correct, seen, self.local)
+        self.seen = int(seen.item())
+        if not self.local.dim():  # no local losses on any rank
+            self.local = 0.0
+
     def finite(self) -> bool:
         return bool(torch.isfinite(self.loss)) and bool(
             torch.isfinite(torch.as_tensor(self.local)).all()
@@ -373,7 +415,7 @@ def fit(
         epoch_timer.start()
         sums = EpochSums(device)
         lr = config.lr
-        data = DataWait(train, trainer.to_device)
+        data = DataWait(train, lambda x, y: trainer.to_device(*trainer.share(x, y)))
         for i, (x, y) in enumerate(data):
             lr = warmup_cosine(
                 epoch + i / steps_per_epoch,
@@ -389,6 +431,8 @@ def fit(
             if on_step is not None:
                 on_step(global_step, {"epoch": epoch + 1})
         epoch_timer.stop()
+        if trainer.ranks is not None:
+            sums.reduce(trainer.ranks)
         test_acc, test_loss = trainer.evaluate(test)
         result.curve.append(
             {

@@ -139,7 +139,26 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "estimate unknown method": ([*EST, "--methods", "bp,nope"], ["unknown method 'nope'"]),
     "estimate empty method": ([*EST, "--methods", "bp,,dgl"], ["--methods has an empty name"]),
     "estimate K 0": (["estimate", "--K", "0"], ["--K must be an integer >= 1"]),
+    # ---- run: data-parallel
+    "run nproc 0": ([*RUN, "--nproc", "0"], ["--nproc must be an integer >= 1", "got 0"]),
+    "run nproc above batch": (
+        [*RUN, "--nproc", "4", "--batch-size", "2"],
+        ["batch size 2 cannot be shared among 4 ranks"],
+    ),
+    "run nproc on missing gpus": (
+        [*RUN, "--nproc", "2", "--device", "cuda"],
+        ["CUDA is not available"],
+    ),
     # ---- sweep
+    "sweep nproc 2": ([*SWEEP, "--nproc", "2"], ["nproc 2", "locbench run --nproc"]),
+    "sweep ray flag with local executor": (
+        [*SWEEP, "--ray-max-retries", "1"],
+        ["--ray-max-retries applies to --executor ray"],
+    ),
+    "sweep slurm time 0": (
+        [*SWEEP, "--executor", "slurm", "--slurm-time", "0"],
+        ["--slurm-time must be an integer >= 1"],
+    ),
     "sweep workers 0": ([*SWEEP, "--workers", "0"], ["--workers must be at least 1"]),
     "sweep workers -1": ([*SWEEP, "--workers", "-1"], ["--workers must be at least 1"]),
     "sweep hp no method has": (

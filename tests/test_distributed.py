@@ -1,0 +1,120 @@
+"""Data-parallel runs (bench.distributed): N gloo ranks on the CPU compute what one process
+computes on the global batch, and `locbench run --nproc N` records it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bench.config import RunConfig
+from bench.distributed import Ranks, free_port
+from bench.run import prepare
+from bench.trainer import LocalTrainer
+
+STEPS = 3
+BATCH = 10  # global; 5 per rank with 2 ranks
+
+
+def _config(method: str, world: int, sync_bn: bool, batch: int = BATCH) -> RunConfig:
+    return RunConfig(
+        net="smallnet",
+        method=method,
+        K=2 if method != "bp" else None,
+        dataset="synthetic",
+        batch_size=batch,
+        lr=0.1,
+        epochs=1,
+        warmup_epochs=0,
+        augment=False,
+        sync_bn=sync_bn,
+        nproc=world,
+        device="cpu",
+    )
+
+
+def _train(
+    rank: int, world: int, port: int, method: str, sync_bn: bool, out: str, steps: int = STEPS
+) -> None:
+    """``steps`` steps of ``method``; rank 0 saves every parameter and buffer to ``out``."""
+    torch.set_num_threads(1)
+    ranks = None
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+        ranks = Ranks.from_env()
+        ranks.start(torch.device("cpu"))
+    p = prepare(_config(method, world, sync_bn))
+    cpu = torch.device("cpu")
+    trainer = LocalTrainer(p.backbone, p.split, p.method, p.config, cpu, ranks=ranks)
+    for _, (x, y) in zip(range(steps), p.data.train):
+        trainer.train_step(*trainer.to_device(*trainer.share(x, y)))
+    if rank == 0:
+        state = {f"modules.{k}": v for k, v in trainer.modules.state_dict().items()}
+        state.update({f"method.{k}": v for k, v in trainer.method.state_dict().items()})
+        torch.save(state, out)
+    if ranks is not None:
+        ranks.stop()
+
+
+def _states(tmp_path: Path, method: str, sync_bn: bool, steps: int = STEPS) -> tuple[dict, dict]:
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    _train(0, 1, 0, method, sync_bn, str(one), steps)
+    args = (2, free_port(), method, sync_bn, str(two), steps)
+    mp.spawn(_train, args=args, nprocs=2, join=True)
+    return torch.load(one), torch.load(two)
+
+
+@pytest.mark.parametrize("method", ["dgl", "bp"])
+def test_two_ranks_with_sync_bn_equal_one_process_on_the_global_batch(tmp_path, method):
+    single, ranks = _states(tmp_path, method, sync_bn=True)
+    assert single.keys() == ranks.keys()
+    moved = 0
+    for name, value in single.items():
+        # every parameter, and the BatchNorm running statistics and step counts
+        torch.testing.assert_close(ranks[name], value, atol=1e-5, rtol=0, msg=name)
+        moved += not name.endswith("num_batches_tracked")
+    assert moved > 10
+    counts = [v.item() for k, v in ranks.items() if k.endswith("num_batches_tracked")]
+    assert counts and set(counts) == {STEPS}
+
+
+def test_without_sync_bn_only_batchnorm_statistics_differ_in_kind(tmp_path):
+    """Per-rank BatchNorm normalises each half on its own: the ranks no longer compute the
+    global batch's step, so the parameters move apart from the single process's."""
+    single, ranks = _states(tmp_path, "dgl", sync_bn=False)
+    gaps = [
+        (single[k] - ranks[k]).abs().max().item() for k in single if single[k].is_floating_point()
+    ]
+    assert max(gaps) > 1e-4
+
+
+def test_run_nproc_writes_one_record_with_every_ranks_peaks(tmp_path):
+    out = tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "bench", "run", "--nproc", "2", "--net", "smallnet",
+        "--method", "dgl", "--K", "2", "--dataset", "digits", "--epochs", "1",
+        "--device", "cpu", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (path,) = out.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok"
+    assert record["config"]["nproc"] == 2
+    dist = record["distributed"]
+    assert dist["world_size"] == 2
+    tracked = dist["tracked_peak_bytes"]
+    assert len(tracked["per_rank"]) == 2
+    assert tracked["max"] == max(tracked["per_rank"])
+    assert tracked["mean"] == sum(tracked["per_rank"]) / 2
+    assert record["memory"]["peak_bytes"] == tracked["per_rank"][0]  # rank 0's breakdown
+    assert dist["cuda_peak_allocated_bytes"] is None  # no CUDA here
+    # every training image counted once, over both ranks
+    assert record["curve"][0]["train_loss"] > 0
