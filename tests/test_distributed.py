@@ -95,14 +95,21 @@ def test_without_sync_bn_only_batchnorm_statistics_differ_in_kind(tmp_path):
     assert max(gaps) > 1e-4
 
 
-def test_run_nproc_writes_one_record_with_every_ranks_peaks(tmp_path):
-    out = tmp_path / "runs"
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "bench", "run", "--nproc", "2", "--net", "smallnet",
-        "--method", "dgl", "--K", "2", "--dataset", "digits", "--epochs", "1",
-        "--device", "cpu", "--no-progress", "--out", str(out),
+        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method", "dgl", "--K",
+        "2", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress",
+        "--out", str(out), *extra,
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_run_nproc_writes_one_record_with_every_ranks_peaks(tmp_path):
+    from bench.records import load_results
+    from reports.tables import comparison_table
+
+    out = tmp_path / "runs"
+    done = _run(out, "--nproc", "2")
     assert done.returncode == 0, done.stderr
     (path,) = out.glob("*.json")
     record = json.loads(path.read_text())
@@ -116,5 +123,7 @@ def test_run_nproc_writes_one_record_with_every_ranks_peaks(tmp_path):
     assert tracked["mean"] == sum(tracked["per_rank"]) / 2
     assert record["memory"]["peak_bytes"] == tracked["per_rank"][0]  # rank 0's breakdown
     assert dist["cuda_peak_allocated_bytes"] is None  # no CUDA here
-    # every training image counted once, over both ranks
-    assert record["curve"][0]["train_loss"] > 0
+    # the report tells the data-parallel run from the same configuration on one process
+    assert _run(out).returncode == 0
+    labels = set(comparison_table(load_results(out))["variant"])
+    assert labels == {"dgl nproc=1", "dgl nproc=2"}
