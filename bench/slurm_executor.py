@@ -57,23 +57,10 @@ from bench.sweep import (
 LEDGER_DIR = ".slurm"  # inside --out: the ledger and submitit's folder (job scripts, logs)
 POLL_S = 2.0  # how often a waiting sweep asks for the job states
 # squeue states of a job that has not ended (COMPLETING: its record may still be on its way).
-LIVE = frozenset(
-    [
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-        "STOPPED",
-        "RESV_DEL_HOLD",
-    ]
-)
+LIVE = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
