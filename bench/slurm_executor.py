@@ -152,7 +152,7 @@ def is_live(job: LedgerJob, states: dict[str, str] | None) -> bool:
     return states is None or states.get(job.job_id, "") in LIVE
 
 
-class _JobClaims(Claims):
+class JobClaims(Claims):
     """Claims that know which ledger jobs ended: a claim held by one of them is stale at once
     (the job may have run on another host, out of reach of the pid check)."""
 
@@ -281,7 +281,7 @@ def sweep_slurm(
     ledger = Ledger(out).read()
     known = [ledger[run_id] for _, run_id, _ in plan.todo if run_id in ledger]
     states = job_states(known) if known else {}
-    claims = _JobClaims(out, {job.tag for job in known if not is_live(job, states)})
+    claims = JobClaims(out, {job.tag for job in known if not is_live(job, states)})
     todo = []
     for config, run_id, seen in plan.todo:
         job = ledger.get(run_id)
@@ -340,7 +340,7 @@ def _account(
     now = existing(out, job.run_id)
     what = f"{config.method} {config.net}"
     if now.snapshot == seen.snapshot:  # nothing new: the job wrote no record
-        claims = _JobClaims(out, {job.tag})
+        claims = JobClaims(out, {job.tag})
         if not claims.acquire(job.run_id):  # another sweep runs it now
             result.claimed += 1
             return
