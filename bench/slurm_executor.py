@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import io
 import json
 import os
 import subprocess
@@ -246,7 +247,8 @@ def submit(
     folder = out.resolve() / LEDGER_DIR / "submitit"
     executor = _executor(options, folder)
     try:
-        with executor.batch():
+        # submitit prints sbatch's stderr when it fails: the error below says it in one line.
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             handles = [
                 executor.submit(run_job, c.to_dict(), str(out.resolve()), seen.snapshot, retry)
                 for c, _, seen in todo
