@@ -18,18 +18,28 @@ log() { echo "slurm-localhost: $*" >&2; }
 
 running() { pgrep -x "$1" >/dev/null; }
 
+# Stop the daemon NAME of PIDFILE: SIGTERM, SIGKILL if still there after 10 s. Waits until it is
+# gone, so that a start right after does not take an exiting daemon for a running one.
+stop_daemon() {
+    local name=$1 pidfile=$2 pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then  # not a recycled pid
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
 stop() {
-    if running slurmctld || running slurmd; then
-        scontrol shutdown >/dev/null 2>&1 || true  # stops slurmctld and every slurmd
-    fi
-    for _ in $(seq 50); do
-        running slurmctld || running slurmd || break
-        sleep 0.2
-    done
-    if [ -f /run/munge/munged.pid ]; then
-        kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
-        rm -f /run/munge/munged.pid
-    fi
+    scontrol shutdown >/dev/null 2>&1 || true  # the orderly way; the pids below if it fails
+    stop_daemon slurmd /run/slurmd.pid
+    stop_daemon slurmctld /run/slurmctld.pid
+    stop_daemon munged /run/munge/munged.pid
     log "stopped"
 }
 
@@ -97,11 +107,12 @@ start() {
         log "configuration changed: restarting"
         stop
     fi
-    running munged || runuser -u munge -- munged
+    # The socket, not only the process: a munged that is exiting still shows in pgrep.
+    [ -S /run/munge/munge.socket.2 ] && running munged || runuser -u munge -- munged
     running slurmctld || slurmctld
     running slurmd || slurmd
     for _ in $(seq "$WAIT_S"); do
-        state=$(sinfo -h -N -n "$HOST" -o %T 2>/dev/null || true)
+        state=$(timeout 5 sinfo -h -N -n "$HOST" -o %T 2>/dev/null || true)
         case "$state" in
             idle | mixed | allocated)
                 log "node $HOST $state (partition local, $(nproc) CPUs)"
