@@ -1,5 +1,9 @@
 """Developer sessions (`nox -l` lists them): tests, lint, bench (the regression gate),
-bench_refresh (rewrite the baseline), speed (speed targets), demo."""
+bench_refresh (rewrite the baseline), speed (speed targets), demo, slurm (a sweep on a
+single-node SLURM of this machine; needs root and apt)."""
+
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -57,3 +61,33 @@ def speed(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("locbench", "demo", *session.posargs)
+
+
+# Every record of the slurm session's sweep must be ok; argv[1] is the results folder.
+CHECK_ALL_OK = """
+import json, sys
+from pathlib import Path
+rows = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*.json")]
+bad = [(r["config"]["method"], r["status"], r["message"]) for r in rows if r["status"] != "ok"]
+if len(rows) != 3 or bad:
+    sys.exit(f"expected 3 ok records, got {len(rows)}; not ok: {bad}")
+print(f"all {len(rows)} records ok")
+"""
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """A 3-configuration digits sweep through real SLURM (sbatch, squeue) on a single-node SLURM
+    of this machine (scripts/slurm-localhost.sh: installs slurm-wlm and munge with apt, needs
+    root), then `sweep --status`; fails unless every record is ok."""
+    session.install("-e", ".[dev]")
+    session.run("scripts/slurm-localhost.sh", external=True)
+    out = Path(session.create_tmp()) / "slurm-sweep"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh sweep each time, not a resumed one
+    session.run(
+        "locbench", "sweep", "--executor", "slurm", "--dataset", "digits", "--epochs", "1",
+        "--nets", "smallnet", "--methods", "bp,dgl,predsim", "--K", "2", "--seeds", "0",
+        "--out", str(out), "--slurm-time", "10", "--slurm-cpus-per-task", "1", "--no-progress",
+    )  # fmt: skip
+    session.run("locbench", "sweep", "--status", "--out", str(out))
+    session.run("python", "-c", CHECK_ALL_OK, str(out))

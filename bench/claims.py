@@ -77,12 +77,17 @@ class Claims:
     ``heartbeat_s`` seconds; use as a context manager."""
 
     def __init__(
-        self, out: Path, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S
+        self,
+        out: Path,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_s: float = STALE_S,
+        job: str | None = None,
     ) -> None:
         self.dir = Path(out) / CLAIMS
         self.dir.mkdir(parents=True, exist_ok=True)
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.job = job  # a cluster job holding the claims, written in them (bench.slurm_executor)
         self.held: dict[str, str] = {}  # run id -> token of our claim
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -135,6 +140,8 @@ class Claims:
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "token": token,
         }
+        if self.job is not None:
+            info["job"] = self.job
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

@@ -14,8 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
+    from bench.config import RunConfig
     from bench.records import RunRecord
 
 # Only the standard library above: the handlers go in before the slow imports (torch), so a
@@ -32,15 +31,44 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def main(argv: list[str]) -> int:
+def catch_stop_signals() -> None:
+    """From here SIGINT or SIGTERM raise :class:`Interrupted`: the run ends without a record."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
+
+
+def hold_stop_signals() -> None:
+    """From here a stop signal is dropped: once the record is being written the run is
+    finished. Ignored process-wide rather than blocked in this thread: another thread (a claim
+    heartbeat, torch's) could take the signal and the handler would still run here."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def run_config(config: RunConfig) -> RunRecord:
+    """Run one configuration and return its record; a bad configuration is an ``error`` row
+    of the sweep, not a crash. Shared by this worker and the SLURM jobs."""
+    from bench.errors import UserError
+    from bench.records import RunRecord
+    from bench.run import execute
+
     try:
-        record, out = _run(argv)
-        # From here a signal is held until exit, when it is dropped: once the record is being
-        # written the run is finished and the exit status is 0.
-        if hasattr(signal, "pthread_sigmask"):  # POSIX
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        return execute(config)
+    except UserError as e:
+        # K None: the split was never built (a bp run asked for K = 4 trains one module).
+        return RunRecord.of(config.resolved(), status="error", message=str(e), K=None)
+
+
+def main(argv: list[str]) -> int:
+    catch_stop_signals()
+    try:
+        from pathlib import Path
+
+        from bench.config import RunConfig
+
+        record = run_config(RunConfig.from_dict(json.loads(argv[0])))
+        out = Path(argv[1])
+        hold_stop_signals()
     except Interrupted as e:
         print("locbench worker: interrupted; no record written", file=sys.stderr)
         return 128 + int(e.args[0])
@@ -48,24 +76,6 @@ def main(argv: list[str]) -> int:
 
     save_record(record, out)
     return 0
-
-
-def _run(argv: list[str]) -> tuple[RunRecord, Path]:
-    from pathlib import Path
-
-    from bench.config import RunConfig
-    from bench.errors import UserError
-    from bench.records import RunRecord
-    from bench.run import execute
-
-    config = RunConfig.from_dict(json.loads(argv[0]))
-    out = Path(argv[1])
-    try:
-        record = execute(config)
-    except UserError as e:  # a bad configuration is a failed row of the sweep, not a crash
-        # K None: the split was never built (a bp run asked for K = 4 trains one module).
-        record = RunRecord.of(config.resolved(), status="error", message=str(e), K=None)
-    return record, out
 
 
 if __name__ == "__main__":
