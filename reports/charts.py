@@ -407,7 +407,7 @@ def module_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
     split = has_peaks is not None and set(split_fields) <= set(results)
     split = split and bool(results.loc[has_peaks, split_fields].notna().all(axis=None))
     rows_shown = [MODULE_PEAKS, *(MODULE_SPLIT if split else [MODULE_ACTIVATIONS])]
-    table = _configurations(results, {f: f for f, _ in rows_shown if f in results})
+    table = _configurations(results, {field: field for field, _ in rows_shown})
     if table.empty:
         return None
     styles = variant_styles(comparison_table(results), _methods(results))
