@@ -7,12 +7,15 @@ the curves of :func:`bench.records.load_curves`, estimate rows of
 :func:`save` writes a figure as PNG and SVG and closes it.
 
 Charts with several nets get one panel (axes) per net (and dataset, and batch size where the
-chart compares at a fixed batch); each panel has its own legend. Series are the ``variant``
-labels of :func:`reports.tables.comparison_table` (``dgl``, or ``dgl hidden_dim=64`` when a
-method ran with several settings). A method keeps its colour in every chart of one results set;
-its variants share that colour and differ in marker, line style and bar hatch. Peak memory is
-the ``peak (MiB)`` of :func:`reports.tables.comparison_table`: the CUDA allocator's peak where
-measured, else the tracked peak (that table's ``memory source`` column says which).
+chart compares at a fixed batch); each panel has its own legend, right of the axes so that it
+never covers data (the memory breakdown has one legend for all panels: its categories). Series
+are the ``variant`` labels of :func:`reports.tables.comparison_table` (``dgl``, or ``dgl
+hidden_dim=64`` when a method ran with several settings). A method keeps its colour in every
+chart of one results set; its variants share that colour and differ in marker, line style and
+bar hatch. Peak memory is the ``peak (MiB)`` of :func:`reports.tables.comparison_table`: the
+CUDA allocator's peak where measured, else the tracked peak (that table's ``memory source``
+column says which); the breakdown and per-module charts show the tracked peak, the only one
+with a breakdown.
 """
 
 from __future__ import annotations
@@ -401,11 +404,10 @@ def module_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
     and its auxiliary net apart when the records hold them, else together. Values are means
     over the ``ok`` seeds, in MiB. One column per net, dataset and batch size; ``None`` when no
     run has module peaks."""
-    split_fields = [field for field, _ in MODULE_SPLIT]
-    has_peaks = results[MODULE_PEAKS[0]].notna() if MODULE_PEAKS[0] in results else None
+    peaks = MODULE_PEAKS[0]
+    with_peaks = results[results[peaks].notna()] if peaks in results else results.iloc[:0]
     # apart only when every run with module peaks has them: older records lack them
-    split = has_peaks is not None and set(split_fields) <= set(results)
-    split = split and bool(results.loc[has_peaks, split_fields].notna().all(axis=None))
+    split = all(f in with_peaks and with_peaks[f].notna().all() for f, _ in MODULE_SPLIT)
     rows_shown = [MODULE_PEAKS, *(MODULE_SPLIT if split else [MODULE_ACTIVATIONS])]
     table = _configurations(results, {field: field for field, _ in rows_shown})
     if table.empty:
