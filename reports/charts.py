@@ -167,6 +167,7 @@ def accuracy_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
             label=PARETO_LABEL,
         )
         ax.set(xlabel=MEMORY_LABEL, ylabel=ACCURACY_LABEL, title=_title(net, dataset))
+        ax.margins(x=0.15, y=0.08)  # room for the K labels of the outermost points
         _finish(ax)
     return fig
 
