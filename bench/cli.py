@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables, charts and an HTML page from stored records")
     rep.add_argument("runs", type=Path, help="a results folder (records *.json)")
     rep.add_argument("--out", type=Path, default=None, help="default: RUNS/report")
+    plot = sub.add_parser("plot", help="one chart of the report from stored records")
+    plot.add_argument(
+        "kind",
+        help="breakdown, modules, accuracy-memory, memory-k, memory-batch, step-overhead or curves",
+    )
+    plot.add_argument("runs", type=Path, help="a results folder (records *.json)")
+    plot.add_argument("--out", type=Path, default=None, help="default: RUNS/report")
     cmp = sub.add_parser("compare", help="gate: figures of HEAD against a BASE baseline")
     cmp.add_argument("base", type=Path, help="baseline pytest-benchmark JSON")
     cmp.add_argument("head", type=Path, help="new pytest-benchmark JSON")
@@ -363,6 +370,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from reports.charts import save
+    from reports.page import PLOT_KINDS, chart_figure, load_runs
+
+    # checked here, not by argparse choices: a bad kind is one error line, like bad records
+    if args.kind not in PLOT_KINDS:
+        raise UserError(f"unknown chart kind {args.kind!r}; known: {', '.join(PLOT_KINDS)}")
+    results, curves, skipped = load_runs(args.runs, what="plot")
+    for path, reason in skipped:
+        print(f"locbench: skipped {path}: {reason}", file=sys.stderr)
+    name = PLOT_KINDS[args.kind]
+    fig = chart_figure(name, results, curves)
+    if fig is None:
+        raise UserError(f"the records in {args.runs} hold no data for the {args.kind} chart")
+    for path in save(fig, (args.out or args.runs / "report") / name):
+        print(path)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench.regress import compare, format_changes, load_figures
 
@@ -434,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "estimate": cmd_estimate,
         "sweep": cmd_sweep,
         "report": cmd_report,
+        "plot": cmd_plot,
         "compare": cmd_compare,
         "config": cmd_config,
         "demo": cmd_demo,

@@ -67,6 +67,10 @@ class TrackedPeak:
     module_activation_peaks: list[int]  # peak activation bytes made by each module
     resident_bytes: int  # parameters + gradients + optimizer state, at their full size
     steps: int
+    # The same peak for the module's backbone forward and its local loss (auxiliary net) apart;
+    # the two peaks may fall at different moments, so their sum can exceed the one above.
+    module_backbone_activation_peaks: list[int] = field(default_factory=list)
+    module_aux_activation_peaks: list[int] = field(default_factory=list)
 
     @property
     def floor_bytes(self) -> int:
@@ -114,6 +118,9 @@ class MemoryTracker(TorchDispatchMode):
         self._module_peaks: dict[int, int] = {}
         self._module_activation: dict[int, int] = {}
         self._module_activation_peaks: dict[int, int] = {}
+        # the same by (module, "backbone" | "aux")
+        self._module_tag_activation: dict[tuple[int, str], int] = {}
+        self._module_tag_activation_peaks: dict[tuple[int, str], int] = {}
         self.peak = self.peak_rounded = 0
         self._peak_event = -1
         self._steps = 0
@@ -142,6 +149,7 @@ class MemoryTracker(TorchDispatchMode):
         """Note which live storages are gradients and optimizer state after a step."""
         self._steps += 1
         self._module_activation.clear()
+        self._module_tag_activation.clear()
         for p in params:
             if p.grad is not None:
                 uid = self._uid_of(p.grad)
@@ -171,6 +179,12 @@ class MemoryTracker(TorchDispatchMode):
             ],
             resident_bytes=resident_bytes,
             steps=self._steps,
+            module_backbone_activation_peaks=[
+                self._module_tag_activation_peaks.get((k, "backbone"), 0) for k in range(n_modules)
+            ],
+            module_aux_activation_peaks=[
+                self._module_tag_activation_peaks.get((k, "aux"), 0) for k in range(n_modules)
+            ],
         )
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -230,6 +244,12 @@ class MemoryTracker(TorchDispatchMode):
             self._module_activation[k] = self._module_activation.get(k, 0) + sign * record.nbytes
             self._module_activation_peaks[k] = max(
                 self._module_activation_peaks.get(k, 0), self._module_activation[k]
+            )
+            key = (k, record.tag)
+            own = self._module_tag_activation.get(key, 0) + sign * record.nbytes
+            self._module_tag_activation[key] = own
+            self._module_tag_activation_peaks[key] = max(
+                self._module_tag_activation_peaks.get(key, 0), own
             )
         if sign > 0:
             if self.current > self.peak:

@@ -7,12 +7,15 @@ the curves of :func:`bench.records.load_curves`, estimate rows of
 :func:`save` writes a figure as PNG and SVG and closes it.
 
 Charts with several nets get one panel (axes) per net (and dataset, and batch size where the
-chart compares at a fixed batch); each panel has its own legend. Series are the ``variant``
-labels of :func:`reports.tables.comparison_table` (``dgl``, or ``dgl hidden_dim=64`` when a
-method ran with several settings). A method keeps its colour in every chart of one results set;
-its variants share that colour and differ in marker, line style and bar hatch. Peak memory is
-the ``peak (MiB)`` of :func:`reports.tables.comparison_table`: the CUDA allocator's peak where
-measured, else the tracked peak (that table's ``memory source`` column says which).
+chart compares at a fixed batch); each panel has its own legend, right of the axes so that it
+never covers data (the memory breakdown has one legend for all panels: its categories). Series
+are the ``variant`` labels of :func:`reports.tables.comparison_table` (``dgl``, or ``dgl
+hidden_dim=64`` when a method ran with several settings). A method keeps its colour in every
+chart of one results set; its variants share that colour and differ in marker, line style and
+bar hatch. Peak memory is the ``peak (MiB)`` of :func:`reports.tables.comparison_table`: the
+CUDA allocator's peak where measured, else the tracked peak (that table's ``memory source``
+column says which); the breakdown and per-module charts show the tracked peak, the only one
+with a breakdown.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from reports.tables import MIB, comparison_table, variant_labels  # noqa: E402
+from reports.tables import MIB, aux_depth, comparison_table, variant_labels  # noqa: E402
 
 MEMORY_LABEL = "peak memory (MiB)"
 ACCURACY_LABEL = "test accuracy (%)"
@@ -36,7 +41,22 @@ K_LABEL = "K (local modules)"
 BATCH_LABEL = "batch size (images)"
 STEP_OVERHEAD_LABEL = "step-time overhead vs BP (%)"
 PARETO_LABEL = "Pareto front"
-PANEL_WIDTH, PANEL_HEIGHT = 4.8, 3.8
+TRACKED_LABEL = "tracked peak memory (MiB)"
+MODULE_LABEL = "module k"
+# Room for the legend, which stands right of each panel: it never covers data.
+PANEL_WIDTH, PANEL_HEIGHT = 6.2, 3.8
+# bench.memory.CATEGORIES (importing it would import torch); tests/test_memory_charts.py checks
+# they agree. Each category keeps its colour in every panel; Set2 is muted beside the methods'
+# tab10, which colours the tick labels naming the bars.
+CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "backbone_activations",
+    "aux_activations",
+    "other",
+)
+CATEGORY_COLORS = dict(zip(CATEGORIES, plt.get_cmap("Set2").colors))
 # The n-th variant of a method (sorted labels) gets the n-th of each; "--" is left out: it
 # marks estimates and the Pareto front.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -147,6 +167,7 @@ def accuracy_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
             label=PARETO_LABEL,
         )
         ax.set(xlabel=MEMORY_LABEL, ylabel=ACCURACY_LABEL, title=_title(net, dataset))
+        ax.margins(x=0.15, y=0.08)  # room for the K labels of the outermost points
         _finish(ax)
     return fig
 
@@ -306,19 +327,168 @@ def step_overhead_figure(results: pd.DataFrame) -> plt.Figure | None:
                 label=str(variant),
             )
         ax.set_xlim(-0.5 - 0.5 * (len(rows) < 3), len(rows) - 0.5 + 0.5 * (len(rows) < 3))
-        ax.set_xticks(
-            rows.index,
-            # one setting a line: long variant labels of neighbouring bars must not overlap
-            [
-                re.sub(r" (?=[^ =]+=)", "\n", str(r["variant"])) + f"\n{_config_label(r)}"
-                for _, r in rows.iterrows()
-            ],
-        )
+        ax.set_xticks(rows.index, [_bar_label(r) for _, r in rows.iterrows()])
         ax.tick_params(axis="x", labelsize=7)
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set(ylabel=STEP_OVERHEAD_LABEL, xlabel="method", title=_title(net, dataset, batch))
         _finish(ax)
     return fig
+
+
+# ---------------------------------------------------------------- tracked memory breakdown
+
+
+def breakdown_figure(results: pd.DataFrame) -> plt.Figure | None:
+    """The tracked peak split by what was live at that moment: one stacked bar per
+    configuration of :func:`~reports.tables.comparison_table` (method variant, K, aux depth),
+    its segments the six categories of :mod:`bench.memory` (parameters, gradients, optimizer
+    state, backbone activations, auxiliary activations, other), each in one colour in every
+    panel. A segment's height is the record's ``memory.breakdown`` bytes / 2**20: the mean over
+    the configuration's ``ok`` runs when several seeds share the row, so the bar's top is the
+    mean tracked peak. The tick label (in the method's colour) names the bar. One panel per
+    net, dataset and batch size; runs without a full breakdown (failed runs, records of other
+    tools) are left out, and ``None`` when none has one."""
+    columns = {f"memory.breakdown.{c}": c for c in CATEGORIES}
+    table = _configurations(results, columns)
+    if table.empty:
+        return None
+    colors = method_colors(_methods(results))
+    panels = list(table.groupby(["net", "dataset", "batch size"], sort=True, dropna=False))
+    fig, axes = _panels(len(panels))
+    for ax, ((net, dataset, batch), rows) in zip(axes, panels):
+        rows = rows.reset_index(drop=True)
+        bottom = np.zeros(len(rows))
+        for category in CATEGORIES:
+            heights = (rows[category] / MIB).to_numpy()
+            ax.bar(
+                rows.index,
+                heights,
+                bottom=bottom,
+                width=0.6,
+                color=CATEGORY_COLORS[category],
+                label=category.replace("_", " "),
+            )
+            bottom = bottom + heights
+        ax.set_xticks(rows.index, [_bar_label(r) for _, r in rows.iterrows()])
+        for tick, method in zip(ax.get_xticklabels(), rows["method"]):
+            tick.set_color(colors[str(method)])
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlim(-0.5 - 0.5 * (len(rows) < 3), len(rows) - 0.5 + 0.5 * (len(rows) < 3))
+        ax.set(ylabel=TRACKED_LABEL, xlabel="method", title=_title(net, dataset, batch))
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_axisbelow(True)
+    # one legend for every panel (the categories are the same), the top segment first
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], loc="outside right upper", fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------- per-module profile
+
+# (record field, what the row of panels shows); with the backbone and auxiliary peaks apart
+# (records since they were tracked), those replace the combined activation peak.
+MODULE_PEAKS = ("memory.module_peaks", "peak while module k ran (MiB)")
+MODULE_ACTIVATIONS = ("memory.module_activation_peaks", "module k's own activations (MiB)")
+MODULE_SPLIT = (
+    ("memory.module_backbone_activation_peaks", "module k's backbone activations (MiB)"),
+    ("memory.module_aux_activation_peaks", "module k's auxiliary-net activations (MiB)"),
+)
+WHOLE_NET = "whole\nnet"
+
+
+def module_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
+    """Each module's own tracked peak by module index 1..K: one line with markers per
+    configuration (method variant, and K when a variant ran at several), styled as in the
+    other charts; a single-module run (BP) is one point at the "whole net" tick beside them.
+    The top row is ``memory.module_peaks`` (peak live bytes while the module's phases ran);
+    the rows below, the peak of the activations the module itself made: its backbone forward
+    and its auxiliary net apart when the records hold them, else together. Values are means
+    over the ``ok`` seeds, in MiB. One column per net, dataset and batch size; ``None`` when no
+    run has module peaks."""
+    peaks = MODULE_PEAKS[0]
+    with_peaks = results[results[peaks].notna()] if peaks in results else results.iloc[:0]
+    # apart only when every run with module peaks has them: older records lack them
+    split = all(f in with_peaks and with_peaks[f].notna().all() for f, _ in MODULE_SPLIT)
+    rows_shown = [MODULE_PEAKS, *(MODULE_SPLIT if split else [MODULE_ACTIVATIONS])]
+    table = _configurations(results, {field: field for field, _ in rows_shown})
+    if table.empty:
+        return None
+    styles = variant_styles(comparison_table(results), _methods(results))
+    panels = list(table.groupby(["net", "dataset", "batch size"], sort=True, dropna=False))
+    fig, axes = _panels(len(panels), rows=len(rows_shown))
+    for col, ((net, dataset, batch), rows) in enumerate(panels):
+        several_k = rows.groupby("variant")["K"].nunique(dropna=False)
+        for r, (field, ylabel) in enumerate(rows_shown):
+            ax = axes[r * len(panels) + col]
+            whole_net = False
+            for _, row in rows.iterrows():
+                peaks = np.asarray(row[field], dtype=float) / MIB
+                style = styles[str(row["variant"])]
+                single = len(peaks) == 1  # BP: one module, drawn beside the local modules
+                whole_net |= single
+                K = row["K"] if several_k[row["variant"]] > 1 and not single else None
+                ax.plot(
+                    [0] if single else np.arange(1, len(peaks) + 1),
+                    peaks,
+                    marker=style["marker"],
+                    linestyle=style["linestyle"],
+                    color=style["color"],
+                    label=_series_label(row["variant"], row["aux depth"], K),
+                )
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if whole_net:
+                ax.xaxis.set_major_formatter(
+                    FuncFormatter(lambda x, _: WHOLE_NET if x == 0 else f"{x:.0f}")
+                )
+            ax.set_ylim(bottom=0)
+            ax.set(ylabel=ylabel, xlabel=MODULE_LABEL)
+            if r == 0:
+                ax.set_title(_title(net, dataset, batch))
+            _finish(ax, legend=r == 0)  # the rows below show the same series
+    return fig
+
+
+def _configurations(results: pd.DataFrame, fields: dict[str, str]) -> pd.DataFrame:
+    """The ``ok`` runs that have every one of ``fields`` (record column -> name), one row per
+    configuration as in :func:`~reports.tables.comparison_table` (its keys, variant label and
+    order), each field the mean over the configuration's seeds (element by element for the
+    per-module lists)."""
+    keys = ["net", "dataset", "batch size", "method", "variant", "K", "aux depth"]
+    if results.empty or not fields or not set(fields) <= set(results):
+        return pd.DataFrame(columns=[*keys, *fields.values()])
+    runs = pd.DataFrame(
+        {
+            "net": results.get("config.net"),
+            "dataset": results.get("config.dataset"),
+            "batch size": pd.to_numeric(results.get("config.batch_size"), errors="coerce"),
+            "method": results["config.method"],
+            "variant": variant_labels(results),
+            "K": pd.to_numeric(results.get("K"), errors="coerce"),
+            "aux depth": results.get("config.method_params", pd.Series(index=results.index))
+            .map(aux_depth)
+            .astype(float),
+        },
+        index=results.index,
+    )
+    present = results["status"].eq("ok")
+    for column, name in fields.items():
+        runs[name] = results[column]
+        present &= results[column].map(lambda v: isinstance(v, list) or not _missing(v))
+    rows = []
+    for key, group in runs[present].groupby(keys, sort=False, dropna=False):
+        rows.append({**dict(zip(keys, key)), **{n: _mean(group[n]) for n in fields.values()}})
+    table = pd.DataFrame(rows, columns=[*keys, *fields.values()])
+    table["_bp_last"] = table["method"] != "bp"  # BP first, as in the comparison table
+    order = ["net", "dataset", "batch size", "_bp_last", "method", "variant", "K", "aux depth"]
+    table = table.sort_values(order, na_position="last", kind="stable")
+    return table.drop(columns="_bp_last").reset_index(drop=True)
+
+
+def _mean(values: pd.Series):
+    """The mean of numbers, or of equally long lists element by element (as a list)."""
+    if isinstance(values.iloc[0], list):
+        return pd.DataFrame(values.tolist()).mean().tolist()
+    return values.astype(float).mean()
 
 
 # ---------------------------------------------------------------- training curves
@@ -329,7 +499,7 @@ def curves_figure(curves: pd.DataFrame, results: pd.DataFrame | None = None) -> 
     With the runs' ``results`` (:func:`bench.records.load_results`), lines are labelled and
     styled by variant as in the other charts, and colours match theirs; runs that share a
     label are told apart by seed."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.5), constrained_layout=True)
     lines = _curve_lines(curves, results)
     for run_id, label, style in lines:
         run = curves[curves["run_id"] == run_id]
@@ -345,9 +515,10 @@ def curves_figure(curves: pd.DataFrame, results: pd.DataFrame | None = None) -> 
             )
     ax_loss.set(xlabel="epoch", ylabel="training loss (output head)", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="test top-1 accuracy (%)")
-    ax_acc.legend()
+    _outside_legend(ax_acc)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5
     return fig
 
 
@@ -390,20 +561,41 @@ def plot_curves(
 # ---------------------------------------------------------------- helpers
 
 
-def _panels(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
+def _panels(n: int, rows: int = 1) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of ``rows`` x ``n`` panels; the axes row by row."""
     fig, axes = plt.subplots(
-        1, n, figsize=(PANEL_WIDTH * n, PANEL_HEIGHT), squeeze=False, constrained_layout=True
+        rows,
+        n,
+        figsize=(PANEL_WIDTH * n, PANEL_HEIGHT * rows),
+        squeeze=False,
+        constrained_layout=True,
     )
-    return fig, list(axes[0])
+    return fig, list(axes.flat)
 
 
-def _finish(ax: plt.Axes) -> None:
+def _finish(ax: plt.Axes, legend: bool = True) -> None:
     """Grid and legend; the methods first in drawing order, the Pareto front last."""
     ax.grid(alpha=0.3)
     ax.set_axisbelow(True)
-    handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: labels[i] == PARETO_LABEL)
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8)
+    if legend:
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: labels[i] == PARETO_LABEL)
+        _outside_legend(ax, [handles[i] for i in order], [labels[i] for i in order])
+
+
+def _outside_legend(ax: plt.Axes, handles=None, labels=None) -> None:
+    """The legend right of the axes, outside them: inside, it covered bars and points."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(
+        handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
+    )
+
+
+def _bar_label(row: pd.Series) -> str:
+    """A bar's tick label: its variant, one setting a line (long labels of neighbouring bars
+    must not overlap), then its K and aux depth."""
+    return re.sub(r" (?=[^ =]+=)", "\n", str(row["variant"])) + f"\n{_config_label(row)}"
 
 
 def _missing(value) -> bool:

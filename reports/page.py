@@ -20,9 +20,21 @@ CHARTS = (
     ("accuracy_vs_memory", "Test accuracy vs peak memory"),
     ("memory_vs_K", "Peak memory vs K"),
     ("memory_vs_batch", "Peak memory vs batch size"),
+    ("memory_breakdown", "Tracked peak memory by category"),
+    ("module_memory", "Tracked peak memory per module"),
     ("step_overhead", "Step-time overhead vs BP"),
     ("curves", "Training curves"),
 )
+# `locbench plot KIND`: the kind of each chart (its file keeps the report's name)
+PLOT_KINDS = {
+    "accuracy-memory": "accuracy_vs_memory",
+    "memory-k": "memory_vs_K",
+    "memory-batch": "memory_vs_batch",
+    "breakdown": "memory_breakdown",
+    "modules": "module_memory",
+    "step-overhead": "step_overhead",
+    "curves": "curves",
+}
 
 HOW_MEASURED = """\
 <p><b>Peak memory (CUDA allocated)</b> is <code>torch.cuda.max_memory_allocated()</code> over
@@ -36,6 +48,11 @@ on fake tensors, with CUDA's 512-byte rounding. The table's <i>peak (MiB)</i> is
 allocated peak when the runs measured one, otherwise the tracked peak; its <i>memory source</i>
 column says which one each row used, and the saving vs BP compares peaks of the same source.
 MiB = 2<sup>20</sup> bytes.</p>
+<p><b>Tracked peak memory by category</b> splits the tracked peak by what was live at that
+moment (each bar's top is the tracked peak, the mean over seeds). <b>Per module</b>, the top
+row is the peak of live bytes while module <i>k</i>'s phases ran; the rows below, the peak of
+the activations module <i>k</i> itself made (its backbone forward and its auxiliary net apart,
+where the records hold them). BP trains one module, the whole net: one point.</p>
 <p><b>Accuracy</b> is the final top-1 accuracy on the test split from the output head, mean
 ± sample standard deviation over the seeds that finished with status <code>ok</code>;
 <i>failed runs</i> counts out-of-memory, diverged and errored runs of the configuration, which
@@ -89,19 +106,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     Raises :class:`~bench.errors.UserError` when ``runs_dir`` is missing or holds no valid
     record."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    records, skipped = scan_records(runs_dir)
-    if not records and not skipped:
-        raise UserError(
-            f"results folder {runs_dir} holds no run records (*.json); nothing to report"
-        )
-    if not records:
-        path, reason = skipped[0]
-        raise UserError(
-            f"results folder {runs_dir} holds no valid run records: {len(skipped)} of "
-            f"{len(skipped)} *.json files skipped (first: {path.name}: {reason}); "
-            "nothing to report"
-        )
-    results, curves = results_frame(records), curves_frame(records)
+    results, curves, skipped = load_runs(runs_dir)
     if estimates is not None and not isinstance(estimates, pd.DataFrame):
         estimates = pd.DataFrame(list(estimates))
 
@@ -109,15 +114,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     table = comparison_table(results)
     write_table(table, out_dir / "comparison")
 
-    figures = {
-        "accuracy_vs_memory": charts.accuracy_memory_figure(results),
-        "memory_vs_K": charts.memory_k_figure(results),
-        "memory_vs_batch": charts.memory_batch_figure(results, estimates),
-        "step_overhead": charts.step_overhead_figure(results),
-        "curves": charts.curves_figure(curves, results) if not curves.empty else None,
-    }
     written = {}
-    for name, fig in figures.items():
+    for name, _ in CHARTS:
+        fig = chart_figure(name, results, curves, estimates)
         if fig is not None:
             written[name] = charts.save(fig, out_dir / name)
 
@@ -125,6 +124,44 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return Report(path, tuple(skipped))
+
+
+def load_runs(runs_dir: Path, what: str = "report") -> tuple[pd.DataFrame, pd.DataFrame, list]:
+    """The valid records of ``runs_dir`` as results and curves frames, and the ``(path,
+    reason)`` of every skipped file. Raises :class:`~bench.errors.UserError` (``nothing to
+    <what>``) when the folder is missing or holds no valid record."""
+    records, skipped = scan_records(runs_dir)
+    if not records and not skipped:
+        raise UserError(
+            f"results folder {runs_dir} holds no run records (*.json); nothing to {what}"
+        )
+    if not records:
+        path, reason = skipped[0]
+        raise UserError(
+            f"results folder {runs_dir} holds no valid run records: {len(skipped)} of "
+            f"{len(skipped)} *.json files skipped (first: {path.name}: {reason}); "
+            f"nothing to {what}"
+        )
+    return results_frame(records), curves_frame(records), skipped
+
+
+def chart_figure(name: str, results: pd.DataFrame, curves: pd.DataFrame, estimates=None):
+    """The figure of the chart ``name`` (one of :data:`CHARTS`), or ``None`` without data."""
+    if name == "accuracy_vs_memory":
+        return charts.accuracy_memory_figure(results)
+    if name == "memory_vs_K":
+        return charts.memory_k_figure(results)
+    if name == "memory_vs_batch":
+        return charts.memory_batch_figure(results, estimates)
+    if name == "memory_breakdown":
+        return charts.breakdown_figure(results)
+    if name == "module_memory":
+        return charts.module_memory_figure(results)
+    if name == "step_overhead":
+        return charts.step_overhead_figure(results)
+    if name == "curves":
+        return charts.curves_figure(curves, results) if not curves.empty else None
+    raise ValueError(f"unknown chart {name!r}")
 
 
 def render_page(

@@ -204,6 +204,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     # ---- report
     "report missing folder": (["report", "{tmp}/nowhere"], ["does not exist"]),
     "report no valid record": (["report", "{tmp}/junk"], ["no valid"]),
+    # ---- plot
+    "plot unknown kind": (["plot", "nope", "{tmp}/junk"], ["unknown chart kind 'nope'", "modules"]),
+    "plot missing folder": (["plot", "breakdown", "{tmp}/nowhere"], ["does not exist"]),
+    "plot no valid record": (["plot", "modules", "{tmp}/junk"], ["no valid", "nothing to plot"]),
     # ---- compare
     "compare missing base": (["compare", "{tmp}/none.json", "{tmp}/bench.json"], ["none.json"]),
     "compare not json": (["compare", "{tmp}/file.txt", "{tmp}/bench.json"], ["file.txt"]),
@@ -274,7 +278,7 @@ FILES = {
 def test_the_table_covers_every_command_with_at_least_80_cases():
     commands = {argv[0] for argv, _ in CASES.values()}
     assert len(CASES) >= 80
-    assert commands == {"run", "describe", "estimate", "sweep", "report", "compare", "demo"}
+    assert commands == {"run", "describe", "estimate", "sweep", "report", "plot", "compare", "demo"}
 
 
 @pytest.fixture
