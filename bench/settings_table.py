@@ -56,8 +56,25 @@ def settings_text() -> str:
 
 
 def settings_markdown() -> str:
+    return _markdown(HEADER, rows())
+
+
+def options_markdown(cls: type, prefix: str) -> str:
+    """The ``--PREFIX-*`` flags of an executor's options (:mod:`bench.executor_options`), as
+    the docs show them."""
+    header = ("flag", "default", "accepted", "help")
+    body = [
+        (f"--{prefix}-{s.name.replace('_', '-')}", _default(s), s.accepted(), s.help)
+        for s in specs(cls)
+    ]
+    return _markdown(header, body, code=1)
+
+
+def _markdown(header: tuple[str, ...], body: list[tuple[str, ...]], code: int = 2) -> str:
+    """A Markdown table; the first ``code`` cells of each row in backticks."""
+
     def line(cells: tuple[str, ...]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    body = [line(tuple(f"`{c}`" if i < 2 else c for i, c in enumerate(r))) for r in rows()]
-    return "\n".join([line(HEADER), "|" + "---|" * len(HEADER), *body])
+    rows_ = [line(tuple(f"`{c}`" if i < code else c for i, c in enumerate(r))) for r in body]
+    return "\n".join([line(header), "|" + "---|" * len(header), *rows_])
