@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from bench.config import RunConfig
     from bench.records import RunRecord
 
 # Only the standard library above: the handlers go in before the slow imports (torch), so a
@@ -54,18 +55,22 @@ def _run(argv: list[str]) -> tuple[RunRecord, Path]:
     from pathlib import Path
 
     from bench.config import RunConfig
+
+    return run_config(RunConfig.from_dict(json.loads(argv[0]))), Path(argv[1])
+
+
+def run_config(config: RunConfig) -> RunRecord:
+    """The record of one configuration, as every sweep executor runs it (this worker, a Ray
+    task): a bad configuration is a failed row of the sweep, not a crash."""
     from bench.errors import UserError
     from bench.records import RunRecord
     from bench.run import execute
 
-    config = RunConfig.from_dict(json.loads(argv[0]))
-    out = Path(argv[1])
     try:
-        record = execute(config)
-    except UserError as e:  # a bad configuration is a failed row of the sweep, not a crash
+        return execute(config)
+    except UserError as e:
         # K None: the split was never built (a bp run asked for K = 4 trains one module).
-        record = RunRecord.of(config.resolved(), status="error", message=str(e), K=None)
-    return record, out
+        return RunRecord.of(config.resolved(), status="error", message=str(e), K=None)
 
 
 if __name__ == "__main__":
