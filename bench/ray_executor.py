@@ -72,7 +72,11 @@ class RayExecutor:
                 self.ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
         except (Exception, SystemExit) as e:  # Ray exits the process when a GCS never answers
             where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
-            raise UserError(f"--executor ray: could not {where}: {_one_line(e)}") from None
+            # Ray sends its token only when asked to, to an address given explicitly.
+            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token)"
+            raise UserError(
+                f"--executor ray: could not {where}: {_one_line(e)}{hint if address else ''}"
+            ) from None
 
     def slots(self, todo: int) -> list[dict[str, str]]:
         total = self.ray.cluster_resources()
