@@ -69,7 +69,11 @@ class RayExecutor:
             if address:
                 self.ray.init(address=address, **quiet)
             else:
-                self.ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
+                # "local": a new Ray even where RAY_ADDRESS or a `ray start` on this machine
+                # (or its stale address file) would have ray.init() connect to that instead.
+                self.ray.init(
+                    "local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet
+                )
         except (Exception, SystemExit) as e:  # Ray exits the process when a GCS never answers
             where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
             # Ray sends its token only when asked to, to an address given explicitly.

@@ -3,10 +3,12 @@ middle of a run, and Ray missing. Every configuration still ends with exactly on
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +36,12 @@ def cluster(tmp_path_factory):
            "RAY_AUTH_TOKEN": token}  # fmt: skip
     port = free_port()
     log = tmp_path_factory.mktemp("ray") / "head.log"
+    # Its own temp dir (short: Ray's socket paths must fit 107 bytes): its address file does
+    # not point this machine's later ray.init() calls at a cluster that is gone.
+    temp = Path(tempfile.mkdtemp(prefix="lbray"))
     argv = ["ray", "start", "--head", "--block", "--num-cpus", "4", "--port", str(port),
             "--node-ip-address", "127.0.0.1", "--include-dashboard=false",
-            "--disable-usage-stats"]  # fmt: skip
+            "--disable-usage-stats", "--temp-dir", str(temp)]  # fmt: skip
     with open(log, "w") as f:
         head = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
@@ -53,6 +58,7 @@ def cluster(tmp_path_factory):
             if head.poll() is None:
                 os.killpg(head.pid, signal.SIGKILL)
     wait_for(lambda: not ray_processes(token), timeout=60, what="the Ray processes to end")
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def ray_processes(token: str, title: bytes = b"") -> list[int]:
