@@ -51,6 +51,8 @@ class RayExecutor:
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
         self.gpus_per_run = gpus
+        if self._owns and not options.address:
+            self._check_fits()
         self.task = ray.remote(max_calls=1)(locbench_run).options(
             num_cpus=options.cpus_per_run,
             num_gpus=gpus,
@@ -81,6 +83,19 @@ class RayExecutor:
             raise UserError(
                 f"--executor ray: could not {where}: {_one_line(e)}{hint if address else ''}"
             ) from None
+
+    def _check_fits(self) -> None:
+        # On the Ray started here no node joins later: a run that fits no node would wait
+        # forever.
+        have = self.ray.cluster_resources()
+        needs = (("cpus", self.options.cpus_per_run, "CPU"), ("gpus", self.gpus_per_run, "GPU"))
+        for flag, need, name in needs:
+            if need > have.get(name, 0):
+                self.close()
+                raise UserError(
+                    f"--ray-{flag}-per-run {need:g} exceeds the {have.get(name, 0):g} "
+                    f"{name}s of this machine's Ray"
+                )
 
     def slots(self, todo: int) -> list[dict[str, str]]:
         total = self.ray.cluster_resources()

@@ -176,3 +176,18 @@ def test_without_ray_the_sweep_says_which_extra_to_install(tmp_path):
     assert len(lines) == 1 and "locbench[ray]" in lines[0], done.stderr
     assert lines[0].startswith("locbench: error: --executor ray needs the ray package")
     assert done.stdout == "" and not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_a_run_larger_than_the_local_ray_is_refused_before_anything_runs(tmp_path):
+    pytest.importorskip("ray")
+    cores = os.cpu_count() or 1
+    argv = [sys.executable, "-m", "bench", "sweep", "--executor", "ray", *SWEEP,
+            "--ray-cpus-per-run", str(cores + 1), "--out", str(tmp_path / "runs")]  # fmt: skip
+    done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"locbench: error: --ray-cpus-per-run {cores + 1} exceeds the {cores} CPUs of this "
+        "machine's Ray"
+    )
+    assert not (tmp_path / "runs").exists()
