@@ -247,3 +247,19 @@ def test_settings_take_dotted_paths_and_section_tables(tmp_path):
         (0.2, 0, 1),
         (0.2, 1, 1),
     ]
+
+
+@pytest.mark.parametrize(
+    "doc, prefix", [("docs/slurm.md", "slurm"), ("docs/ray.md", "ray")], ids=["slurm", "ray"]
+)
+def test_the_executor_docs_show_their_generated_flag_tables(doc, prefix):
+    from bench.executor_options import RayOptions, SlurmOptions
+    from bench.settings_table import options_markdown
+
+    cls = {"slurm": SlurmOptions, "ray": RayOptions}[prefix]
+    text = (REPO / doc).read_text()
+    block = re.search(
+        rf"<!-- {prefix}-options:start -->\n(.*?)\n<!-- {prefix}-options:end -->", text, re.S
+    )
+    assert block, f"{doc} lacks the {prefix}-options markers"
+    assert block.group(1) == options_markdown(cls, prefix), f"{doc}: the flag table is stale"
