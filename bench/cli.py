@@ -235,6 +235,9 @@ def check_nproc(config) -> None:
     """A CUDA data-parallel run needs a GPU per rank."""
     import torch
 
+    from bench.config import check_device
+
+    check_device(config.device)
     if config.device.startswith("cuda") and config.nproc > torch.cuda.device_count():
         raise UserError(
             f"--nproc {config.nproc} needs {config.nproc} GPUs, this machine has "
@@ -425,7 +428,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_data_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.config import pick_device
+    from bench.config import check_device, pick_device
     from bench.data_bench import LOADERS, check_args, epoch_speed, format_speeds
 
     check_args(args.dataset, args.data_root, args.batch, args.workers)
@@ -433,6 +436,7 @@ def cmd_data_bench(args: argparse.Namespace) -> int:
     if not loaders or any(s not in LOADERS for s in loaders):
         raise UserError(f"--loaders must name some of {', '.join(LOADERS)}, got {args.loaders!r}")
     device = pick_device(args.device)
+    check_device(device)
     speeds = [
         epoch_speed(
             args.dataset,

@@ -282,15 +282,24 @@ def check_data_root(root: str | None) -> None:
 
 
 def pick_device(device: str) -> str:
+    """``auto`` as this machine's device (CUDA if available); any other device as given, its
+    name checked. Whether this machine has it is :func:`check_device`'s question: a
+    configuration resolved here may run elsewhere (a SLURM job, a Ray task on a GPU node)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if not (device == "cpu" or device == "cuda" or _cuda_index(device)):
         raise UserError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N")
     return device
+
+
+def check_device(device: str) -> None:
+    """A run about to start on this machine: CUDA must be there when asked for."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
 
 
 def _cuda_index(device: str) -> bool:

@@ -47,9 +47,11 @@ class Grid:
         named = {NAMED_AXES[k]: v for k, v in vars(self).items() if k in NAMED_AXES}
         return {**named, **self.axes}
 
-    def configs(self) -> list[RunConfig]:
+    def configs(self, device: str | None = None) -> list[RunConfig]:
         """Every configuration of the grid once, resolved, in a stable order. Every one is
-        checked here, before anything runs: the first bad one is a one-line error naming it."""
+        checked here, before anything runs: the first bad one is a one-line error naming it.
+        ``device``: what device ``auto`` stands for when the runs execute elsewhere (see
+        :func:`bench.sweep.plan_sweep`); None: this machine's."""
         axes = self.setting_axes()
         methods = axes["method"]
         per_method = self.hyperparameters(methods)
@@ -58,6 +60,8 @@ class Grid:
         names = list(axes)
         for values in itertools.product(*(axes[n] for n in names)):
             settings = {**fixed, **dict(zip(names, values))}
+            if device is not None and settings.get("device", "auto") == "auto":
+                settings["device"] = device
             hp_axes = per_method[settings["method"]]
             for hp_values in itertools.product(*hp_axes.values()):
                 params = dict(zip(hp_axes, hp_values))

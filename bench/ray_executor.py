@@ -51,6 +51,9 @@ class RayExecutor:
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
         self.gpus_per_run = gpus
+        # A task sees only the GPUs it reserved: "auto" must resolve to what it gets, not to
+        # this machine's device, for the run id planned here to be the task's.
+        self.device = "cuda" if gpus else "cpu"
         if self._owns and not options.address:
             self._check_fits()
         self.task = ray.remote(max_calls=1)(locbench_run).options(

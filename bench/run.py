@@ -12,7 +12,7 @@ import torch
 
 from bench.backbone import Backbone, get_backbone
 from bench.build import build
-from bench.config import RunConfig
+from bench.config import RunConfig, check_device
 from bench.data import DataBundle, DataRequest, load_dataset
 from bench.describe import config_flops, meta_backbone
 from bench.distributed import Ranks
@@ -41,6 +41,7 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
     ``config.net`` (which then only labels the record), e.g. for a user's own
     ``Backbone.from_sequential(...)`` that is not registered."""
     config = config.resolved()  # every setting and hyperparameter checked: bad input fails first
+    check_device(config.device)
     # The backbone fixes the input shape, the dataset the number of classes.
     input_shape = (net or (lambda n: get_backbone(config.net, n)))(10).input_shape
     request = DataRequest(

@@ -278,7 +278,9 @@ def sweep_slurm(
     decides) as SLURM jobs of one array, then wait for them unless ``options.detach`` (see the
     module's docstring). Raises KeyboardInterrupt on Ctrl-C while waiting; the jobs run on."""
     import_extra("submitit", "slurm", "--executor slurm")
-    plan = plan_sweep(grid, out, retry_failed)
+    # A job gets the GPUs it asks for, wherever it runs: "auto" resolves to that device here
+    # (a login node without GPUs included), so the run ids planned here are the jobs' own.
+    plan = plan_sweep(grid, out, retry_failed, device="cuda" if options.gpus_per_task else "cpu")
     out, result = plan.out, plan.result()
     ledger = Ledger(out).read()
     known = [ledger[run_id] for _, run_id, _ in plan.todo if run_id in ledger]

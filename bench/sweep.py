@@ -247,6 +247,10 @@ class Executor(Protocol):
     it died), or None when :meth:`stop` was called while it ran (nothing written; the
     configuration runs on resume)."""
 
+    #: The device its runs get for ``device = "auto"`` when they run elsewhere ("cuda" or
+    #: "cpu"); None when they run on this machine.
+    device: str | None
+
     def slots(self, todo: int) -> list[dict[str, str]]:
         """The runs to keep going at once (at most ``todo``), each with its environment."""
         ...
@@ -269,6 +273,8 @@ class Executor(Protocol):
 class LocalExecutor:
     """Each run a child process (``python -m bench.worker``) of this machine: one per visible
     GPU, or ``workers`` CPU processes sharing the cores (:func:`worker_slots`)."""
+
+    device = None  # runs here: "auto" is this machine's device
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
@@ -439,20 +445,29 @@ class SweepPlan:
         return SweepResult(len(self.configs), len(self.configs) - len(self.todo), 0, [])
 
 
-def plan_sweep(grid: Grid, out: Path, retry_failed: bool = False) -> SweepPlan:
+def plan_sweep(
+    grid: Grid, out: Path, retry_failed: bool = False, device: str | None = None
+) -> SweepPlan:
     """Resolve and check every configuration of ``grid`` (before anything runs), check ``out``
     and list what needs a run: no record yet, a died worker's row, or (``retry_failed``) any
-    record but ``ok``. Clears claims left by sweeps that died."""
+    record but ``ok``. Clears claims left by sweeps that died.
+
+    ``device``: where the runs execute when that is not this machine (a remote executor's
+    :attr:`Executor.device`): configurations with device ``auto`` get it, so that the run id
+    planned here is the one the remote run resolves to. None: they run here."""
+    from bench.config import check_device
     from bench.run import prepare  # noqa: F401 - fail fast on an unknown method/net below
 
     out = check_out_dir(out)
     configs: dict[str, RunConfig] = {}
-    for config in grid.configs():  # checks every config before anything runs
+    for config in grid.configs(device):  # checks every config before anything runs
         if config.nproc > 1:
             raise UserError(
                 f"nproc {config.nproc}: a sweep runs each configuration in one process; "
                 "start data-parallel runs with `locbench run --nproc N`"
             )
+        if device is None:
+            check_device(config.device)
         configs.setdefault(resolved_id(config), config)
     listed: dict[str, list[Path]] = {}
     for path in sorted(out.glob("*.json")):
@@ -481,7 +496,8 @@ def sweep(
     processes). Raises KeyboardInterrupt after stopping cleanly on SIGINT or SIGTERM."""
     executor = executor or LocalExecutor(workers)
     try:
-        return run_plan(plan_sweep(grid, out, retry_failed), executor, progress)
+        plan = plan_sweep(grid, out, retry_failed, device=executor.device)
+        return run_plan(plan, executor, progress)
     finally:
         executor.close()
 

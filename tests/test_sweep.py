@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.config import RunConfig
 from bench.errors import UserError
 from bench.grid import Grid, load_grid
 from bench.presets import PRESETS
 from bench.records import read_records
+from bench.run import prepare
 from bench.sweep import finished_ids, resolved_id, sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,3 +174,28 @@ def test_report_cli_on_a_missing_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_a_remote_gpu_executor_plans_the_run_ids_its_runs_resolve_to(tmp_path):
+    """A sweep submitted from a machine without a GPU (a login node) to GPU jobs or tasks:
+    device "auto" is planned as the runs' "cuda", not as this machine's "cpu", so that the
+    records the runs write carry the planned run ids and a resume finds them."""
+    import torch
+
+    from bench.sweep import plan_sweep
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    grid = Grid(methods=("bp", "dgl"), nets=("smallnet",), K=(2,), run={"dataset": "synthetic"})
+    plan = plan_sweep(grid, tmp_path, device="cuda")
+    assert {c.device for c, _, _ in plan.todo} == {"cuda"}
+    for config, run_id, _ in plan.todo:
+        remote = RunConfig.from_dict(config.to_dict()).resolved()  # as the job resolves it
+        assert remote.device == "cuda" and remote.memory == "cuda"
+        assert run_id == remote.run_id()
+    local = plan_sweep(grid, tmp_path)  # runs here: auto is this machine's cpu
+    assert {c.device for c, _, _ in local.todo} == {"cpu"}
+    assert {r for _, r, _ in local.todo}.isdisjoint(r for _, r, _ in plan.todo)
+    # a run started here still refuses CUDA it does not have, in one line
+    with pytest.raises(UserError, match="CUDA is not available"):
+        prepare(plan.todo[0][0])
