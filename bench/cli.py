@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     est = sub.add_parser(
         "estimate", help="predicted peak training memory per method, without a GPU"
     )
-    add_setting_flags(est, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE)
+    add_setting_flags(
+        est, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE, hidden=("method",)
+    )
     est.add_argument(
         "--methods", default=None, help="comma-separated methods (default: all registered)"
     )

@@ -27,11 +27,13 @@ def add_setting_flags(
     lists: bool = False,
     defaults: dict[str, object] | None = None,
     also: tuple[str, ...] = (),
+    hidden: tuple[str, ...] = (),
 ) -> None:
     """One flag per run setting of ``sections`` (``--hp`` and ``--aux-depth`` with the method
     section) and of the settings named in ``also``. ``lists``: every flag takes comma-separated
     values (a sweep axis). ``defaults``: this command's own defaults (e.g. ``describe`` builds
-    ResNet-32 by default)."""
+    ResNet-32 by default). ``hidden``: settings whose flag exists (so that using it gets the
+    command's own one-line error) but is not listed in ``--help``."""
     defaults = defaults or {}
     for spec in SPECS:
         if (spec.section not in sections and spec.name not in also) or not spec.cli:
@@ -46,6 +48,9 @@ def add_setting_flags(
             names = [PLURAL[spec.name], spec.flag] if spec.name in PLURAL else names
             separator = "; lists separated by ';'" if _is_list(spec) else ""
             help_text += f" (comma-separated values make an axis{separator})"
+        if spec.name in hidden:
+            help_text = argparse.SUPPRESS
+        if lists:
             parser.add_argument(*names, dest=spec.name, default=None, help=help_text)
         elif spec.base is bool:
             parser.add_argument(

@@ -59,6 +59,11 @@ def settings_markdown() -> str:
     return _markdown(HEADER, rows())
 
 
+def method_params_markdown(method: str) -> str:
+    """One method's hyperparameter rows of the settings table, as docs/methods.md shows them."""
+    return _markdown(HEADER, [r for r in rows() if r[0].startswith(f"{method}.")])
+
+
 def options_markdown(cls: type, prefix: str) -> str:
     """The ``--PREFIX-*`` flags of an executor's options (:mod:`bench.executor_options`), as
     the docs show them."""

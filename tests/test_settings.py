@@ -263,3 +263,21 @@ def test_the_executor_docs_show_their_generated_flag_tables(doc, prefix):
     )
     assert block, f"{doc} lacks the {prefix}-options markers"
     assert block.group(1) == options_markdown(cls, prefix), f"{doc}: the flag table is stale"
+
+
+def test_the_methods_page_shows_each_methods_generated_hyperparameter_table():
+    from bench.settings_table import method_params_markdown
+    from methods import METHODS
+
+    text = (REPO / "docs/methods.md").read_text()
+    shown = 0
+    for name in METHODS.names():
+        block = re.search(
+            rf"<!-- params:{name}:start -->\n(.*?)\n<!-- params:{name}:end -->", text, re.S
+        )
+        has_params = bool(specs(METHODS.get(name).Params))
+        assert bool(block) == has_params, f"docs/methods.md: {name}'s table is missing or extra"
+        if block:
+            assert block.group(1) == method_params_markdown(name), f"{name}'s table is stale"
+            shown += 1
+    assert shown == 4  # dgl, infopro, predsim, auglocal; bp and bp-ckpt have none
