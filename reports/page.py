@@ -56,12 +56,13 @@ nav ul { columns: 2; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }
 th { background: #f0f0f0; text-align: left; }
-table.sortable th { cursor: pointer; white-space: nowrap; }
+th { max-width: 7em; }  /* long headers wrap: the table stays within the page */
+table.sortable th { cursor: pointer; }
 table.sortable th::after { content: " \\2195"; color: #999; }
 table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; color: #222; }
 table.sortable th[aria-sort=descending]::after { content: " \\25BC"; color: #222; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.flag, .flag { color: #a33; }
+td.flag { color: #a33; white-space: nowrap; }
 tr:target, details:target { outline: 2px solid #e8a33d; }
 figure { margin: 1.5em 0; break-inside: avoid; }
 figcaption { font-size: 0.9em; color: #555; }
@@ -321,6 +322,10 @@ def render_page(
     contents += [("environment", "Environment")]
     notes = configuration_flags(results, table)
     shown = table.assign(notes=notes) if any(notes) else table
+    # columns no row has a value in (no FLOPs, no data wait) only widen the page; the CSV keeps
+    # them, and the accuracy's mean and std are in its "mean ± std" cell
+    shown = shown.drop(columns=["acc mean (%)", "acc std (%)"])
+    shown = shown.drop(columns=[c for c in shown if shown[c].isna().all()])
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -340,34 +345,36 @@ def render_page(
         '<h2 id="comparison">Comparison</h2>',
         "<p>One row per configuration, mean over its seeds. Click a column header to sort."
         + (
-            " <i>notes</i> flags configurations whose step times are in doubt."
+            " <i>notes</i> flags configurations whose step times are in doubt (<i>noisy 1/2</i>:"
+            " one of its two runs is noisy)."
             if any(notes)
             else ""
         )
         + "</p>",
         html_table(
-            shown.drop(columns=["acc mean (%)", "acc std (%)"]),
+            shown,
             sort_by={"test acc (%)": table["acc mean (%)"]},
             classes={"notes": "flag"},
         ),
         flag_notes(any(notes)),
-        "<p>Also written as <code>comparison.csv</code> and <code>comparison.md</code> (with "
-        "the mean and standard deviation of the accuracy in columns of their own).</p>",
+        "<p>Also written as <code>comparison.csv</code> and <code>comparison.md</code>, with every "
+        "column: here, columns empty in every row are left out, and the accuracy's mean and "
+        "standard deviation share a cell.</p>",
     ]
     for section in sections:
         parts.append(render_section(section, curves, written))
     if not failed.empty:
-        parts += ['<h2 id="failed">Failed runs</h2>', html_table(failed)]
+        parts += ['<h2 id="failed">Failed runs</h2>', html_table(failed, sortable=False)]
     if skipped:
         parts += [
             '<h2 id="skipped">Skipped files</h2>',
             "<p>Files of the results folder that are not valid run records; no number above "
             "comes from them.</p>",
-            html_table(skipped_files(skipped)),
+            html_table(skipped_files(skipped), sortable=False),
         ]
     parts += [
         '<h2 id="environment">Environment</h2>',
-        html_table(environments(results)),
+        html_table(environments(results), sortable=False),
         f"<script>\n{SCRIPT}</script>",
         "</body></html>",
     ]

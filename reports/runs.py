@@ -15,10 +15,11 @@ from reports.tables import MIB, aux_depth, variant_labels
 # this many times its 10th: the median of such a window moves by tens of percent between
 # repeats (a shared or throttled machine, a loader stall), so overheads built on it mislead.
 NOISY_SPREAD = 1.5
-NOISY_FLAG = "noisy step time"
-SHORT_FLAG = "fewer steps measured than asked"
+NOISY_FLAG = "noisy"
+SHORT_FLAG = "short"
 FLAG_NOTES = {
-    NOISY_FLAG: f"p90 / p10 step time above {NOISY_SPREAD}: the median is not a stable figure.",
+    NOISY_FLAG: f"step time p90 / p10 above {NOISY_SPREAD}: the median is not a stable figure, "
+    "nor an overhead built on it.",
     SHORT_FLAG: "the run measured fewer steps than its configuration asked "
     "(<code>measured_steps &lt; config.measure_steps</code>): too short an epoch or a "
     "failed window; its step time rests on fewer samples.",
@@ -60,9 +61,24 @@ def step_flags(results: pd.DataFrame) -> pd.Series:
     )
 
 
+def flag_texts(results: pd.DataFrame) -> pd.Series:
+    """Every run's flags as short cell text: ``noisy (p90/p10 2.2)``, ``short (7 of 20)``."""
+    spread = step_spread(results)
+    measured, asked = numeric(results, "measured_steps"), numeric(results, "config.measure_steps")
+    texts = {
+        NOISY_FLAG: [f"{NOISY_FLAG} (p90/p10 {v:.1f})" for v in spread],
+        SHORT_FLAG: [f"{SHORT_FLAG} ({m:.0f} of {a:.0f} steps)" for m, a in zip(measured, asked)],
+    }
+    return pd.Series(
+        ["; ".join(texts[f][i] for f in flags) for i, flags in enumerate(step_flags(results))],
+        index=results.index,
+        dtype=object,
+    )
+
+
 def run_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per run (``results`` order): its id, settings, outcome, step time with its
-    p90/p10 spread and measured/asked steps, tracked and CUDA peaks (MiB), their ratio and its
+    p90/p10 spread and measured steps, tracked and CUDA peaks (MiB), their ratio and its
     flags (``; ``-joined)."""
     params = results.get("config.method_params", pd.Series(None, index=results.index))
     table = pd.DataFrame(
@@ -78,14 +94,13 @@ def run_table(results: pd.DataFrame) -> pd.DataFrame:
             "step (ms)": numeric(results, "step_time_median_s") * 1e3,
             "p90 / p10": step_spread(results),
             "measured steps": numeric(results, "measured_steps"),
-            "asked steps": numeric(results, "config.measure_steps"),
             "tracked peak (MiB)": numeric(results, "memory.peak_bytes") / MIB,
             "CUDA peak (MiB)": numeric(results, "cuda.peak_allocated_bytes") / MIB,
             RATIO_COLUMN: tracked_cuda_ratio(results),
-            "flags": step_flags(results).map("; ".join),
+            "flags": flag_texts(results),
         }
     )
-    for col in ("K", "aux depth", "batch size", "seed", "measured steps", "asked steps"):
+    for col in ("K", "aux depth", "batch size", "seed", "measured steps"):
         table[col] = table[col].round().astype("Int64")
     # columns no run has (CUDA peaks on a CPU-only results set) say nothing: left out
     empty = [c for c in table if c not in ("run", "flags") and table[c].isna().all()]
@@ -94,7 +109,7 @@ def run_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def configuration_flags(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """For every row of the comparison ``table`` of ``results``: its runs' flags, as
-    ``noisy step time (1 of 3 runs)``; empty when none is flagged. A run belongs to the row
+    ``noisy 1/3`` (1 of its 3 runs); empty when none is flagged. A run belongs to the row
     of its net, dataset, variant label, K, aux depth and batch size (labels are unique)."""
     params = results.get("config.method_params", pd.Series(None, index=results.index))
     runs = zip(
@@ -113,7 +128,7 @@ def configuration_flags(results: pd.DataFrame, table: pd.DataFrame) -> list[str]
     for row in table[columns].itertuples(index=False):
         flags = by_row.get(_key(row), [])
         counts = {f: sum(f in run for run in flags) for f in FLAG_NOTES}
-        notes.append("; ".join(f"{f} ({n} of {len(flags)} runs)" for f, n in counts.items() if n))
+        notes.append("; ".join(f"{f} {n}/{len(flags)}" for f, n in counts.items() if n))
     return notes
 
 
@@ -177,9 +192,9 @@ def step_sentence(results: pd.DataFrame) -> str:
     if not asked.empty:
         text += f" (asked for {_range(asked, 0)})"
     text += (
-        f". Flagged: {counts[NOISY_FLAG]} of {len(ok)} finished runs with a noisy step time "
-        f"(p90 / p10 above {NOISY_SPREAD}) and {counts[SHORT_FLAG]} with fewer steps than "
-        "asked; the tables mark them."
+        f". Of the {len(ok)} finished runs, {counts[NOISY_FLAG]} are flagged <i>{NOISY_FLAG}</i>"
+        f" (p90 / p10 step time above {NOISY_SPREAD}) and {counts[SHORT_FLAG]} "
+        f"<i>{SHORT_FLAG}</i> (fewer steps measured than asked); the tables mark them."
     )
     return text
 
