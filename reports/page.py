@@ -18,6 +18,7 @@ from bench.records import curves_frame, results_frame, scan_records
 from reports import charts
 from reports.runs import (
     FLAG_NOTES,
+    RATIO_COLUMN,
     baseline_sentence,
     configuration_flags,
     memory_sentences,
@@ -48,7 +49,7 @@ PLOT_KINDS = {
 }
 
 STYLE = """\
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em;
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em;
   color: #222; line-height: 1.45; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
 nav ul { columns: 2; }
@@ -356,13 +357,13 @@ def render_page(
             sort_by={"test acc (%)": table["acc mean (%)"]},
             classes={"notes": "flag"},
         ),
-        flag_notes(any(notes)),
+        flag_notes(notes),
         "<p>Also written as <code>comparison.csv</code> and <code>comparison.md</code>, with every "
         "column: here, columns empty in every row are left out, and the accuracy's mean and "
         "standard deviation share a cell.</p>",
     ]
     for section in sections:
-        parts.append(render_section(section, curves, written))
+        parts.append(render_section(section, curves, written, len(sections) > 1))
     if not failed.empty:
         parts += ['<h2 id="failed">Failed runs</h2>', html_table(failed, sortable=False)]
     if skipped:
@@ -435,23 +436,28 @@ hatch.</p>
 """
 
 
-def flag_notes(shown: bool = True) -> str:
-    """The footnote explaining the step-time flags, when a table shows one."""
+def flag_notes(cells: list[str]) -> str:
+    """The footnote explaining the step-time flags that the table ``cells`` show."""
+    shown = {f: note for f, note in FLAG_NOTES.items() if any(f in c for c in cells)}
     if not shown:
         return ""
-    items = "".join(f"<li><b>{esc(f)}</b>: {note}</li>" for f, note in FLAG_NOTES.items())
+    items = "".join(f"<li><b>{esc(f)}</b>: {note}</li>" for f, note in shown.items())
     return f'<ul class="flag-notes">{items}</ul>'
 
 
-def render_section(section: Section, curves: pd.DataFrame, written: dict) -> str:
-    """One net and dataset: its charts, its runs' table and every run's details."""
+def render_section(
+    section: Section, curves: pd.DataFrame, written: dict, several: bool = False
+) -> str:
+    """One net and dataset: its charts, its runs' table and every run's details. ``several``:
+    the page has other sections (its charts are of this section's runs alone)."""
     titles = dict(CHARTS)
     runs = section.runs
     parts = [
         f'<section id="{section.anchor}">',
         f"<h2>{esc(section.title)}</h2>",
-        f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}. Charts of these runs alone; "
-        "the chart files hold every section.</p>",
+        f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}."
+        + (" Charts of these runs alone; the chart files hold every section." if several else "")
+        + "</p>",
     ]
     for name, png in section.pngs.items():  # the order of CHARTS, driven by that one list
         title = titles.get(name, name)
@@ -466,10 +472,15 @@ def render_section(section: Section, curves: pd.DataFrame, written: dict) -> str
     links = {"run": [f'<a href="#{_anchor("run", r)}">{esc(str(r))}</a>' for r in table["run"]]}
     parts += [
         "<h3>Runs</h3>",
-        "<p>One row per run; click a run to open its configuration, curve and memory. "
-        "<i>tracked / CUDA</i>, where shown, is the run's measured ratio of its two peaks.</p>",
+        "<p>One row per run; click a run to open its configuration, curve and memory."
+        + (
+            f" <i>{RATIO_COLUMN}</i> is the run's measured ratio of its two peaks."
+            if RATIO_COLUMN in table
+            else ""
+        )
+        + "</p>",
         html_table(table, html_cells=links, classes={"flags": "flag"}),
-        flag_notes(table["flags"].ne("").any()),
+        flag_notes(list(table["flags"])),
         "<h3>Run details</h3>",
         *(run_details(run, curves) for _, run in runs.iterrows()),
         "</section>",
