@@ -57,7 +57,8 @@ nav ul { columns: 2; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }
 th { background: #f0f0f0; text-align: left; }
-th { max-width: 7em; }  /* long headers wrap: the table stays within the page */
+thead th { max-width: 7em; }  /* long headers wrap: the table stays within the page */
+th[scope=row] { white-space: nowrap; }
 table.sortable th { cursor: pointer; }
 table.sortable th::after { content: " \\2195"; color: #999; }
 table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; color: #222; }
@@ -76,7 +77,11 @@ details .tables { display: flex; flex-wrap: wrap; gap: 0 2em; }
   body { max-width: none; margin: 0; font-size: 10pt; }
   nav, .noprint { display: none; }
   .scroll { overflow: visible; }
-  table { font-size: 7.5pt; }
+  /* an A4 page is about 720 px wide: wide tables shrink and wrap rather than lose columns */
+  table { font-size: 6.5pt; }
+  th, td { padding: 0.1em 0.2em; }
+  thead th { max-width: 4.5em; overflow-wrap: anywhere; }
+  td.num, td.flag { white-space: normal; }
   table.sortable th::after { content: none; }
   h2 { break-before: page; }
   h2:first-of-type { break-before: auto; }
@@ -522,7 +527,8 @@ def run_details(run: pd.Series, curves: pd.DataFrame) -> str:
     for column, value in run.items():
         name = str(column)
         if name.startswith("memory.breakdown."):
-            memory[f"{name.removeprefix('memory.breakdown.')} (MiB)"] = _mib(value)
+            category = name.removeprefix("memory.breakdown.").replace("_", " ")
+            memory[f"{category} (MiB)"] = _mib(value)
     for column, name in (
         ("memory.peak_bytes", "tracked peak (MiB)"),
         ("memory.floor_bytes", "floor (MiB)"),

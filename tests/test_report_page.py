@@ -85,4 +85,4 @@ def test_every_run_row_links_to_its_details(built):
         body = details.group(1)
         for heading in ("Configuration", "Training curve", "Memory", "Step time"):
             assert f"<h4>{heading}</h4>" in body
-        assert "backbone_activations (MiB)" in body and "measure_steps" in body
+        assert "backbone activations (MiB)" in body and "measure_steps" in body
