@@ -77,13 +77,22 @@ def save(fig: plt.Figure, path_stem: str | Path, dpi: int = 120) -> list[Path]:
     return paths
 
 
+# The built-in methods keep their colour whichever methods a chart holds: the report page
+# charts each net and dataset apart, and a method must look the same in all of them.
+BUILTIN_METHODS = ("bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal")
+
+
 def method_colors(methods, extra=()) -> dict[str, tuple]:
-    """A fixed colour per method name (sorted names over the tab10 cycle); names only in
-    ``extra`` (e.g. estimated methods never run) come after, so they move no other colour."""
+    """A fixed colour per method name over the tab10 cycle: the built-in methods by their
+    place in :data:`BUILTIN_METHODS`, other names (plugins) after them in sorted order; names
+    only in ``extra`` (e.g. estimated methods never run) come last, so they move no other
+    colour."""
     cycle = plt.get_cmap("tab10").colors
-    names = sorted({str(m) for m in methods})
-    names += sorted({str(m) for m in extra} - set(names))
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(names)}
+    names = sorted({str(m) for m in methods} - set(BUILTIN_METHODS))
+    names += sorted({str(m) for m in extra} - set(names) - set(BUILTIN_METHODS))
+    slots = {m: i for i, m in enumerate([*BUILTIN_METHODS, *names])}
+    present = {str(m) for m in [*methods, *extra]}
+    return {m: cycle[slots[m] % len(cycle)] for m in slots if m in present}
 
 
 def variant_styles(table: pd.DataFrame, methods=()) -> dict[str, dict]:
