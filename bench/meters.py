@@ -104,8 +104,9 @@ class CudaWindow:
     README's "What the numbers mean" states: collect garbage, empty the cache, reset the peak
     statistics.
 
-    ``allocated_at_start_bytes`` is what is resident when the window opens: parameters,
-    gradients, optimizer state and buffers."""
+    ``allocated_at_start_bytes`` is everything allocated when the window opens: parameters,
+    gradients, optimizer state, buffers, the batch and the last step's losses, and the dataset
+    splits when a loader holds them on the GPU (the tensor pipeline)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
