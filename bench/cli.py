@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="one chart of the report from stored records")
     plot.add_argument(
         "kind",
-        help="breakdown, modules, accuracy-memory, memory-k, memory-batch, step-overhead or curves",
+        help="breakdown, modules, timeline, accuracy-memory, memory-k, memory-batch, "
+        "step-overhead or curves",
     )
     plot.add_argument("runs", type=Path, help="a results folder (records *.json)")
     plot.add_argument("--out", type=Path, default=None, help="default: RUNS/report")
