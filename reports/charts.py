@@ -553,6 +553,9 @@ def timelines_figure(panels: list[tuple[str, str, dict]], colors: dict | None = 
         _draw_timeline(ax, timeline, colors[method])
         ax.set_title(title, fontsize=9)
         ax.set(ylabel=TIMELINE_LABEL if i % cols == 0 else None, xlabel=EVENT_LABEL)
+    # the panels share their y axis: room above the highest peak for its label
+    top = max(max(timeline["bytes"]) for _, _, timeline in panels) / MIB
+    axes[0, 0].set_ylim(bottom=0, top=top * 1.12)
     handles = [
         Patch(facecolor=shade or "white", edgecolor="0.6", lw=0.5, label=name)
         for name, shade in PHASES.values()
@@ -590,7 +593,6 @@ def _draw_timeline(ax: plt.Axes, timeline: dict, color) -> None:
     ax.annotate(f"peak {y[top]:.1f} MiB", (x[top], y[top]), xytext=(4, 2),
                 textcoords="offset points", fontsize=7)  # fmt: skip
     ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(bottom=0, top=y.max() * 1.12)
     ax.grid(alpha=0.3)
     ax.set_axisbelow(True)
 
