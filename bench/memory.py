@@ -366,7 +366,7 @@ def downsample(
         raise ValueError(f"{len(must)} points must be kept, more than max_points={max_points}")
     edges = np.linspace(0, n, (max_points - len(must)) // 2 + 1).astype(int)
     chosen = set(must)
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):  # ints: the record is JSON
         if b > a:
             part = values[a:b]
             chosen.update((a + int(part.argmin()), a + int(part.argmax())))

@@ -76,6 +76,7 @@ def test_estimates_timeline_peaks_at_the_estimate_and_is_bounded():
     assert len(timeline["bytes"]) <= TIMELINE_POINTS
     assert max(timeline["bytes"]) == peak.peak_bytes
     assert backward_segments(timeline) == list(range(16))
+    assert json.loads(json.dumps(timeline)) == timeline  # plain ints, as a record holds them
     kept = set(timeline["event"])
     assert all(start in kept and start - 1 in kept for start, _, _ in timeline["phases"][1:])
 
@@ -87,6 +88,7 @@ def test_downsample_keeps_the_peak_the_changes_and_the_shape():
     changes = list(range(5, 50_000, 997))
     kept = downsample(values, changes, max_points=2000)
     assert len(kept) <= 2000 and kept == sorted(set(kept))
+    assert all(type(i) is int for i in kept)
     assert {0, 49_999, 31_337} | set(changes) <= set(kept)
     assert values[kept].max() == values.max() and values[kept].min() == values.min()
     assert downsample(values[:10], [3]) == list(range(10))  # few points: all
