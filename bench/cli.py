@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--max-batch", action="store_true", help="find the largest batch that fits")
     est.add_argument("--budget", default="24GiB", help="memory budget for --max-batch")
     est.add_argument("--json", action="store_true", help="print a JSON list, one object each")
+    est.add_argument(
+        "--timeline",
+        nargs="?",
+        type=Path,
+        const=Path("estimate_timeline"),
+        default=None,
+        metavar="STEM",
+        help="also write each method's live memory over one training step, allocation by "
+        "allocation, with its phases and modules: chart STEM.png and STEM.svg, points STEM.json "
+        "(default STEM: estimate_timeline)",
+    )
     sw = sub.add_parser("sweep", help="a grid of runs, one process each, resumable")
     source = sw.add_mutually_exclusive_group()
     source.add_argument("--preset", default=None, help="a named grid (see `locbench list`)")
@@ -112,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="one chart of the report from stored records")
     plot.add_argument(
         "kind",
-        help="breakdown, modules, accuracy-memory, memory-k, memory-batch, step-overhead or curves",
+        help="breakdown, modules, timeline, accuracy-memory, memory-k, memory-batch, "
+        "step-overhead or curves",
     )
     plot.add_argument("runs", type=Path, help="a results folder (records *.json)")
     plot.add_argument("--out", type=Path, default=None, help="default: RUNS/report")
@@ -278,7 +290,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise UserError(f"--image-size must be between 1 and 8192, got {args.image_size}")
     budget = parse_bytes(args.budget) if args.max_batch else None
     config = config_from_args(args)
-    rows = estimate_methods(config, methods, args.batch_size, args.image_size, args.classes, budget)
+    rows = estimate_methods(
+        config, methods, args.batch_size, args.image_size, args.classes, budget, args.timeline
+    )
+    written = write_estimate_timeline(rows, config.net, args.timeline) if args.timeline else []
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -289,7 +304,27 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f", {what}{size}, {config.precision} (fake tensors, CUDA 512-byte rounding)"
     )
     print(format_estimates(rows, title))
+    for path in written:
+        print(path)
     return 0
+
+
+def write_estimate_timeline(rows: list[dict], net: str, stem: Path) -> list[Path]:
+    """The estimate rows' timelines as ``<stem>.json`` (the rows) and a chart
+    (``<stem>.png``, ``<stem>.svg``) with one panel per method that has a peak."""
+    import json
+
+    from bench.records import write_atomic
+    from reports.charts import save, timelines_figure
+
+    path = Path(f"{stem}.json")
+    write_atomic(path, json.dumps(rows, indent=1))  # makes the folder
+    panels = [
+        (f"{net}, batch {r['batch_size']}, estimated\n{r['method']} K={r['K']}", r["method"], tl)
+        for r in rows
+        if (tl := r.get("timeline"))
+    ]
+    return [path, *save(timelines_figure(panels), stem)] if panels else [path]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

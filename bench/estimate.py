@@ -169,9 +169,12 @@ def estimate_methods(
     image_size: int | None = None,
     num_classes: int = 10,
     budget: int | None = None,
+    timeline: bool = False,
 ) -> list[dict]:
     """One row per method: its estimated peak at ``batch_size`` (or, with ``budget``, at the
-    largest batch that fits), the breakdown, and the saving versus BP when BP is among them."""
+    largest batch that fits), the breakdown, and the saving versus BP when BP is among them;
+    with ``timeline``, also the step's ``timeline`` (:meth:`~bench.memory.MemoryTracker.timeline`,
+    bytes without CUDA's rounding: its maximum is ``peak_bytes_unrounded``)."""
     rows = []
     for name in methods:
         cfg = for_method(config, name)
@@ -188,6 +191,8 @@ def estimate_methods(
                 "floor_bytes": peak.floor_bytes,
                 "breakdown": peak.breakdown,
             }
+            if timeline:
+                row["timeline"] = peak.timeline
         rows.append(row)
     bp = next((r for r in rows if r["method"] == "bp" and "peak_bytes" in r), None)
     for r in rows:

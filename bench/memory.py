@@ -20,17 +20,23 @@ rebuilt from the event log and classified with what the storages turned out to b
 * ``aux_activations``: made while computing a local loss (auxiliary nets, decoders, losses);
 * ``other``: the input batch, backward temporaries (activation gradients) and the rest.
 
+The tracker also keeps the step's course: live bytes after every allocation and release, with
+the phase that was running (:meth:`MemoryTracker.timeline`, the ``timeline`` of
+:class:`TrackedPeak`): BP's one mountain, a local method's saw-tooth of K forward/backward pairs.
+
 No module hooks are used: forward and backward interleave across modules in this harness,
 which confuses hook-based trackers such as ``torch.distributed._tools.mem_tracker``.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -44,6 +50,12 @@ CATEGORIES = (
     "other",
 )
 CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to 512 bytes
+#: The timeline's phase codes, one letter per tag of :meth:`MemoryTracker.phase`: forward
+#: (a backbone module), local loss (its auxiliary net), backward, optimizer step, and other
+#: (the batch arriving, the last module's output loss, the gaps between phases).
+PHASE_CODES = {"backbone": "F", "aux": "L", "backward": "B", "optimizer_state": "O", "other": "-"}
+#: At most this many points of a timeline are kept (records stay a few tens of KB).
+TIMELINE_POINTS = 2000
 
 
 def round_up(nbytes: int, block: int = CUDA_BLOCK) -> int:
@@ -71,6 +83,9 @@ class TrackedPeak:
     # the two peaks may fall at different moments, so their sum can exceed the one above.
     module_backbone_activation_peaks: list[int] = field(default_factory=list)
     module_aux_activation_peaks: list[int] = field(default_factory=list)
+    # Live bytes over the last tracked step's allocations and releases (see
+    # MemoryTracker.timeline); its maximum is peak_bytes. Empty when nothing was tracked.
+    timeline: dict = field(default_factory=dict)
 
     @property
     def floor_bytes(self) -> int:
@@ -109,9 +124,12 @@ class MemoryTracker(TorchDispatchMode):
         self._refs: dict[int, weakref.ref] = {}
         self._next_uid = 0
         self._tag, self._module = "other", None
+        self._phase_key: tuple[str, int | None] = (self._tag, self._module)
         self.current = 0
         self.current_rounded = 0
         self._events: list[tuple[int, int]] = []  # (+uid | -uid - 1, running total)
+        self._event_phases: list[tuple[str, int | None]] = []  # the phase of each event
+        self._step_starts: list[int] = []  # the first event of each step
         self._records: dict[int, _Storage] = {}
         self._roles = _StepRoles()
         self._params: set[int] = set()
@@ -134,14 +152,18 @@ class MemoryTracker(TorchDispatchMode):
             if record is not None and tag == "parameters":
                 self._params.add(record.uid)
 
+    def begin_step(self) -> None:
+        """A training step starts (before its batch is registered): the timeline's start."""
+        self._step_starts.append(len(self._events))
+
     @contextlib.contextmanager
     def phase(self, tag: str, module: int | None = None) -> Iterator[None]:
-        previous = self._tag, self._module
-        self._tag, self._module = tag, module
+        previous = self._phase_key
+        self._tag, self._module = self._phase_key = tag, module
         try:
             yield
         finally:
-            self._tag, self._module = previous
+            self._tag, self._module = self._phase_key = previous
 
     def end_step(
         self, params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer
@@ -185,7 +207,49 @@ class MemoryTracker(TorchDispatchMode):
             module_aux_activation_peaks=[
                 self._module_tag_activation_peaks.get((k, "aux"), 0) for k in range(n_modules)
             ],
+            timeline=self.timeline(),
         )
+
+    def timeline(self, max_points: int = TIMELINE_POINTS) -> dict:
+        """Live tracked bytes over the last tracked step, event by event: the step over time.
+
+        An event is one storage allocated or released, in op order; the timeline counts them
+        from the last step's :meth:`begin_step` (before its batch) to the last event so far.
+        When the window's peak was reached only in an earlier step, it starts at that step
+        instead, so that its maximum is always the tracked peak; without :meth:`begin_step`,
+        it covers every event. At most ``max_points`` events are kept (:func:`downsample`):
+        the global maximum, the first event of each phase and the one before it among them.
+
+        A dict: ``steps`` covered, ``events`` in them; ``event`` (kept event indices, the
+        first event 0) and ``bytes`` (live bytes after each); ``phases``, run-length encoded
+        as ``[first event, code, module]`` (:data:`PHASE_CODES`; module None outside a
+        module's phases). Empty when nothing was tracked."""
+        if not self._events:
+            return {}
+        totals = np.fromiter((total for _, total in self._events), np.int64, len(self._events))
+        starts = self._step_starts
+        latest_peak = len(totals) - 1 - int(np.argmax(totals[::-1]))
+        first = bisect.bisect_right(starts, latest_peak) - 1  # the step holding that peak
+        if first < 0:  # no step began (or the peak came before one): every event
+            lo, steps = 0, max(len(starts), self._steps)
+        else:
+            lo, steps = starts[first], len(starts) - first
+        phases: list[list] = []
+        previous = None
+        for i, key in enumerate(self._event_phases[lo:]):
+            if key != previous:
+                phases.append([i, PHASE_CODES.get(key[0], "-"), key[1]])
+                previous = key
+        values = totals[lo:]
+        changes = [i for start, _, _ in phases for i in (start - 1, start)]
+        kept = downsample(values, changes, max_points)
+        return {
+            "steps": steps,
+            "events": len(values),
+            "event": kept,
+            "bytes": values[kept].tolist(),
+            "phases": phases,
+        }
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -234,6 +298,7 @@ class MemoryTracker(TorchDispatchMode):
         self.current += sign * record.nbytes
         self.current_rounded += sign * round_up(record.nbytes)
         self._events.append((record.uid if sign > 0 else -record.uid - 1, self.current))
+        self._event_phases.append(self._phase_key)
         # A module's own activations: what its phases made in the current step.
         if (
             record.module is not None
@@ -282,3 +347,27 @@ class MemoryTracker(TorchDispatchMode):
         if record.tag in ("gradients", "optimizer_state"):
             return record.tag
         return "other"
+
+
+def downsample(
+    values: Sequence[int] | np.ndarray, keep: Iterable[int] = (), max_points: int = TIMELINE_POINTS
+) -> list[int]:
+    """Sorted indices of at most ``max_points`` of ``values`` that keep their shape: all of them
+    when few enough; else the indices of ``keep``, the first, the last and the global maximum,
+    and over the rest, split into equal buckets, the lowest and the highest of each bucket
+    (min/max decimation: every peak and trough wider than a bucket survives, the highest
+    exactly). Raises ValueError when ``keep`` alone holds more than ``max_points``."""
+    values = np.asarray(values)
+    n = len(values)
+    if n <= max_points:
+        return list(range(n))
+    must = {0, n - 1, int(np.argmax(values)), *(int(i) for i in keep if 0 <= i < n)}
+    if len(must) > max_points:
+        raise ValueError(f"{len(must)} points must be kept, more than max_points={max_points}")
+    edges = np.linspace(0, n, (max_points - len(must)) // 2 + 1).astype(int)
+    chosen = set(must)
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):  # ints: the record is JSON
+        if b > a:
+            part = values[a:b]
+            chosen.update((a + int(part.argmin()), a + int(part.argmax())))
+    return sorted(chosen)

@@ -264,6 +264,7 @@ class MemoryWindow:
             self.tracker.register(previous.tensors(), "other")
 
     def step(self, x: torch.Tensor, y: torch.Tensor, step: StepContext | None = None) -> StepLosses:
+        self.tracker.begin_step()
         self.tracker.register([x, y], "other")
         with self.tracker:
             return self.trainer.train_step(x, y, self.tracker, step)

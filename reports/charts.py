@@ -31,6 +31,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from reports.tables import MIB, aux_depth, comparison_table, variant_labels  # noqa: E402
@@ -457,11 +459,12 @@ def module_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
     return fig
 
 
-def _configurations(results: pd.DataFrame, fields: dict[str, str]) -> pd.DataFrame:
+def _configurations(results: pd.DataFrame, fields: dict[str, str], reduce=None) -> pd.DataFrame:
     """The ``ok`` runs that have every one of ``fields`` (record column -> name), one row per
     configuration as in :func:`~reports.tables.comparison_table` (its keys, variant label and
     order), each field the mean over the configuration's seeds (element by element for the
-    per-module lists)."""
+    per-module lists), or ``reduce`` of the configuration's values."""
+    reduce = reduce or _mean
     keys = ["net", "dataset", "batch size", "method", "variant", "K", "aux depth"]
     if results.empty or not fields or not set(fields) <= set(results):
         return pd.DataFrame(columns=[*keys, *fields.values()])
@@ -485,7 +488,7 @@ def _configurations(results: pd.DataFrame, fields: dict[str, str]) -> pd.DataFra
         present &= results[column].map(lambda v: isinstance(v, list) or not _missing(v))
     rows = []
     for key, group in runs[present].groupby(keys, sort=False, dropna=False):
-        rows.append({**dict(zip(keys, key)), **{n: _mean(group[n]) for n in fields.values()}})
+        rows.append({**dict(zip(keys, key)), **{n: reduce(group[n]) for n in fields.values()}})
     table = pd.DataFrame(rows, columns=[*keys, *fields.values()])
     table["_bp_last"] = table["method"] != "bp"  # BP first, as in the comparison table
     order = ["net", "dataset", "batch size", "_bp_last", "method", "variant", "K", "aux depth"]
@@ -498,6 +501,109 @@ def _mean(values: pd.Series):
     if isinstance(values.iloc[0], list):
         return pd.DataFrame(values.tolist()).mean().tolist()
     return values.astype(float).mean()
+
+
+# ---------------------------------------------------------------- one step over time
+
+# bench.memory.PHASE_CODES' codes (importing it would import torch; tests/test_timeline.py
+# checks they agree): each phase's name and its shade behind the line, light beside the
+# methods' tab10 lines; "other" (the batch arriving, the output loss) stays unshaded.
+PHASES = {
+    "F": ("forward", "#dbe9f6"),
+    "L": ("local loss", "#fde4c8"),
+    "B": ("backward", "#f6d3d3"),
+    "O": ("optimizer", "#d9eed5"),
+    "-": ("other", None),
+}
+TIMELINE_LABEL = "live tracked memory (MiB)"
+EVENT_LABEL = "allocations and releases, in op order"
+TIMELINE_FIELDS = {
+    "memory.timeline.event": "event",
+    "memory.timeline.bytes": "bytes",
+    "memory.timeline.phases": "phases",
+    "memory.timeline.events": "events",
+}
+TIMELINE_COLUMNS = 3  # panels a row
+
+
+def timeline_figure(results: pd.DataFrame) -> plt.Figure | None:
+    """One training step over time (the records' ``memory.timeline``, :mod:`bench.memory`):
+    live tracked bytes after each allocation and release of the step, in MiB, one panel per
+    configuration (method variant, K, aux depth) of each net, dataset and batch size, BP first,
+    all on one memory scale so that BP's single mountain stands beside the local methods'
+    saw-tooth. Of several seeds, the first record's. ``None`` when no ``ok`` run has one."""
+    table = _configurations(results, TIMELINE_FIELDS, reduce=lambda values: values.iloc[0])
+    if table.empty:
+        return None
+    panels = []
+    for _, row in table.iterrows():
+        label = f"{row['variant']} {_config_label(row)}".strip()
+        title = f"{_title(row['net'], row['dataset'], row['batch size'])}\n{label}"
+        panels.append((title, str(row["method"]), {f: row[f] for f in TIMELINE_FIELDS.values()}))
+    return timelines_figure(panels, method_colors(_methods(results)))
+
+
+def timelines_figure(panels: list[tuple[str, str, dict]], colors: dict | None = None) -> plt.Figure:
+    """``(title, method, timeline)`` panels (:meth:`bench.memory.MemoryTracker.timeline`), each
+    line in its method's colour (``colors``, else :func:`method_colors`), phases shaded,
+    module boundaries dotted, the peak marked; one memory scale for all."""
+    colors = colors or method_colors([method for _, method, _ in panels])
+    cols = min(len(panels), TIMELINE_COLUMNS)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols + 1.4, 3.3 * rows), squeeze=False, sharey=True,
+        constrained_layout=True,
+    )  # fmt: skip
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_visible(False)
+            continue
+        title, method, timeline = panels[i]
+        _draw_timeline(ax, timeline, colors[method])
+        ax.set_title(title, fontsize=9)
+        ax.set(ylabel=TIMELINE_LABEL if i % cols == 0 else None, xlabel=EVENT_LABEL)
+    # the panels share their y axis: room above the highest peak for its label
+    top = max(max(timeline["bytes"]) for _, _, timeline in panels) / MIB
+    axes[0, 0].set_ylim(bottom=0, top=top * 1.12)
+    handles = [
+        Patch(facecolor=shade or "white", edgecolor="0.6", lw=0.5, label=name)
+        for name, shade in PHASES.values()
+    ]
+    handles.append(Line2D([], [], color="0.35", lw=0.8, ls=":", label="next module"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="phase")
+    return fig
+
+
+def _draw_timeline(ax: plt.Axes, timeline: dict, color) -> None:
+    """Live MiB against the event index: a step line (a value holds until the next event),
+    each phase's span shaded, a dotted line where the next module's phases begin, its number
+    (1..K) at the top."""
+    x = np.asarray(timeline["event"])
+    y = np.asarray(timeline["bytes"], dtype=float) / MIB
+    phases, n = timeline["phases"], int(timeline["events"])
+    ends = [p[0] for p in phases[1:]] + [n]
+    module, spans = None, {}
+    for (start, code, k), end in zip(phases, ends):
+        shade = PHASES.get(code, PHASES["-"])[1]
+        if shade:
+            ax.axvspan(start - 0.5, end - 0.5, color=shade, lw=0)
+        if k is not None:
+            if module is not None and k != module:
+                ax.axvline(start - 0.5, color="0.35", lw=0.8, ls=":")
+            lo, hi = spans.get(k, (start, end))
+            spans[k], module = (min(lo, start), max(hi, end)), k
+    if len(spans) > 1:  # one module (BP) needs no number
+        for k, (lo, hi) in spans.items():
+            ax.text((lo + hi) / 2, 0.98, str(k + 1), transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=7, color="0.35")  # fmt: skip
+    ax.step(x, y, where="post", color=color, lw=1.2, gid="timeline")
+    top = int(np.argmax(y))
+    ax.plot(x[top], y[top], "v", color=color, ms=5)
+    ax.annotate(f"peak {y[top]:.1f} MiB", (x[top], y[top]), xytext=(4, 2),
+                textcoords="offset points", fontsize=7)  # fmt: skip
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
 
 
 # ---------------------------------------------------------------- training curves

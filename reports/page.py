@@ -34,6 +34,7 @@ CHARTS = (
     ("memory_vs_batch", "Peak memory vs batch size"),
     ("memory_breakdown", "Tracked peak memory by category"),
     ("module_memory", "Tracked peak memory per module"),
+    ("memory_timeline", "Live tracked memory over one training step"),
     ("step_overhead", "Step-time overhead vs BP"),
     ("curves", "Training curves"),
 )
@@ -44,6 +45,7 @@ PLOT_KINDS = {
     "memory-batch": "memory_vs_batch",
     "breakdown": "memory_breakdown",
     "modules": "module_memory",
+    "timeline": "memory_timeline",
     "step-overhead": "step_overhead",
     "curves": "curves",
 }
@@ -297,6 +299,8 @@ def chart_figure(name: str, results: pd.DataFrame, curves: pd.DataFrame, estimat
         return charts.breakdown_figure(results)
     if name == "module_memory":
         return charts.module_memory_figure(results)
+    if name == "memory_timeline":
+        return charts.timeline_figure(results)
     if name == "step_overhead":
         return charts.step_overhead_figure(results)
     if name == "curves":
