@@ -427,13 +427,16 @@ saving vs BP compares peaks of the same source. MiB = 2<sup>20</sup> bytes.</p>
 moment (each bar's top is the tracked peak, the mean over seeds). <b>Per module</b>, the top
 row is the peak of live bytes while module <i>k</i>'s phases ran; the rows below, the peak of
 the activations module <i>k</i> itself made (its backbone forward and its auxiliary net apart,
-where the records hold them). BP trains one module, the whole net: one point.</p>
+where the records hold them). BP trains one module, the whole net: one point. <b>Live
+tracked memory over one training step</b> is each run's last tracked step, allocation by
+allocation, phases shaded and module boundaries dotted; its peak is the run's tracked peak.</p>
 <p><b>Accuracy</b> is the final top-1 accuracy on the test split from the output head, mean
 ± sample standard deviation over the seeds that finished with status <code>ok</code>;
 <i>failed runs</i> counts out-of-memory, diverged and errored runs of the configuration, which
 enter no number. <b>Step time</b> is the median per-step time over the timed steps
 (synchronised on CUDA, warm-up excluded). {step_sentence(results)} <b>FLOPs</b> are per
-training step, forward and backward, backbone and auxiliary nets. Savings and overheads compare
+training step, forward and backward, backbone and auxiliary nets: matrix products and
+convolutions (normalisation, activations, pooling and losses count 0). Savings and overheads compare
 with the BP row of the same net, dataset and batch size; where BP ran with several settings, the
 one whose other settings (learning rate, epochs, ...) equal the row's, else the one sharing
 most of them. {baseline_sentence(table)}</p>
