@@ -7,6 +7,7 @@ warm-up steps and closes it after the same number of measured steps.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
@@ -81,6 +82,98 @@ class StepTimer:
             "step_time_p90_s": quantile(t, 0.9),
             "images_per_s": batch_size / median,
         }
+
+
+class PhaseClock:
+    """Per-module time of the timed steps: each module's forward, local loss and backward, and
+    the optimizer step, read at the phase points of ``LocalTrainer.train_step`` (those the
+    memory tracker labels).
+
+    On CUDA each phase is a pair of CUDA events recorded on the current stream, with no
+    synchronisation per phase: :meth:`end_step` reads them after the step timer's own
+    end-of-step synchronisation. Elsewhere ``time.perf_counter`` at the same points.
+    ``reading`` replaces the clock by any monotone counter (``locbench describe`` reads a
+    ``FlopCounterMode``'s total: FLOPs per phase)."""
+
+    # tracker phase -> part; "other" is the output head's loss, the last module's local loss
+    PARTS = {
+        "backbone": "forward_s",
+        "aux": "local_s",
+        "other": "local_s",
+        "backward": "backward_s",
+        "optimizer_state": "optimizer_s",
+    }
+
+    def __init__(
+        self, K: int, device: torch.device, reading: Callable[[], float] | None = None
+    ) -> None:
+        self.K = K
+        self.events = reading is None and device.type == "cuda"
+        self.reading = reading or time.perf_counter
+        self._marks: list[tuple[str, int | None, object, object]] = []
+        self.steps: list[dict] = []  # per step: the parts, and ``step_s``
+
+    @contextlib.contextmanager
+    def phase(self, tag: str, module: int | None = None) -> Iterator[None]:
+        start = self._now()
+        try:
+            yield
+        finally:
+            self._marks.append((tag, module, start, self._now()))
+
+    def _now(self) -> object:
+        if self.events:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return self.reading()
+
+    def end_step(self, step_s: float | None = None) -> dict:
+        """The parts of the step just ended (device synchronised), kept with its ``step_s``."""
+        parts: dict = {name: [0.0] * self.K for name in ("forward_s", "local_s", "backward_s")}
+        parts["optimizer_s"] = 0.0
+        for tag, module, start, end in self._marks:
+            value = start.elapsed_time(end) / 1e3 if self.events else end - start
+            name = self.PARTS[tag]
+            if name == "optimizer_s":
+                parts[name] += value
+            else:  # a phase may recur in one step (a data-parallel run's last all-reduce)
+                parts[name][module] += value
+        self._marks = []
+        self.steps.append({**parts, "step_s": step_s})
+        return parts
+
+    def summary(self) -> dict | None:
+        """Medians over the steps: per module ``forward_s``, ``local_s``, ``backward_s``;
+        ``optimizer_s``; ``other_s``, the step time's median less the parts' medians (zeroing
+        gradients, hand-offs between modules, the clock's own cost); ``parts_s``, the median
+        of each step's sum of parts, to compare with ``step_s``, the step time's median."""
+        if not self.steps:
+            return None
+
+        def median(get: Callable[[dict], float]) -> float:
+            return statistics.median(get(s) for s in self.steps)
+
+        out: dict = {
+            name: [median(lambda s, k=k, name=name: s[name][k]) for k in range(self.K)]
+            for name in ("forward_s", "local_s", "backward_s")
+        }
+        out["optimizer_s"] = median(lambda s: s["optimizer_s"])
+        out["parts_s"] = median(lambda s: sum(map(sum, part_lists(s))) + s["optimizer_s"])
+        out["step_s"] = median(lambda s: s["step_s"])
+        parts = sum(map(sum, part_lists(out))) + out["optimizer_s"]
+        out["other_s"] = out["step_s"] - parts
+        out["steps"] = len(self.steps)
+        return out
+
+    @staticmethod
+    def module_times(summary: dict) -> list[float]:
+        """m_k = forward + local loss + backward of module k, from :meth:`summary`."""
+        return [sum(parts) for parts in zip(*part_lists(summary))]
+
+
+def part_lists(parts: dict) -> list[list[float]]:
+    return [parts["forward_s"], parts["local_s"], parts["backward_s"]]
 
 
 def quantile(sorted_values: list[float], q: float) -> float:

@@ -46,6 +46,13 @@ class RunRecord:
     cuda: dict | None = None
     memory: dict | None = None  # tracked peak, breakdown, module peaks, floor (bench.memory)
     flops: dict | None = None  # per training step: backbone, aux, total (bench.describe)
+    # Medians over the timed steps of each module's forward, local loss and backward, the
+    # optimizer step and the rest (bench.meters.PhaseClock.summary), and the pipeline bound
+    # from them (bench.pipeline_bound): sum / max of the module times, and the best grouping
+    # into P = 2, 4, 8 stages ({"P", "groups", "bound"}).
+    module_times: dict | None = None
+    pipeline_bound_speedup: float | None = None
+    pipeline_stages: list[dict] | None = None
     # Data-parallel runs (config nproc > 1): world size, every rank's tracked and CUDA peaks.
     # ``memory`` and ``cuda`` above are rank 0's, for its share of each batch.
     distributed: dict | None = None
@@ -99,7 +106,7 @@ class RunRecord:
         ``memory.*`` (``memory.breakdown.*``) and ``flops.*`` columns; no curve."""
         d = asdict(self)
         d.pop("curve")
-        for group in ("config", "env", "cuda", "memory", "flops", "distributed"):
+        for group in ("config", "env", "cuda", "memory", "flops", "distributed", "module_times"):
             d.update(flatten(d.pop(group) or {}, group))
         return d
 

@@ -17,6 +17,8 @@ from bench.data import DataBundle, DataRequest, load_dataset
 from bench.describe import config_flops, meta_backbone
 from bench.distributed import Ranks
 from bench.errors import UserError
+from bench.meters import PhaseClock
+from bench.pipeline_bound import pipeline_bounds
 from bench.records import RunRecord
 from bench.split import Split
 from bench.trainer import LocalTrainer, fit
@@ -109,6 +111,10 @@ def execute(
         record.cuda = vars(result.cuda)
     if result.memory is not None:
         record.memory = result.memory.as_dict()
+    if result.module_times is not None:
+        record.module_times = result.module_times
+        bounds = pipeline_bounds(PhaseClock.module_times(result.module_times))
+        record.pipeline_bound_speedup, record.pipeline_stages = bounds["speedup"], bounds["stages"]
     if result.curve:
         epochs = sum(c["epoch_time_s"] for c in result.curve)
         waited = sum(c["data_wait_s"] for c in result.curve)

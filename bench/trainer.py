@@ -23,7 +23,7 @@ from bench.data import Loader
 from bench.distributed import GradSync, Ranks, global_batchnorm
 from bench.errors import UserError
 from bench.memory import MemoryTracker, TrackedPeak, storage_bytes
-from bench.meters import CudaPeaks, CudaWindow, DataWait, StepTimer
+from bench.meters import CudaPeaks, CudaWindow, DataWait, PhaseClock, StepTimer
 from bench.optim import make_sgd, set_lr, warmup_cosine
 from bench.precision import MixedPrecision, channels_last_input, to_channels_last
 from bench.split import Split
@@ -130,6 +130,7 @@ class LocalTrainer:
         y: torch.Tensor,
         tracker: MemoryTracker | None = None,
         step: StepContext | None = None,
+        clock: PhaseClock | None = None,
     ) -> StepLosses:
         """One training step on a batch already on the device; the method sees ``step`` as
         ``batch.step`` (default: step 0 of 1 at the configuration's learning rate).
@@ -137,8 +138,15 @@ class LocalTrainer:
         With a ``tracker`` (entered by the caller), each part of the step is labelled for the
         memory breakdown; the computation is the same either way. With ``config.precision``
         bf16/fp16, each forward and each loss runs under autocast, and fp16 losses are scaled
-        by one loss scaler for the whole step (:mod:`bench.precision`)."""
-        phase = tracker.phase if tracker is not None else _no_phase
+        by one loss scaler for the whole step (:mod:`bench.precision`).
+
+        With a ``clock`` (timed steps; never with a tracker, which would slow the phases it
+        times), the same phase points mark each module's forward, local loss and backward and
+        the optimizer step; without either, a phase costs nothing."""
+        if tracker is not None:
+            phase = tracker.phase
+        else:
+            phase = clock.phase if clock is not None else _no_phase
         self.modules.train()
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -317,6 +325,7 @@ class MeasuredSteps:
         self.trainer, self.windows = trainer, windows
         device = trainer.device
         self.timer = StepTimer(device)
+        self.clock = PhaseClock(trainer.split.K, device)
         self.cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
         self.memory: TrackedPeak | None = None
         self.cuda: CudaPeaks | None = None
@@ -336,8 +345,9 @@ class MeasuredSteps:
             if i == timed.start and self.cuda_window is not None:
                 self.cuda_window.open()
             self.timer.start()
-            losses = self.trainer.train_step(x, y, step=step)
-            self.timer.stop()
+            losses = self.trainer.train_step(x, y, step=step, clock=self.clock)
+            self.timer.stop()  # synchronises: the clock's CUDA events are complete
+            self.clock.end_step(self.timer.times[-1])
             if i == timed[-1] and self.cuda_window is not None:
                 self.cuda = self.cuda_window.close()
         else:
@@ -383,6 +393,7 @@ class EpochSums:
 class FitResult:
     curve: list[dict] = field(default_factory=list)
     step_times: StepTimer | None = None
+    module_times: dict | None = None  # PhaseClock.summary of the timed steps
     cuda: CudaPeaks | None = None
     memory: TrackedPeak | None = None
     diverged: bool = False
@@ -457,4 +468,5 @@ def fit(
             result.diverged = True
             break
     result.memory, result.cuda = steps.memory, steps.cuda
+    result.module_times = steps.clock.summary()
     return result
