@@ -21,6 +21,8 @@ from bench.build import build
 from bench.config import RunConfig
 from bench.data import DataInfo
 from bench.errors import UserError
+from bench.meters import PhaseClock
+from bench.pipeline_bound import pipeline_bounds
 from bench.trainer import LocalTrainer, probe_config
 from methods import Batch, Method
 
@@ -56,18 +58,27 @@ def aux_layers(module: nn.Module) -> list[str]:
 
 
 def step_flops(
-    method: Method, backbone: Backbone, batch_size: int, config: RunConfig
+    method: Method,
+    backbone: Backbone,
+    batch_size: int,
+    config: RunConfig,
+    per_module: list[int] | None = None,
 ) -> tuple[int, list[int]]:
     """FLOPs of one training step, and of each local module's auxiliary part of it; moves
     ``method`` and ``backbone`` to the meta device.
 
     The auxiliary part of module k is its local loss, forward and backward, on a leaf of the
-    cut's shape; what remains of the step is the backbone's (incl. the output head)."""
+    cut's shape; what remains of the step is the backbone's (incl. the output head). A
+    ``per_module`` list receives each module's forward + local loss + backward FLOPs, read at
+    the step's phase points as a run's :class:`~bench.meters.PhaseClock` reads time."""
     trainer = LocalTrainer(backbone, method.split, method, probe_config(config), META)
     x = torch.empty(batch_size, *backbone.input_shape, device=META)
     y = torch.zeros(batch_size, dtype=torch.long, device=META)
     with FlopCounterMode(display=False) as total:
-        trainer.train_step(x, y)
+        clock = PhaseClock(method.split.K, META, reading=total.get_total_flops)
+        trainer.train_step(x, y, clock=clock)
+    if per_module is not None:
+        per_module[:] = [int(m) for m in PhaseClock.module_times(clock.end_step())]
     batch = Batch(x, y, trainer.default_step)
     aux = []
     for k in range(method.split.K - 1):
@@ -87,6 +98,7 @@ def config_flops(
     batch_size: int = 64,
     num_classes: int = 10,
     net: Callable[[int], Backbone] | None = None,
+    per_module: list[int] | None = None,
 ) -> tuple[int, list[int]]:
     """:func:`step_flops` of ``config``, built afresh on the meta device (``build``'s
     arguments): nothing is allocated, and a run's own modules are never touched or copied.
@@ -95,7 +107,7 @@ def config_flops(
     ``methods/base.py``). The global random state is left as it was: ``build`` reseeds."""
     with torch.random.fork_rng(devices=[]), torch.device(META):
         backbone, method = build(config, data, num_classes=num_classes, net=net)
-        return step_flops(method, backbone, batch_size, config)
+        return step_flops(method, backbone, batch_size, config, per_module)
 
 
 def meta_backbone(backbone: Backbone) -> Callable[[int], Backbone]:
@@ -123,8 +135,9 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
     split = method.split
     backbone_params = backbone.num_params()
     aux_params = count([method])  # every parameter the method owns
+    module_flops: list[int] = []
     try:
-        total, aux_flops = config_flops(config, None, batch_size, num_classes)
+        total, aux_flops = config_flops(config, None, batch_size, num_classes, None, module_flops)
     except UserError:
         raise
     except TRACE_ERRORS as e:  # e.g. BatchNorm1d given a batch of one
@@ -147,6 +160,7 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
                 "params_aux": count(aux),
                 "layers": [name for m in aux for name in aux_layers(m)],
                 "flops_aux": 0 if last else aux_flops[k],
+                "flops": module_flops[k],  # forward + local loss + backward of the module
             }
         )
     return {
@@ -165,6 +179,8 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
             "aux": sum(aux_flops),
             "total": total,
         },
+        # the pipeline bound from the modules' FLOPs (bench.pipeline_bound)
+        "pipeline_bound": pipeline_bounds(module_flops),
     }
 
 
@@ -194,4 +210,19 @@ def format_description(d: dict) -> str:
         f"{f['backbone'] / 1e9:.3f} G, auxiliary {f['aux'] / 1e9:.3f} G, "
         f"total {f['total'] / 1e9:.3f} G",
     ]
+    bound = d["pipeline_bound"]
+    if bound["speedup"] is not None:
+        per_module = ", ".join(f"{m['flops'] / 1e9:.3f}" for m in d["modules"])
+        stages = "; ".join(
+            f"P={s['P']} {s['bound']:.2f}x {'|'.join(_span(g) for g in s['groups'])}"
+            for s in bound["stages"]
+        )
+        lines.append(
+            f"pipeline bound from FLOPs (module GFLOP {per_module}): {bound['speedup']:.2f}x "
+            f"with one stage per module" + (f"; best stages {stages}" if stages else "")
+        )
     return "\n".join(lines)
+
+
+def _span(group: list[int]) -> str:
+    return str(group[0]) if len(group) == 1 else f"{group[0]}-{group[-1]}"
