@@ -72,6 +72,7 @@ COMPARISON_COLUMNS = [
     "peak (MiB)",
     "memory source",
     "saving vs BP (%)",
+    "pipeline bound",
     "step (ms)",
     "step overhead vs BP (%)",
     "data wait (%)",
@@ -123,6 +124,9 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     * ``step overhead vs BP (%)`` and ``FLOPs overhead vs BP (%)``: ``100 * (x / x of BP - 1)``
       for the median step time and the FLOPs of one training step (forward + backward,
       backbone and auxiliary nets), against the same BP row.
+    * ``pipeline bound``: the mean over seeds of each run's ``pipeline_bound_speedup``, the
+      speed-up a pipeline of one stage per module could reach at best from the run's measured
+      module times (sum / max; :mod:`bench.pipeline_bound`); NaN for runs recorded without.
     * ``data wait (%)``: the mean share of the training epochs' wall time the loop waited for
       data (``data_wait_share``): a loader-bound configuration shows a large one.
     """
@@ -145,6 +149,7 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
                 "acc std (%)": acc_std,
                 "peak (MiB)": peaks[source] / MIB if source else math.nan,
                 "memory source": source,
+                "pipeline bound": ok["pipeline_bound"].mean(),
                 "step (ms)": ok["step"].mean() * 1e3,
                 "data wait (%)": ok["data_wait"].mean() * 100,
                 "GFLOP / step": ok["flops"].mean() / 1e9,
@@ -199,6 +204,7 @@ def _runs(results: pd.DataFrame) -> pd.DataFrame:
             "acc": _numeric(results, "final_test_acc"),
             "step": _numeric(results, "step_time_median_s"),
             "data_wait": _numeric(results, "data_wait_share"),
+            "pipeline_bound": _numeric(results, "pipeline_bound_speedup"),
             "flops": _numeric(results, "flops.total"),
             CUDA_SOURCE: _numeric(results, "cuda.peak_allocated_bytes"),
             TRACKED_SOURCE: _numeric(results, "memory.peak_bytes"),

@@ -164,6 +164,7 @@ def test_comparison_table_rows_and_order(table):
         "peak (MiB)",
         "memory source",
         "saving vs BP (%)",
+        "pipeline bound",
         "step (ms)",
         "step overhead vs BP (%)",
         "data wait (%)",
