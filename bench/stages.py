@@ -337,11 +337,20 @@ def evaluate_stage(
     return {"test_acc": 100.0 * correct / max(seen, 1), "test_loss": loss_sum / max(seen, 1)}
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def stage_threads(P: int) -> int:
+    """Intra-op threads of each CPU stage: the cores shared out."""
+    return max(1, cores() // P)
+
+
 def run_stages(config: RunConfig, groups: list[range], max_steps: int | None = None) -> list[dict]:
     """Run the P stages as processes (resolved ``config``); every stage's result, in order.
     ``max_steps``: stop after that many training steps, without evaluation (tests)."""
     P = len(groups)
-    threads = max(1, (os.cpu_count() or 1) // P)
+    threads = stage_threads(P)
     with tempfile.TemporaryDirectory(prefix="locbench-stages-") as tmp:
         args = (config, groups, free_port(), tmp, max_steps, threads)
         mp.spawn(stage_main, args=args, nprocs=P, join=True)
@@ -403,6 +412,30 @@ def pipeline_step_times(results: list[dict]) -> list[float]:
     return [ends[i] - ends[i - 1] for i in range(max(start, 1), stop)]
 
 
+def sequential_baseline(p, P: int, device: torch.device) -> dict:
+    """The sequential harness on the cores (or the one GPU) the stages get: on the CPU at the
+    stages' total thread count and at one stage's, keeping the faster. On cores shared with
+    other work, more intra-op threads than free cores can stall every op (seen: 40x), and a
+    sequential run would not be configured that way."""
+    cfg = p.config
+    on = torch.device("cuda", 0) if device.type == "cuda" else device
+    trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, on)
+    steps = max(cfg.measure_steps, 1)
+    if device.type == "cuda":
+        return sequential_times(trainer, p.data.train, cfg.warmup_steps, steps)
+    before = torch.get_num_threads()
+    runs = {}
+    try:
+        for threads in sorted({stage_threads(P) * P, stage_threads(P)}, reverse=True):
+            torch.set_num_threads(threads)
+            runs[threads] = sequential_times(trainer, p.data.train, cfg.warmup_steps, steps)
+    finally:
+        torch.set_num_threads(before)
+    threads = min(runs, key=lambda t: runs[t]["step_time_s"])
+    by_threads = {t: r["step_time_s"] for t, r in runs.items()}
+    return {**runs[threads], "threads": threads, "by_threads": by_threads}
+
+
 def execute_stages(
     config: RunConfig, grouping: Grouping = balanced_groups, prepared=None
 ) -> RunRecord:
@@ -428,10 +461,7 @@ def execute_stages(
     )
     record.flops, why = count_flops(p)
     record.message = why
-    sequential_device = torch.device("cuda", 0) if device.type == "cuda" else device
-    trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, sequential_device)
-    seq = sequential_times(trainer, p.data.train, cfg.warmup_steps, max(cfg.measure_steps, 1))
-    del trainer
+    seq = sequential_baseline(p, P, device)
     results = run_stages(dataclasses.replace(cfg, stages=P), groups)
     timer = StepTimer(device)
     timer.times = pipeline_step_times(results)
@@ -459,6 +489,8 @@ def execute_stages(
         "busy_s": [r["busy_s"] for r in results],
         "idle_s": [r["idle_s"] for r in results],
         "sequential_step_time_s": seq["step_time_s"],
+        "sequential_threads": seq.get("threads"),
+        "sequential_by_threads": seq.get("by_threads"),
         "pipeline_step_time_s": pipelined,
         "speedup": seq["step_time_s"] / pipelined if pipelined else None,
         "bound": speedup_bound(seq["module_times_s"], groups),
