@@ -119,3 +119,37 @@ def test_a_boundary_other_than_detach_is_refused(tmp_path):
 def test_stages_with_nproc_are_refused():
     with pytest.raises(UserError, match="not both"):
         _config("dgl", K=2, stages=2, nproc=2)
+
+
+def test_a_sweep_with_stages_is_refused(tmp_path):
+    from bench.grid import Grid
+    from bench.sweep import plan_sweep
+
+    run = {"dataset": "synthetic", "device": "cpu"}
+    grid = Grid(methods=("dgl",), K=(2,), axes={"stages": (2,)}, run=run)
+    with pytest.raises(UserError, match="stages 2"):
+        plan_sweep(grid, tmp_path / "runs")
+
+
+def test_run_stages_writes_a_record_with_the_speedup_and_its_bound(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method", "dgl", "--K",
+        "2", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--no-progress",
+        "--warmup-steps", "1", "--measure-steps", "3", "--stages", "2", "--out",
+        str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "speed-up" in done.stdout and "bound" in done.stdout
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok" and record["config"]["stages"] == 2
+    s = record["stages"]
+    assert s["P"] == 2 and s["groups"] == [[0], [1]]
+    assert len(s["busy_s"]) == len(s["idle_s"]) == 2
+    assert s["speedup"] > 0 and s["bound"] > 0 and s["sequential_step_time_s"] > 0
+    assert record["measured_steps"] == 3 and record["curve"][0]["test_acc"] >= 0
