@@ -143,8 +143,8 @@ class RunConfig:
     )
     stages: int = setting(
         1,
-        "pipeline stages: the K modules run as this many contiguous groups, one process each "
-        "(one GPU each on CUDA), every stage stepping its own modules (docs/stages.md)",
+        "pipeline stages: the K modules as this many contiguous groups, one process (one GPU "
+        "on CUDA) each, every stage stepping its own modules (docs/stages.md)",
         section="env",
         low=1,
         high=4096,
