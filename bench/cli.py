@@ -212,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     ranks = Ranks.from_env()  # set by torchrun, or by launch() below
+    if config.stages > 1:
+        return run_stages_cmd(config, args.out)
     if ranks is None and config.nproc > 1:
         from bench.records import check_out_dir
 
@@ -234,6 +236,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary_line(record, path))
     elif record.status != "ok":  # the launcher shows this line and stops the other ranks
         print(f"status {record.status}: {record.message}", file=sys.stderr)
+    return 0 if record.status == "ok" else 1
+
+
+def run_stages_cmd(config, out: Path) -> int:
+    """``run --stages P``: the sequential harness, then the P pipeline stages; one record."""
+    from bench.records import check_out_dir, save_record
+    from bench.run import prepare
+    from bench.stages import execute_stages
+
+    prepared = prepare(config)
+    check_out_dir(out)
+    record = execute_stages(prepared.config, prepared=prepared)
+    path = save_record(record, out)
+    s = record.stages
+    print(
+        f"{summary_line(record, path)}; {s['P']} stages {s['groups']}: speed-up "
+        f"{s['speedup']:.2f}x (bound {s['bound']:.2f}x)"
+    )
     return 0 if record.status == "ok" else 1
 
 

@@ -141,6 +141,14 @@ class RunConfig:
         low=1,
         high=4096,
     )
+    stages: int = setting(
+        1,
+        "pipeline stages: the K modules as this many contiguous groups, one process (one GPU "
+        "on CUDA) each, every stage stepping its own modules (docs/stages.md)",
+        section="env",
+        low=1,
+        high=4096,
+    )
 
     def __post_init__(self) -> None:
         # Typed and checked however the config was made (flags, TOML, Python): 1 and 1.0
@@ -152,6 +160,8 @@ class RunConfig:
             raise UserError("method hyperparameter names must be strings")
         if self.K is not None and self.cuts is not None:
             raise UserError("give either --K or --cuts, not both")
+        if self.stages > 1 and self.nproc > 1:
+            raise UserError("give either --stages (pipeline) or --nproc (data-parallel), not both")
 
     def resolved(self) -> RunConfig:
         """Dataset preset filled in, device and memory mode picked, every method

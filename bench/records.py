@@ -56,6 +56,9 @@ class RunRecord:
     # Data-parallel runs (config nproc > 1): world size, every rank's tracked and CUDA peaks.
     # ``memory`` and ``cuda`` above are rank 0's, for its share of each batch.
     distributed: dict | None = None
+    # Pipeline runs (config stages > 1, bench.stages): groups, every stage's busy and idle
+    # seconds, the sequential and pipelined step times, the speed-up and its bound.
+    stages: dict | None = None
     started_at: str = ""
     # True for an ``error`` row written because the worker process died (killed, segfault):
     # a resumed sweep runs that configuration again.
@@ -106,7 +109,8 @@ class RunRecord:
         ``memory.*`` (``memory.breakdown.*``) and ``flops.*`` columns; no curve."""
         d = asdict(self)
         d.pop("curve")
-        for group in ("config", "env", "cuda", "memory", "flops", "distributed", "module_times"):
+        nested = ("config", "env", "cuda", "memory", "flops", "distributed")
+        for group in (*nested, "module_times", "stages"):
             d.update(flatten(d.pop(group) or {}, group))
         return d
 

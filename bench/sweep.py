@@ -466,6 +466,11 @@ def plan_sweep(
                 f"nproc {config.nproc}: a sweep runs each configuration in one process; "
                 "start data-parallel runs with `locbench run --nproc N`"
             )
+        if config.stages > 1:  # a pipeline's stages are processes too
+            raise UserError(
+                f"stages {config.stages}: a sweep runs each configuration in one process; "
+                "start pipeline runs with `locbench run --stages P`"
+            )
         if device is None:
             check_device(config.device)
         configs.setdefault(resolved_id(config), config)

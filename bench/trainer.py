@@ -157,25 +157,11 @@ class LocalTrainer:
         last = self.split.K - 1
         local: list[torch.Tensor] = []
         h = x
-        for k, module in enumerate(self.modules):
-            with phase("backbone", k), amp.autocast():
-                out = self.method.forward_module(k, module, h, batch)
-            if k < last:
-                with phase("aux", k), amp.autocast():
-                    loss = self.method.local_loss(k, out, batch)
-                if loss is not None:
-                    with phase("backward", k):
-                        amp.backward(loss)
-                        if self.grad_sync is not None:
-                            self.grad_sync.after_backward()
-                    local.append(loss.detach())
-                h = self.method.boundary(k, out)
-            else:
-                with phase("other", k), amp.autocast():
-                    loss = self.method.output_loss(out, batch)
-                with phase("backward", k):
-                    amp.backward(loss)
-                correct = (out.detach().argmax(1) == y).sum()
+        for k in range(self.split.K):
+            h, loss = self.module_step(k, h, batch, phase)
+            if k < last and loss is not None:
+                local.append(loss)
+        correct = (h.argmax(1) == y).sum()
         if self.grad_sync is not None:
             with phase("backward", last):
                 self.grad_sync.finish()
@@ -183,7 +169,32 @@ class LocalTrainer:
             amp.step(self.optimizer)
         if tracker is not None:
             tracker.end_step(self.parameters(), self.optimizer)
-        return StepLosses(local, loss.detach(), correct)
+        return StepLosses(local, loss, correct)
+
+    def module_step(
+        self, k: int, h: torch.Tensor, batch: Batch, phase: Callable = _no_phase
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Module k's part of a training step: forward, its loss (local, or the output loss
+        for the last module) and that loss's backward. Returns module k+1's input (the
+        boundary; for the last module its detached logits) and the detached loss (None when
+        the method has no local loss there). Pipeline stages (bench.stages) run the same."""
+        amp, module = self.amp, self.modules[k]
+        with phase("backbone", k), amp.autocast():
+            out = self.method.forward_module(k, module, h, batch)
+        if k < self.split.K - 1:
+            with phase("aux", k), amp.autocast():
+                loss = self.method.local_loss(k, out, batch)
+            if loss is not None:
+                with phase("backward", k):
+                    amp.backward(loss)
+                    if self.grad_sync is not None:
+                        self.grad_sync.after_backward()
+            return self.method.boundary(k, out), None if loss is None else loss.detach()
+        with phase("other", k), amp.autocast():
+            loss = self.method.output_loss(out, batch)
+        with phase("backward", k):
+            amp.backward(loss)
+        return out.detach(), loss.detach()
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.modules.parameters()) + list(self.method.parameters())

@@ -1,0 +1,155 @@
+"""Pipeline stages (bench.stages): P processes, each stepping its own modules, make the same
+updates as the sequential harness; what cannot be pipelined is refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.config import RunConfig
+from bench.errors import UserError
+from bench.optim import set_lr, warmup_cosine
+from bench.run import prepare
+from bench.stages import (
+    balanced_groups,
+    check_stages,
+    execute_stages,
+    module_state,
+    run_stages,
+    unit_counts,
+)
+from bench.trainer import LocalTrainer
+from methods.base import StepContext
+
+STEPS = 5
+
+
+def _config(method: str, **extra) -> RunConfig:
+    return RunConfig(
+        net="smallnet",
+        method=method,
+        dataset="synthetic",
+        batch_size=8,
+        lr=0.1,
+        epochs=1,
+        warmup_epochs=0,
+        augment=False,
+        device="cpu",
+        **extra,
+    )
+
+
+def _sequential_state(config: RunConfig, steps: int) -> tuple[dict, object]:
+    torch.set_num_threads(1)
+    p = prepare(config)
+    trainer = LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu"))
+    cfg, per_epoch = p.config, len(p.data.train)
+    for i, (x, y) in zip(range(steps), p.data.train):
+        # the schedule fit() applies: the stages follow it step by step
+        lr = warmup_cosine(i / per_epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, 0.01)
+        set_lr(trainer.optimizer, lr)
+        trainer.train_step(
+            *trainer.to_device(x, y), step=StepContext(i, 0, per_epoch, per_epoch, lr)
+        )
+    state = module_state(trainer, range(p.split.K))
+    return state, p
+
+
+@pytest.mark.parametrize("method", ["dgl", "auglocal"])
+def test_two_stages_make_the_sequential_updates(method):
+    config = _config(method, K=4 if method == "auglocal" else 2)  # auglocal trains K - 2
+    sequential, p = _sequential_state(config, STEPS)
+    groups = balanced_groups(unit_counts(p.split), 2)
+    assert [len(g) for g in groups] == [1, 1]
+    results = run_stages(p.config, groups, max_steps=STEPS)
+    staged = {n: t for r in results for n, t in r["state"].items()}
+    assert staged.keys() == sequential.keys()
+    for name, value in sequential.items():
+        # every parameter and BatchNorm running statistic (and step count)
+        torch.testing.assert_close(staged[name], value, atol=1e-6, rtol=0, msg=name)
+    counts = [v.item() for n, v in staged.items() if n.endswith("num_batches_tracked")]
+    assert counts and set(counts) == {STEPS}
+    assert all(len(r["ends"]) == STEPS for r in results)
+
+
+def test_balanced_groups_are_contiguous_and_minimise_the_largest():
+    assert balanced_groups([1, 1, 1, 1], 2) == [range(0, 2), range(2, 4)]
+    assert balanced_groups([3, 1, 1, 1], 2) == [range(0, 1), range(1, 4)]
+    assert balanced_groups([1, 2, 3], 3) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+def _refusal(config: RunConfig) -> str:
+    with pytest.raises(UserError) as e:
+        execute_stages(config)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_end_to_end_and_too_many_stages_are_refused():
+    assert "end to end" in _refusal(_config("bp", stages=2))
+    assert "K=2" in _refusal(_config("dgl", K=2, stages=3))
+    p = prepare(_config("dgl", K=2))
+    with pytest.raises(UserError, match="at least 1"):
+        check_stages(p.method, p.split, 0, torch.device("cpu"))
+
+
+def test_a_method_without_a_local_loss_is_refused(tmp_path):
+    plugin = tmp_path / "noloss.py"
+    plugin.write_text(
+        "from methods.dgl import DGL\n\n\n"
+        "class NoLoss(DGL):\n"
+        "    def local_loss(self, k, out, batch):\n"
+        "        return None\n"
+    )
+    assert "no local loss" in _refusal(_config(f"{plugin}:NoLoss", K=2, stages=2))
+
+
+def test_a_boundary_other_than_detach_is_refused(tmp_path):
+    plugin = tmp_path / "keep.py"
+    plugin.write_text(
+        "from methods.dgl import DGL\n\n\n"
+        "class Keep(DGL):\n"
+        "    def boundary(self, k, out):\n"
+        "        return out\n"
+    )
+    assert "boundary" in _refusal(_config(f"{plugin}:Keep", K=2, stages=2))
+
+
+def test_stages_with_nproc_are_refused():
+    with pytest.raises(UserError, match="not both"):
+        _config("dgl", K=2, stages=2, nproc=2)
+
+
+def test_a_sweep_with_stages_is_refused(tmp_path):
+    from bench.grid import Grid
+    from bench.sweep import plan_sweep
+
+    run = {"dataset": "synthetic", "device": "cpu"}
+    grid = Grid(methods=("dgl",), K=(2,), axes={"stages": (2,)}, run=run)
+    with pytest.raises(UserError, match="stages 2"):
+        plan_sweep(grid, tmp_path / "runs")
+
+
+def test_run_stages_writes_a_record_with_the_speedup_and_its_bound(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method", "dgl", "--K",
+        "2", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--no-progress",
+        "--warmup-steps", "1", "--measure-steps", "3", "--stages", "2", "--out",
+        str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "speed-up" in done.stdout and "bound" in done.stdout
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok" and record["config"]["stages"] == 2
+    s = record["stages"]
+    assert s["P"] == 2 and s["groups"] == [[0], [1]]
+    assert len(s["busy_s"]) == len(s["idle_s"]) == 2
+    assert s["speedup"] > 0 and s["bound"] > 0 and s["sequential_step_time_s"] > 0
+    assert record["measured_steps"] == 3 and record["curve"][0]["test_acc"] >= 0
