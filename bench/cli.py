@@ -249,11 +249,11 @@ def run_stages_cmd(config, out: Path) -> int:
     check_out_dir(out)
     record = execute_stages(prepared.config, prepared=prepared)
     path = save_record(record, out)
-    s = record.stages
-    print(
-        f"{summary_line(record, path)}; {s['P']} stages {s['groups']}: speed-up "
-        f"{s['speedup']:.2f}x (bound {s['bound']:.2f}x)"
-    )
+    s, line = record.stages, summary_line(record, path)
+    if s is not None:  # a failed run has no stage figures
+        line += f"; {s['P']} stages {s['groups']}: speed-up {s['speedup']:.2f}x "
+        line += f"(bound {s['bound']:.2f}x)"
+    print(line)
     return 0 if record.status == "ok" else 1
 
 

@@ -40,6 +40,7 @@ from bench.meters import PhaseClock, synchronize
 from bench.optim import make_sgd, set_lr, warmup_cosine
 from bench.pipeline_bound import best_grouping
 from bench.records import RunRecord
+from bench.run import first_line
 from bench.split import Split
 from bench.trainer import LocalTrainer, Windows
 from methods.base import Batch, Method, StepContext
@@ -288,6 +289,13 @@ def stage_main(
             "state": module_state(trainer, group),
         }
         torch.save(result, Path(out_dir) / f"stage{rank}.pt")
+    except Exception as e:
+        # When one stage fails the others fail too (a closed connection): the parent reports
+        # the stage that failed first, the cause.
+        (Path(out_dir) / f"stage{rank}.err").write_text(
+            f"{time.time()!r}\n{type(e).__name__}: {first_line(e)}"
+        )
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -338,8 +346,25 @@ def run_stages(config: RunConfig, groups: list[range], max_steps: int | None = N
     threads = stage_threads(P)
     with tempfile.TemporaryDirectory(prefix="locbench-stages-") as tmp:
         args = (config, groups, free_port(), tmp, max_steps, threads)
-        mp.spawn(stage_main, args=args, nprocs=P, join=True)
+        try:
+            mp.spawn(stage_main, args=args, nprocs=P, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            errors = sorted(
+                (float(when), rank, text)
+                for rank, (when, text) in (
+                    (int(f.stem[5:]), f.read_text().split("\n", 1))
+                    for f in Path(tmp).glob("stage*.err")
+                )
+            )
+            if not errors:  # a stage died without a word (killed)
+                raise StageFailed(f"a stage failed: {first_line(e)}") from None
+            _, rank, text = errors[0]
+            raise StageFailed(f"stage {rank} failed: {text}") from None
         return [torch.load(Path(tmp) / f"stage{s}.pt") for s in range(P)]
+
+
+class StageFailed(RuntimeError):
+    """A stage of a pipeline run failed; the message names the first to fail and why."""
 
 
 def sequential_times(trainer: LocalTrainer, loader, warmup: int, steps: int) -> dict:
@@ -431,8 +456,20 @@ def execute_stages(
     )
     record.flops, why = count_flops(p)
     record.message = why
-    seq = sequential_baseline(p, P, device)
-    results = run_stages(dataclasses.replace(cfg, stages=P), groups)
+    try:
+        seq = sequential_baseline(p, P, device)
+        results = run_stages(dataclasses.replace(cfg, stages=P), groups)
+    except torch.cuda.OutOfMemoryError as e:
+        record.status, record.message = "oom", first_line(e)
+        return finish(record, started)
+    except StageFailed as e:  # the others were stopped: a row, as a failed sequential run is
+        record.status, record.message = "error", str(e)
+        return finish(record, started)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed run is a row, not a crash (bench.run)
+        record.status, record.message = "error", f"{type(e).__name__}: {first_line(e)}"
+        return finish(record, started)
     timer = StepTimer(device)
     timer.times = pipeline_step_times(results)
     record.__dict__.update(timer.summary(cfg.batch_size))

@@ -153,3 +153,36 @@ def test_run_stages_writes_a_record_with_the_speedup_and_its_bound(tmp_path):
     assert len(s["busy_s"]) == len(s["idle_s"]) == 2
     assert s["speedup"] > 0 and s["bound"] > 0 and s["sequential_step_time_s"] > 0
     assert record["measured_steps"] == 3 and record["curve"][0]["test_acc"] >= 0
+
+
+def test_a_failing_stage_is_an_error_row_not_a_traceback(tmp_path):
+    """The method fails only inside a stage (the sequential measurement before the stages runs
+    without a process group): the run writes one error row naming the stage's error."""
+    import json
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "fails.py"
+    plugin.write_text(
+        "import torch.distributed as dist\n"
+        "from methods.dgl import DGL\n\n\n"
+        "class FailsInStage(DGL):\n"
+        "    def local_loss(self, k, out, batch):\n"
+        "        if dist.is_initialized() and batch.step.global_step == 1:\n"
+        "            raise RuntimeError('boom in a stage')\n"
+        "        return super().local_loss(k, out, batch)\n"
+    )
+    out = tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method",
+        f"{plugin}:FailsInStage", "--K", "2", "--dataset", "synthetic", "--epochs", "1",
+        "--device", "cpu", "--no-progress", "--warmup-steps", "1", "--measure-steps", "2",
+        "--stages", "2", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "status error (stage 0 failed: RuntimeError: boom in a stage)" in done.stdout
+    (path,) = out.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "error"
+    assert record["message"] == "stage 0 failed: RuntimeError: boom in a stage"
