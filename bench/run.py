@@ -75,17 +75,7 @@ def execute(
     process group started); the record then also holds every rank's peaks."""
     p = prepared or prepare(config)
     cfg = p.config
-    record = RunRecord.of(
-        cfg,
-        K=p.split.K,
-        module_starts=list(p.split.starts),
-        params_backbone=p.backbone.num_params(),
-        params_aux=sum(x.numel() for x in p.method.parameters()),
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    record.flops, why = count_flops(p)
-    if why:
-        record.message = why
+    record = start_record(p)
     device = torch.device(cfg.device)
     if ranks is not None:
         device = ranks.device(device)
@@ -146,6 +136,21 @@ def rank_peaks(ranks: Ranks, memory, cuda) -> dict:
         "tracked_peak_bytes": stats([t for t, _ in peaks]),
         "cuda_peak_allocated_bytes": stats([c for _, c in peaks]),
     }
+
+
+def start_record(p: Prepared) -> RunRecord:
+    """The record of a prepared run before it trains: identity, split, parameter counts, start
+    time and FLOPs per step (or why they were not counted, as its message)."""
+    record = RunRecord.of(
+        p.config,
+        K=p.split.K,
+        module_starts=list(p.split.starts),
+        params_backbone=p.backbone.num_params(),
+        params_aux=sum(x.numel() for x in p.method.parameters()),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    record.flops, record.message = count_flops(p)
+    return record
 
 
 def count_flops(p: Prepared) -> tuple[dict | None, str]:

@@ -438,7 +438,7 @@ def execute_stages(
     times, and the check that every module has a local loss), then the P stages; one record.
     ``grouping(weights, P)`` makes the groups from each module's unit count."""
     from bench.meters import StepTimer
-    from bench.run import count_flops, finish, prepare
+    from bench.run import finish, prepare, start_record
 
     p = prepared or prepare(config)
     cfg = p.config
@@ -447,15 +447,7 @@ def execute_stages(
     check_stages(p.method, p.split, P, device)
     groups = grouping(unit_counts(p.split), P)
     started = time.perf_counter()
-    record = RunRecord.of(
-        cfg,
-        K=p.split.K,
-        module_starts=list(p.split.starts),
-        params_backbone=p.backbone.num_params(),
-        params_aux=sum(x.numel() for x in p.method.parameters()),
-    )
-    record.flops, why = count_flops(p)
-    record.message = why
+    record = start_record(p)
     try:
         seq = sequential_baseline(p, P, device)
         results = run_stages(dataclasses.replace(cfg, stages=P), groups)

@@ -9,10 +9,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["--dataset", "digits", "--epochs", "2", "--nets", "smallnet", "--K", "2", "--no-progress"]
@@ -83,19 +83,9 @@ def task_workers(env: dict) -> list[int]:
     return ray_processes(env["RAY_AUTH_TOKEN"], b"ray::locbench_run")
 
 
-def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def kill_a_task_worker(env: dict) -> int:
     """SIGKILL one Ray worker while it runs a locbench task; its pid, once it is gone."""
-    pid = wait_for(lambda: task_workers(env), what="a running locbench task")[0]
+    pid = wait_for(lambda: task_workers(env), 120, "a running locbench task")[0]
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     os.kill(pid, signal.SIGKILL)
     assert cmdline.startswith(b"ray::locbench_run"), cmdline  # a task worker, running a run

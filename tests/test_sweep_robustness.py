@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from bench.claims import CLAIMS, Claims
 from bench.grid import Grid
@@ -51,16 +52,6 @@ def workers_of(out: Path) -> list[int]:
         if b"bench.worker" in argv and str(out).encode() in argv and state != "Z":
             pids.append(int(proc.name))
     return pids
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def records(out: Path) -> dict[str, list[dict]]:
