@@ -35,7 +35,13 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from reports.tables import MIB, aux_depth, comparison_table, variant_labels  # noqa: E402
+from reports.tables import (  # noqa: E402
+    MIB,
+    aux_depth,
+    comparison_table,
+    is_missing,
+    variant_labels,
+)
 
 MEMORY_LABEL = "peak memory (MiB)"
 ACCURACY_LABEL = "test accuracy (%)"
@@ -485,7 +491,7 @@ def _configurations(results: pd.DataFrame, fields: dict[str, str], reduce=None) 
     present = results["status"].eq("ok")
     for column, name in fields.items():
         runs[name] = results[column]
-        present &= results[column].map(lambda v: isinstance(v, list) or not _missing(v))
+        present &= results[column].map(lambda v: isinstance(v, list) or not is_missing(v))
     rows = []
     for key, group in runs[present].groupby(keys, sort=False, dropna=False):
         rows.append({**dict(zip(keys, key)), **{n: reduce(group[n]) for n in fields.values()}})
@@ -651,12 +657,12 @@ def _curve_lines(curves: pd.DataFrame, results: pd.DataFrame | None) -> list[tup
     for run_id, method, K in zip(runs["run_id"], runs["method"], runs["K"]):
         variant = variants.get(run_id, str(method))
         style = styles.get(variant) or {"marker": "o", "linestyle": "-"}
-        label = variant if _missing(K) else f"{variant} (K={int(K)})"
+        label = variant if is_missing(K) else f"{variant} (K={int(K)})"
         lines.append([run_id, label, {**style, "color": colors[str(method)]}])
     counts = pd.Series([line[1] for line in lines]).value_counts()
     for line in lines:
         seed = seeds.get(line[0])
-        if counts[line[1]] > 1 and not _missing(seed):
+        if counts[line[1]] > 1 and not is_missing(seed):
             line[1] = f"{line[1]} seed {seed}"
     return [tuple(line) for line in lines]
 
@@ -713,16 +719,9 @@ def _bar_label(row: pd.Series) -> str:
     return re.sub(r" (?=[^ =]+=)", "\n", str(row["variant"])) + f"\n{_config_label(row)}"
 
 
-def _missing(value) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _number(value) -> float | None:
     """``value`` as a float, ``None`` when missing: the same K from Int64 and float columns."""
-    return None if _missing(value) else float(value)
+    return None if is_missing(value) else float(value)
 
 
 def _methods(results: pd.DataFrame) -> list[str]:
@@ -734,24 +733,24 @@ def _methods(results: pd.DataFrame) -> list[str]:
 
 def _title(net, dataset=None, batch=None) -> str:
     parts = [str(net)]
-    if not _missing(dataset):
+    if not is_missing(dataset):
         parts.append(str(dataset))
     title = ", ".join(parts)
-    return title if _missing(batch) else f"{title}, batch {int(batch)}"
+    return title if is_missing(batch) else f"{title}, batch {int(batch)}"
 
 
 def _config_label(row: pd.Series) -> str:
     """``K=4`` (``K=4 d=2`` with an aux depth) for annotating one configuration."""
-    label = "" if _missing(row["K"]) else f"K={int(row['K'])}"
-    if not _missing(row["aux depth"]):
+    label = "" if is_missing(row["K"]) else f"K={int(row['K'])}"
+    if not is_missing(row["aux depth"]):
         label = f"{label} d={int(row['aux depth'])}".strip()
     return label
 
 
 def _series_label(method, depth, K=None) -> str:
     label = str(method)
-    if not _missing(K):
+    if not is_missing(K):
         label += f" K={int(K)}"
-    if not _missing(depth):
+    if not is_missing(depth):
         label += f" d={int(depth)}"
     return label

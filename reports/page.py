@@ -26,7 +26,14 @@ from reports.runs import (
     run_table,
     step_sentence,
 )
-from reports.tables import MIB, comparison_table, format_cell, variant_labels, write_table
+from reports.tables import (
+    MIB,
+    comparison_table,
+    format_cell,
+    is_missing,
+    variant_labels,
+    write_table,
+)
 
 CHARTS = (
     ("accuracy_vs_memory", "Test accuracy vs peak memory"),
@@ -636,7 +643,7 @@ def html_table(
             attrs = ' class="num"' if is_number else ""
             if column in classes:
                 attrs = f' class="{classes[column]}"'
-            if (is_number or column in sort_by) and not _missing(key):
+            if (is_number or column in sort_by) and not is_missing(key):
                 attrs += f' data-sort="{float(key)!r}"'
             text = (
                 html_cells[column][i] if column in html_cells else esc(format_cell(value, digits))
@@ -654,13 +661,6 @@ def esc(text: str) -> str:
     return html.escape(text)
 
 
-def _missing(value) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _key_values(values: dict) -> str:
     """A two-column table of names and values."""
     rows = "".join(
@@ -675,7 +675,7 @@ def _value_text(value) -> str:
         return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
     if isinstance(value, float):
         return str(int(value))
-    return "" if _missing(value) else str(value)
+    return "" if is_missing(value) else str(value)
 
 
 def _mib(value) -> float:

@@ -280,7 +280,7 @@ def _label_variants(group: pd.DataFrame) -> pd.Series:
 
 
 def _slot_value(value):
-    return None if _isnan(value) else float(value)
+    return None if is_missing(value) else float(value)
 
 
 def _clashes(by_slot: dict[tuple, str]) -> bool:
@@ -322,9 +322,9 @@ def _is_run_setting(name: str) -> bool:
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str | None:
     """``80.00 ± 1.25``; the mean alone when there is no spread to report (one run); ``None``
     when there is no mean (no run finished)."""
-    if mean is None or _isnan(mean):
+    if mean is None or is_missing(mean):
         return None
-    if std is None or _isnan(std):
+    if std is None or is_missing(std):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -349,7 +349,8 @@ def _numeric(results: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(_column(results, name), errors="coerce").astype(float)
 
 
-def _isnan(value) -> bool:
+def is_missing(value) -> bool:
+    """None, NaN or NA: a cell with no value (lists and other non-scalars are values)."""
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
@@ -357,7 +358,7 @@ def _isnan(value) -> bool:
 
 
 def _baseline_key(row: dict) -> tuple:
-    return tuple(None if _isnan(row[k]) else row[k] for k in ("net", "dataset", "batch size"))
+    return tuple(None if is_missing(row[k]) else row[k] for k in ("net", "dataset", "batch size"))
 
 
 def _common_peaks(row: dict, bp: dict) -> tuple[float, float]:
@@ -376,14 +377,14 @@ def _common_peaks(row: dict, bp: dict) -> tuple[float, float]:
 
 def _saving(ours: float, theirs: float) -> float:
     """``100 * (1 - ours / theirs)``; NaN when either is missing or ``theirs`` is zero."""
-    if _isnan(ours) or _isnan(theirs) or theirs == 0:
+    if is_missing(ours) or is_missing(theirs) or theirs == 0:
         return math.nan
     return 100 * (1 - ours / theirs)
 
 
 def _overhead(ours: float, theirs: float) -> float:
     """``100 * (ours / theirs - 1)``; NaN when either is missing or ``theirs`` is zero."""
-    if _isnan(ours) or _isnan(theirs) or theirs == 0:
+    if is_missing(ours) or is_missing(theirs) or theirs == 0:
         return math.nan
     return 100 * (ours / theirs - 1)
 
@@ -414,7 +415,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
 def format_cell(value, digits: int = 2) -> str:
     """One table cell as text: floats with ``digits`` decimals, missing values empty, pipes
     escaped and line breaks flattened (a cell must stay on its line)."""
-    if value is None or _isnan(value):
+    if value is None or is_missing(value):
         return ""
     text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
