@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
+from waiting import live_processes, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["--dataset", "digits", "--epochs", "2", "--nets", "smallnet", "--K", "2", "--no-progress"]
@@ -64,18 +64,13 @@ def cluster(tmp_path_factory):
 def ray_processes(token: str, title: bytes = b"") -> list[int]:
     """Pids of the live processes of the cluster with ``token`` whose title starts ``title``."""
     pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in live_processes():
         try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            mine = f"RAY_AUTH_TOKEN={token}".encode() in proc.environ()
         except OSError:
             continue
-        mine = f"RAY_AUTH_TOKEN={token}".encode() in environ and proc.name != str(os.getpid())
-        if mine and cmdline.startswith(title) and state != "Z":
-            pids.append(int(proc.name))
+        if mine and proc.pid != os.getpid() and proc.cmdline.startswith(title):
+            pids.append(proc.pid)
     return pids
 
 

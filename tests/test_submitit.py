@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import live_processes
 
 from bench.claims import CLAIMS
 from bench.config import RunConfig
@@ -52,15 +53,10 @@ def job_task(out: Path, method: str, timeout: float = 120.0) -> int:
     while time.monotonic() < deadline:
         for log in logs.glob("*_0_log.out") if logs.is_dir() else []:
             if f": {method} smallnet, run" in log.read_text(errors="replace"):
-                controller = log.name.split("_")[0]
-                for proc in Path("/proc").iterdir():
-                    try:
-                        stat = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
-                        argv = (proc / "cmdline").read_bytes()
-                    except OSError:
-                        continue
-                    if stat[1] == controller and b"submitit.core._submit" in argv:
-                        return int(proc.name)
+                controller = int(log.name.split("_")[0])
+                for proc in live_processes():
+                    if proc.ppid == controller and b"submitit.core._submit" in proc.cmdline:
+                        return proc.pid
         time.sleep(0.1)
     raise AssertionError(f"no running job for {method}")
 

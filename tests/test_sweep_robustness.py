@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
+from waiting import live_processes, wait_for
 
 from bench.claims import CLAIMS, Claims
 from bench.grid import Grid
@@ -40,18 +40,11 @@ def sweep_argv(out: Path, *extra: str) -> list[str]:
 
 def workers_of(out: Path) -> list[int]:
     """Pids of the live `bench.worker` processes writing to ``out``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if b"bench.worker" in argv and str(out).encode() in argv and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    return [
+        proc.pid
+        for proc in live_processes()
+        if b"bench.worker" in proc.argv and str(out).encode() in proc.argv
+    ]
 
 
 def records(out: Path) -> dict[str, list[dict]]:
