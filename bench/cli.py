@@ -356,12 +356,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from bench.sweep_status import print_status
 
         return print_status(args.out)
-    for other in ("local", "ray", "slurm"):
-        given = given_option_flags(args, other) if other != "local" else []
-        if other == "local" and args.workers is not None:
-            given = ["--workers"]
-        if given and args.executor != other:
-            raise UserError(f"{given[0]} applies to --executor {other}, not {args.executor}")
+    own_flags = {  # the flags each executor takes, as given
+        "local": ["--workers"] if args.workers is not None else [],
+        "ray": given_option_flags(args, "ray"),
+        "slurm": given_option_flags(args, "slurm"),
+    }
+    for executor, given in own_flags.items():
+        if given and executor != args.executor:
+            raise UserError(f"{given[0]} applies to --executor {executor}, not {args.executor}")
     ray_options = options_from_args(args, RayOptions, "ray")
     slurm_options = options_from_args(args, SlurmOptions, "slurm")
     if args.preset:
