@@ -88,6 +88,7 @@ class Existing:
     status: str | None = None  # None: no record; "unreadable": a file that is not valid JSON
     worker_died: bool = False
     snapshot: frozenset = frozenset()
+    best: Path | None = None  # the file ``status`` is read from
 
     def needs_run(self, retry_failed: bool) -> bool:
         if self.status is None or self.worker_died:
@@ -138,7 +139,7 @@ def existing(
             path.unlink(missing_ok=True)
         else:
             keys.add(key)
-    return Existing(status, died, frozenset(keys))
+    return Existing(status, died, frozenset(keys), best)
 
 
 @dataclass

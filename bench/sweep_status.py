@@ -37,15 +37,14 @@ class Row(NamedTuple):
 def _record(out: Path, run_id: str) -> dict | None:
     """The JSON of ``run_id``'s best record (as a sweep ranks them), None without one."""
     seen = existing(out, run_id)
-    if seen.status is None:
+    if seen.best is None:
         return None
-    for path in sorted(out.glob(f"*-{run_id}.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        if str(data.get("status", "")) == seen.status:
-            return data
+    try:
+        data = json.loads(seen.best.read_text())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and str(data.get("status", "")) == seen.status:
+        return data
     return {"status": seen.status, "message": "the record cannot be read"}
 
 
