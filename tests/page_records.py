@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.config import RunConfig
-from bench.records import RunRecord, save_record
+from locbench.records import RunRecord, save_record
+from locbench.settings.run_config import RunConfig
 
 MIB = 2**20
 # (net, method, K, seed, acc, step s, p10 s, p90 s, measured steps, tracked MiB, CUDA MiB)

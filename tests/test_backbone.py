@@ -2,8 +2,15 @@ import pytest
 import torch
 from torch import nn
 
-from bench.backbone import BACKBONES, Backbone, UnitSpec, build_unit, cifar_resnet, get_backbone
-from bench.errors import UserError
+from locbench.errors import UserError
+from locbench.nets.backbone import (
+    BACKBONES,
+    Backbone,
+    UnitSpec,
+    build_unit,
+    cifar_resnet,
+    get_backbone,
+)
 
 
 def count(module: nn.Module) -> int:
@@ -79,7 +86,7 @@ def test_registry_names_and_bad_depth():
 
 
 def test_subsampled_projection_equals_a_strided_1x1_conv():
-    from bench.backbone import projection
+    from locbench.nets.backbone import projection
 
     proj = projection(16, 32, 2)
     strided = nn.Conv2d(16, 32, 1, stride=2, bias=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from locbench.cli.main import main
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--no-progress"]
 RUN = ["run", *FAST, "--out", "{out}"]
@@ -231,10 +231,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 
 FILES = {
     "file.txt": "not a folder\n",
-    "ok.py": "from methods.base import Method\n\nclass Ok(Method):\n    pass\n\nhelper = 1\n",
+    "ok.py": "from locbench import Method\n\nclass Ok(Method):\n    pass\n\nhelper = 1\n",
     "broken.py": "def oops(:\n",
     "raising.py": (
-        "from methods.base import Method\n\n"
+        "from locbench import Method\n\n"
         "class Raising(Method):\n"
         "    def __init__(self, *args):\n"
         "        raise RuntimeError('no GPU in my constructor')\n"
@@ -319,7 +319,7 @@ def test_a_bad_input_in_a_real_process_prints_no_traceback(workspace):
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "run", *FAST, "--lr", "nan", "--out", str(workspace)],
+        [sys.executable, "-m", "locbench", "run", *FAST, "--lr", "nan", "--out", str(workspace)],
         capture_output=True,
         text=True,
         timeout=120,

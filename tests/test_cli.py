@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.backbone import BACKBONES
-from bench.cli import main
-from bench.data import DATASETS
-from bench.presets import PRESETS
-from methods import METHODS
+from locbench.cli.main import main
+from locbench.data.base import DATASETS
+from locbench.methods import METHODS
+from locbench.nets.backbone import BACKBONES
+from locbench.study.presets import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "locbench: error: "
@@ -147,7 +147,7 @@ def test_a_setting_of_the_wrong_type_is_one_line_not_usage(capsys):
 def cli_subprocess(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
+        [sys.executable, "-m", "locbench", *argv],
         capture_output=True,
         text=True,
         env=env,

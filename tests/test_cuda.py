@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from bench.backbone import get_backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.run import execute
-from bench.split import Split
-from bench.trainer import LocalTrainer
-from methods import METHODS, make_params
+from locbench.data.base import DataInfo
+from locbench.harness.run import execute
+from locbench.harness.trainer import LocalTrainer
+from locbench.methods import METHODS, make_params
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 pytestmark = pytest.mark.cuda
 
@@ -107,7 +107,7 @@ def test_cuda_mixed_precision_run_with_channels_last(precision):
 
 def test_cuda_autocast_refusing_an_op_is_one_line():
     # CUDA autocast refuses F.binary_cross_entropy (InfoPro's reconstruction loss)
-    from bench.errors import UserError
+    from locbench.errors import UserError
 
     config = RunConfig(
         method="infopro", K=4, dataset="synthetic", epochs=1, batch_size=32, device="cuda",

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bench.data import DataRequest, fit_images, load_dataset
-from bench.errors import UserError
+from locbench.data.base import DataRequest, fit_images, load_dataset
+from locbench.errors import UserError
 
 
 def test_digits_split_shapes_and_normalisation():

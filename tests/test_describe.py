@@ -5,9 +5,9 @@ import json
 import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.cli import main
-from bench.config import RunConfig
-from bench.describe import describe
+from locbench.analysis.describe import describe
+from locbench.cli.main import main
+from locbench.settings.run_config import RunConfig
 
 
 def run_json(capsys, *argv) -> dict:
@@ -41,8 +41,8 @@ def test_dgl_aux_flops_by_hand():
 
 
 def test_bp_ckpt_adds_exactly_one_forward_of_the_checkpointed_segments():
-    from bench.build import build
-    from bench.describe import META
+    from locbench.analysis.describe import META
+    from locbench.harness.build import build
 
     bp = describe(RunConfig(method="bp", net="resnet32"), batch_size=8)
     ckpt = describe(RunConfig(method="bp-ckpt", net="resnet32", K=2), batch_size=8)

@@ -1,4 +1,5 @@
-"""Data-parallel runs (bench.distributed): N gloo ranks on the CPU compute what one process
+"""Data-parallel runs (locbench.harness.distributed): N gloo ranks on the CPU compute what one
+process
 computes on the global batch, and `locbench run --nproc N` records it."""
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bench.config import RunConfig
-from bench.distributed import Ranks, free_port
-from bench.run import prepare
-from bench.trainer import LocalTrainer
+from locbench.harness.distributed import Ranks, free_port
+from locbench.harness.run import prepare
+from locbench.harness.trainer import LocalTrainer
+from locbench.settings.run_config import RunConfig
 
 STEPS = 3
 BATCH = 10  # global; 5 per rank with 2 ranks
@@ -97,7 +98,7 @@ def test_without_sync_bn_only_batchnorm_statistics_differ_in_kind(tmp_path):
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method", "dgl", "--K",
+        sys.executable, "-m", "locbench", "run", "--net", "smallnet", "--method", "dgl", "--K",
         "2", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--no-progress",
         "--out", str(out), *extra,
     ]  # fmt: skip
@@ -105,8 +106,8 @@ def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_run_nproc_writes_one_record_with_every_ranks_peaks(tmp_path):
-    from bench.records import load_results
-    from reports.tables import comparison_table
+    from locbench.records import load_results
+    from locbench.reports.tables import comparison_table
 
     out = tmp_path / "runs"
     done = _run(out, "--nproc", "2")

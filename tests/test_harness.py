@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbone import get_backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.optim import warmup_cosine
-from bench.run import execute
-from bench.split import Split
-from bench.trainer import LocalTrainer, build_modules
-from methods import METHODS, make_params
-from methods.dgl import DGL
+from locbench.data.base import DataInfo
+from locbench.harness.optim import warmup_cosine
+from locbench.harness.run import execute
+from locbench.harness.trainer import LocalTrainer, build_modules
+from locbench.methods import METHODS, make_params
+from locbench.methods.dgl import DGL
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 CPU = torch.device("cpu")
 INFO = DataInfo("synthetic", 10, (3, 16, 16), (0.0,) * 3, (1.0,) * 3)
@@ -113,7 +113,7 @@ def test_two_runs_with_the_same_seed_are_bitwise_identical():
 
 
 def test_measured_windows_are_clipped_to_the_run():
-    from bench.trainer import Windows
+    from locbench.harness.trainer import Windows
 
     assert Windows.plan(total=30, warmup=3, track=2, measure=20) == Windows(
         range(3, 5), range(5, 25)
@@ -172,8 +172,8 @@ def test_every_method_lowers_its_training_loss_on_digits(name, K):
 def test_a_users_own_sequential_trains_unregistered():
     from torch import nn
 
-    from bench.backbone import Backbone
-    from bench.run import prepare
+    from locbench.harness.run import prepare
+    from locbench.nets.backbone import Backbone
 
     def my_net(num_classes: int) -> Backbone:
         seq = nn.Sequential(
@@ -195,7 +195,7 @@ def test_a_users_own_sequential_trains_unregistered():
 def test_a_method_that_cannot_be_traced_on_meta_still_runs(tmp_path):
     plugin = tmp_path / "needs_values.py"
     plugin.write_text(
-        "from methods.dgl import DGL\n"
+        "from locbench.methods.dgl import DGL\n"
         "class NeedsValues(DGL):\n"
         "    def local_loss(self, k, out, batch):\n"
         "        loss = super().local_loss(k, out, batch)\n"
@@ -210,7 +210,7 @@ def test_a_method_that_cannot_be_traced_on_meta_still_runs(tmp_path):
 # --- the step context and what forward_module sees ------------------------------------------
 
 STEP_RECORDER = """
-from methods.dgl import DGL
+from locbench.methods.dgl import DGL
 
 
 class StepRecorder(DGL):
@@ -230,7 +230,7 @@ class StepRecorder(DGL):
 
 
 def test_every_training_step_sees_its_step_context_once(tmp_path):
-    from bench.run import prepare
+    from locbench.harness.run import prepare
 
     plugin = tmp_path / "step_recorder.py"
     plugin.write_text(STEP_RECORDER)
@@ -290,7 +290,7 @@ class SeesTheBatch(DGL):
 
 
 def test_forward_module_sees_the_batch_labels_and_the_step():
-    from methods.base import StepContext
+    from locbench.methods.base import StepContext
 
     trainer = make_trainer(SeesTheBatch, K=3)
     x, y = batch()
@@ -319,8 +319,8 @@ def test_forward_module_sees_the_batch_labels_and_the_step():
 def test_the_time_spent_waiting_for_data_is_measured_per_epoch_and_in_the_record():
     import time as clock
 
-    from bench.config import RunConfig
-    from bench.run import execute, prepare
+    from locbench.harness.run import execute, prepare
+    from locbench.settings.run_config import RunConfig
 
     prepared = prepare(RunConfig(method="bp", dataset="synthetic", epochs=2, batch_size=128))
     loader = prepared.data.train

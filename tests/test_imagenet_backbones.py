@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from bench.backbone import PUBLISHED_K, UnitSpec, build_unit, get_backbone
-from bench.errors import UserError
+from locbench.errors import UserError
+from locbench.nets.backbone import PUBLISHED_K, UnitSpec, build_unit, get_backbone
 
 # Ours -> torchvision builder, and the parameter counts of torchvision's models (1000 classes).
 TORCHVISION = {

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from bench.cli import main
-from bench.config import PRESETS as TRAIN_PRESETS
-from bench.config import TrainPreset
-from bench.data import DataRequest, load_dataset
-from bench.errors import UserError
-from bench.presets import PRESETS
+from locbench.cli.main import main
+from locbench.data.base import DataRequest, load_dataset
+from locbench.errors import UserError
+from locbench.settings.run_config import PRESETS as TRAIN_PRESETS
+from locbench.settings.run_config import TrainPreset
+from locbench.study.presets import PRESETS
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
 N_TRAIN, N_VAL = 4, 2

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from bench.cli import main
-from bench.config import RunConfig
-from bench.errors import UserError
-from bench.estimate import estimate, max_batch, parse_bytes
-from bench.memory import CATEGORIES, round_up
-from bench.run import execute
+from locbench.analysis.estimate import estimate, max_batch, parse_bytes
+from locbench.cli.main import main
+from locbench.errors import UserError
+from locbench.harness.run import execute
+from locbench.measure.memory import CATEGORIES, round_up
+from locbench.settings.run_config import RunConfig
 
 METHODS_K = [
     ("bp", None),
@@ -124,7 +124,7 @@ def test_max_batch_starts_from_the_smallest_batch_the_method_trains_on():
 
 
 NEEDS_VALUES = """
-from methods.dgl import DGL
+from locbench.methods.dgl import DGL
 
 
 class NeedsValues(DGL):

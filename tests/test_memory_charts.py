@@ -11,13 +11,13 @@ import pytest
 import torch
 from matplotlib.colors import to_rgba
 
-import bench.memory
-from bench.cli import main
-from bench.config import RunConfig
-from bench.memory import MemoryTracker
-from bench.records import RunRecord, curves_frame, load_results, read_records, save_record
-from reports import charts
-from reports.page import build_report
+import locbench.measure.memory
+from locbench.cli.main import main
+from locbench.measure.memory import MemoryTracker
+from locbench.records import RunRecord, curves_frame, load_results, read_records, save_record
+from locbench.reports import charts
+from locbench.reports.page import build_report
+from locbench.settings.run_config import RunConfig
 
 MIB = 2**20
 
@@ -38,7 +38,7 @@ def make_record(method, K, batch, seed, step, breakdown, module_peaks, split=Tru
     )
     memory = {
         "peak_bytes": sum(breakdown),
-        "breakdown": dict(zip(bench.memory.CATEGORIES, breakdown)),
+        "breakdown": dict(zip(locbench.measure.memory.CATEGORIES, breakdown)),
         "module_peaks": module_peaks,
         "module_activation_peaks": [p // 2 for p in module_peaks],
         "floor_bytes": sum(breakdown[:3]),
@@ -90,7 +90,7 @@ def overlaps(fig, legend, artists) -> list:
 
 
 def test_chart_categories_are_the_trackers():
-    assert charts.CATEGORIES == bench.memory.CATEGORIES
+    assert charts.CATEGORIES == locbench.measure.memory.CATEGORIES
 
 
 # ---------------------------------------------------------------- breakdown

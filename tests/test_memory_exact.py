@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bench.backbone import Backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.memory import CUDA_BLOCK, MemoryTracker, round_up
-from bench.split import Split
-from bench.trainer import LocalTrainer, MemoryWindow
-from methods.base import Method
-from methods.bp import BP
+from locbench.data.base import DataInfo
+from locbench.harness.trainer import LocalTrainer, MemoryWindow
+from locbench.measure.memory import CUDA_BLOCK, MemoryTracker, round_up
+from locbench.methods.base import Method
+from locbench.methods.bp import BP
+from locbench.nets.backbone import Backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 INT64 = 8  # bytes of a label (and of num_batches_tracked)
 REAL_AND_FAKE = pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
@@ -433,7 +433,8 @@ def test_sparse_gradients_count_their_indices_and_values():
 @REAL_AND_FAKE
 @pytest.mark.parametrize("regions", [1, 2])
 def test_autocast_weight_cache_casts_a_weight_once_per_region(fake, regions):
-    """What autocast adds (bench/precision.py): a bf16 copy of each float32 weight an op casts,
+    """What autocast adds (locbench/harness/precision.py): a bf16 copy of each float32 weight an op
+    casts,
     once per autocast region (its weight cache), kept while autograd saves it. The harness
     opens one region per module forward and per loss, so a weight shared by two regions is
     cast twice. Real and fake tensors hit and miss the cache alike."""

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from bench.backbone import get_backbone
-from bench.data import DataInfo
-from bench.errors import UserError
-from bench.split import Split
-from methods import METHODS, Method, make_params
+from locbench.data.base import DataInfo
+from locbench.errors import UserError
+from locbench.methods import METHODS, Method, make_params
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
 
 INFO = DataInfo("cifar10", 10, (3, 32, 32), (0.5,) * 3, (0.5,) * 3)
 

@@ -1,5 +1,5 @@
-"""Per-module timing of the timed steps (bench.meters.PhaseClock) and the pipeline bound
-(bench.pipeline_bound) in run records, describe and the report."""
+"""Per-module timing of the timed steps (locbench.measure.meters.PhaseClock) and the pipeline bound
+(locbench.measure.pipeline_bound) in run records, describe and the report."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from bench.config import RunConfig
-from bench.describe import describe
-from bench.meters import PhaseClock
-from bench.pipeline_bound import best_grouping, pipeline_bounds
-from bench.records import RunRecord, results_frame
-from bench.run import execute
-from reports.tables import comparison_table
+from locbench.analysis.describe import describe
+from locbench.harness.run import execute
+from locbench.measure.meters import PhaseClock
+from locbench.measure.pipeline_bound import best_grouping, pipeline_bounds
+from locbench.records import RunRecord, results_frame
+from locbench.reports.tables import comparison_table
+from locbench.settings.run_config import RunConfig
 
 PARTS = ("forward_s", "local_s", "backward_s")
 

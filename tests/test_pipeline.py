@@ -1,4 +1,5 @@
-"""The tensor pipeline (bench.pipeline) against torchvision's transforms, on the fixture folders
+"""The tensor pipeline (locbench.data.tensor_loader) against torchvision's transforms, on the
+fixture folders
 of test_torchvision_data (each dataset's real on-disk format). Nothing downloads."""
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from test_torchvision_data import (
 )
 from torch.utils.data import DataLoader
 
-from bench import torchvision_data
-from bench.cli import main
-from bench.config import RunConfig
-from bench.data import DataRequest, load_dataset
-from bench.errors import UserError
-from bench.pipeline import Augment, ImageLoader, augment_of, cache_path, crop_flip, normalise
-from bench.run import prepare
+from locbench.cli.main import main
+from locbench.data import torchvision_sets as torchvision_data
+from locbench.data.base import DataRequest, load_dataset
+from locbench.data.tensor_loader import (
+    Augment,
+    ImageLoader,
+    augment_of,
+    cache_path,
+    crop_flip,
+    normalise,
+)
+from locbench.errors import UserError
+from locbench.harness.run import prepare
+from locbench.settings.run_config import RunConfig
 
 CPU = torch.device("cpu")
 # The torchvision transforms as tests/test_torchvision_data.py pins them: crop size, padding,

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backbone import get_backbone
-from bench.cli import main
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.describe import describe
-from bench.errors import UserError
-from bench.run import prepare
-from bench.split import Split
-from bench.trainer import LocalTrainer
-from methods import METHODS, Batch, Method, make_params
-from methods.dgl import DGL
-from methods.loading import import_file, resolve_method
+from locbench.analysis.describe import describe
+from locbench.cli.main import main
+from locbench.data.base import DataInfo
+from locbench.errors import UserError
+from locbench.harness.run import prepare
+from locbench.harness.trainer import LocalTrainer
+from locbench.methods import METHODS, Batch, Method, make_params
+from locbench.methods.dgl import DGL
+from locbench.methods.loading import import_file, resolve_method
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "greedy_linear.py"
@@ -61,9 +61,9 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 
 def locbench_process(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
-    """``python -m bench ARGV`` in a fresh process run from ``cwd``."""
+    """``python -m locbench ARGV`` in a fresh process run from ``cwd``."""
     return subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
+        [sys.executable, "-m", "locbench", *argv],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -102,7 +102,7 @@ def test_a_file_that_registers_its_class_keeps_that_name(tmp_path, keep_registry
     path = write(
         tmp_path,
         "named.py",
-        "from methods.base import Method, register\n\n\n"
+        "from locbench import Method, register\n\n\n"
         '@register("my-greedy")\nclass Named(Method):\n    pass\n',
     )
     cls = resolve_method(f"{path}:Named")
@@ -112,7 +112,9 @@ def test_a_file_that_registers_its_class_keeps_that_name(tmp_path, keep_registry
 
 def test_subclass_of_a_registered_method_gets_its_own_name(tmp_path):
     path = write(
-        tmp_path, "sub.py", "from methods.dgl import DGL\n\n\nclass MyDGL(DGL):\n    pass\n"
+        tmp_path,
+        "sub.py",
+        "from locbench.methods.dgl import DGL\n\n\nclass MyDGL(DGL):\n    pass\n",
     )
     cls = resolve_method(f"{path}:MyDGL")
     assert issubclass(cls, DGL)
@@ -216,11 +218,11 @@ def plugins(tmp_path) -> Path:
     shutil.copy(EXAMPLE, tmp_path / "greedy_linear.txt")
     write(tmp_path, "boom.py", "import torch\n\nraise RuntimeError('boom\\nsecond line')\n")
     write(tmp_path, "syntax.py", "class Broken(:\n    pass\n")
-    write(tmp_path, "nomethods.py", "from methods.base import Method\n\nVALUE = 1\n")
+    write(tmp_path, "nomethods.py", "from locbench import Method\n\nVALUE = 1\n")
     write(
         tmp_path,
         "clash.py",
-        "from methods.base import Method, register\n\n\n"
+        "from locbench import Method, register\n\n\n"
         '@register("dgl")\nclass Clash(Method):\n    pass\n',
     )
     (tmp_path / "folder.py").mkdir()
@@ -246,7 +248,7 @@ BAD_METHODS = {
     "no method in the file": ("{d}/nomethods.py:X", ["no class 'X'; it defines no Method"]),
     "not a Method subclass": (
         "{d}/greedy_linear.py:Params",
-        ["Params in ", "is not a subclass of methods.base.Method (it is a class"],
+        ["Params in ", "is not a subclass of locbench.methods.base.Method (it is a class"],
     ),
     "a module, not a class": ("{d}/greedy_linear.py:torch", ["not a subclass", "it is a module"]),
     "the base class itself": ("{d}/greedy_linear.py:Method", ["(it is the base class itself)"]),
@@ -287,7 +289,7 @@ def test_failed_import_leaves_no_half_module_behind(plugins):
 def test_subprocess_missing_class_is_one_line_without_traceback(plugins):
     spec = f"{plugins}/greedy_linear.py:Nope"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--method", spec, *FAST]
+        [sys.executable, "-m", "locbench", "run", "--method", spec, *FAST]
         + ["--out", str(plugins / "runs")],
         capture_output=True,
         text=True,
@@ -354,7 +356,7 @@ def test_entry_point_that_is_not_a_method_is_a_user_error(monkeypatch):
     fake_entry_points(monkeypatch, FakeEntryPoint("not-a-method", lambda: dict))
     with pytest.raises(UserError, match=r"entry point 'not-a-method' \(fake.not-a-method:Class\)"):
         resolve_method("not-a-method")
-    with pytest.raises(UserError, match="is not a subclass of methods.base.Method"):
+    with pytest.raises(UserError, match="is not a subclass of locbench.methods.base.Method"):
         resolve_method("not-a-method")
 
 
@@ -381,8 +383,8 @@ def test_registered_names_never_load_entry_points(monkeypatch):
 def test_plugin_named_like_a_registered_method_is_refused_in_one_line(monkeypatch, capsys):
     fake_entry_points(monkeypatch, FakeEntryPoint("dgl", never_loaded, "theirs.dgl:DGL"))
     expected = (
-        "method name 'dgl' is both the registered method methods.dgl:DGL and plug-in entry "
-        "point 'dgl' (theirs.dgl:DGL); rename or uninstall the plug-in"
+        "method name 'dgl' is both the registered method locbench.methods.dgl:DGL and plug-in "
+        "entry point 'dgl' (theirs.dgl:DGL); rename or uninstall the plug-in"
     )
     with pytest.raises(UserError) as exc:
         resolve_method("dgl")
@@ -395,7 +397,7 @@ def test_plugin_named_like_a_registered_method_is_refused_in_one_line(monkeypatc
 
 
 def test_plugin_pointing_at_the_registered_class_itself_is_no_clash(monkeypatch, capsys):
-    fake_entry_points(monkeypatch, FakeEntryPoint("dgl", never_loaded, "methods.dgl:DGL"))
+    fake_entry_points(monkeypatch, FakeEntryPoint("dgl", never_loaded, "locbench.methods.dgl:DGL"))
     assert resolve_method("dgl") is DGL
     assert main(["list"]) == 0
     assert "plugins:" not in capsys.readouterr().out
@@ -438,7 +440,7 @@ def test_unknown_name_lists_entry_point_names(monkeypatch, capsys, tmp_path):
 LOCKED = """
 import threading
 
-from methods.dgl import DGL
+from locbench.methods.dgl import DGL
 
 
 class Locked(DGL):
@@ -481,7 +483,7 @@ def test_a_method_file_imports_a_module_beside_it(tmp_path, monkeypatch, capsys)
     write(
         folder,
         "beside.py",
-        "import locbench_test_heads\n\nfrom methods.base import Method\n\n\n"
+        "import locbench_test_heads\n\nfrom locbench import Method\n\n\n"
         "class Beside(Method):\n"
         "    def build_aux(self, backbone, cut):\n"
         "        return locbench_test_heads.linear_head(cut.shape[0], self.data.num_classes)\n",

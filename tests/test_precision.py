@@ -5,16 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from bench.backbone import Backbone, get_backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.errors import UserError
-from bench.precision import MixedPrecision, check_autocast
-from bench.run import execute
-from bench.split import Split
-from bench.trainer import LocalTrainer, steady_state_peak
-from methods import METHODS, Method, make_params
-from methods.dgl import DGL
+from locbench.data.base import DataInfo
+from locbench.errors import UserError
+from locbench.harness.precision import MixedPrecision, check_autocast
+from locbench.harness.run import execute
+from locbench.harness.trainer import LocalTrainer, steady_state_peak
+from locbench.methods import METHODS, Method, make_params
+from locbench.methods.dgl import DGL
+from locbench.nets.backbone import Backbone, get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 CPU = torch.device("cpu")
 INFO = DataInfo("synthetic", 10, (3, 16, 16), (0.0,) * 3, (1.0,) * 3)
@@ -181,7 +181,7 @@ def test_a_kernel_without_low_precision_becomes_one_line_and_others_pass_through
 
 
 def test_meta_steps_count_the_same_flops_in_every_precision():
-    from bench.describe import config_flops
+    from locbench.analysis.describe import config_flops
 
     flops = {
         p: config_flops(RunConfig(method="dgl", K=4, precision=p), batch_size=8)
@@ -197,7 +197,7 @@ def test_a_bf16_cifar10_run_tracks_what_estimate_predicts_to_the_byte(tmp_path, 
 
     import numpy as np
 
-    from bench.cli import main
+    from locbench.cli.main import main
     from tests.test_torchvision_data import write_cifar
 
     rng = np.random.default_rng(0)

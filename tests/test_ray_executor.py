@@ -89,7 +89,7 @@ def kill_a_task_worker(env: dict) -> int:
 
 
 def sweep(address: str, env: dict, out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "bench", "sweep", "--executor", "ray", "--ray-address",
+    argv = [sys.executable, "-m", "locbench", "sweep", "--executor", "ray", "--ray-address",
             address, *SWEEP, "--out", str(out), *extra]  # fmt: skip
     return subprocess.Popen(argv, env=env, cwd=out.parent, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -150,7 +150,7 @@ def test_a_task_failing_for_good_leaves_a_died_row_that_the_next_sweep_reruns(cl
 
 def test_without_ray_the_sweep_says_which_extra_to_install(tmp_path):
     # `ray` unimportable, as where the extra is not installed.
-    code = ("import sys; sys.modules['ray'] = None; from bench.cli import main; "
+    code = ("import sys; sys.modules['ray'] = None; from locbench.cli.main import main; "
             "sys.exit(main(sys.argv[1:]))")  # fmt: skip
     argv = [sys.executable, "-c", code, "sweep", "--executor", "ray", *SWEEP,
             "--out", str(tmp_path / "runs")]  # fmt: skip
@@ -166,7 +166,7 @@ def test_without_ray_the_sweep_says_which_extra_to_install(tmp_path):
 def test_a_run_larger_than_the_local_ray_is_refused_before_anything_runs(tmp_path):
     pytest.importorskip("ray")
     cores = os.cpu_count() or 1
-    argv = [sys.executable, "-m", "bench", "sweep", "--executor", "ray", *SWEEP,
+    argv = [sys.executable, "-m", "locbench", "sweep", "--executor", "ray", *SWEEP,
             "--ray-cpus-per-run", str(cores + 1), "--out", str(tmp_path / "runs")]  # fmt: skip
     done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -10,10 +10,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from bench import records
-from bench.config import RunConfig
-from bench.errors import UserError
-from bench.records import (
+from locbench import records
+from locbench.errors import UserError
+from locbench.records import (
     SCHEMA,
     RunRecord,
     curves_frame,
@@ -25,8 +24,9 @@ from bench.records import (
     save_record,
     write_atomic,
 )
-from reports.charts import curves_figure, plot_curves
-from reports.tables import summary_table
+from locbench.reports.charts import curves_figure, plot_curves
+from locbench.reports.tables import summary_table
+from locbench.settings.run_config import RunConfig
 
 MIB = 2**20
 ENV = {"python": "3.11.7", "torch": "2.4.0", "device_name": "cpu", "git_commit": "abc123"}

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.errors import UserError
-from bench.regress import (
+from locbench.analysis.regress import (
     DETERMINISTIC,
     compare,
     figures,
@@ -18,6 +16,8 @@ from bench.regress import (
     load_figures,
     regression_cases,
 )
+from locbench.cli.main import main
+from locbench.errors import UserError
 
 BASELINE = Path(__file__).parent / "benchmarks" / "baseline.json"
 METHODS = ["bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"]
@@ -38,7 +38,7 @@ def test_every_method_matches_the_committed_baseline(baseline):
 
 
 LEAKY = '''
-from methods.dgl import DGL
+from locbench.methods.dgl import DGL
 
 
 class LeakyDGL(DGL):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from page_records import write_runs
 
-from reports.page import build_report
+from locbench.reports.page import build_report
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright not installed (scripts/install-browser.sh)"

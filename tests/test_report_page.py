@@ -9,9 +9,9 @@ import re
 import pytest
 from page_records import RUNS, write_runs
 
-from bench.records import load_results
-from reports.page import CHARTS, build_report
-from reports.runs import (
+from locbench.records import load_results
+from locbench.reports.page import CHARTS, build_report
+from locbench.reports.runs import (
     NOISY_FLAG,
     SHORT_FLAG,
     configuration_flags,
@@ -19,7 +19,7 @@ from reports.runs import (
     run_table,
     step_flags,
 )
-from reports.tables import comparison_table
+from locbench.reports.tables import comparison_table
 
 
 @pytest.fixture(scope="module")

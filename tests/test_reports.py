@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from bench.config import RunConfig
-from bench.errors import UserError
-from bench.records import RunRecord, curves_frame, load_results, save_record, scan_records
-from reports.charts import (
+from locbench.errors import UserError
+from locbench.records import RunRecord, curves_frame, load_results, save_record, scan_records
+from locbench.reports.charts import (
     accuracy_memory_figure,
     curves_figure,
     memory_batch_figure,
@@ -25,8 +24,9 @@ from reports.charts import (
     save,
     step_overhead_figure,
 )
-from reports.page import build_report
-from reports.tables import comparison_table, to_markdown, write_table
+from locbench.reports.page import build_report
+from locbench.reports.tables import comparison_table, to_markdown, write_table
+from locbench.settings.run_config import RunConfig
 
 MIB = 2**20
 ENV = {"python": "3.11.7", "torch": "2.4.0", "device_name": "cpu", "git_commit": "abc123"}

@@ -6,14 +6,14 @@ import copy
 import pytest
 import torch
 
-from bench.backbone import get_backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.errors import UserError
-from bench.split import Split
-from bench.trainer import LocalTrainer
-from methods import METHODS, Method, make_params
-from methods.predsim import pool_to_fit, similarity_matrix
+from locbench.data.base import DataInfo
+from locbench.errors import UserError
+from locbench.harness.trainer import LocalTrainer
+from locbench.methods import METHODS, Method, make_params
+from locbench.methods.predsim import pool_to_fit, similarity_matrix
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 CIFAR = DataInfo("cifar10", 10, (3, 32, 32), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 SMALL = DataInfo("synthetic", 10, (3, 16, 16), (0.5,) * 3, (0.25,) * 3)
@@ -160,7 +160,7 @@ def test_infopro_reconstructs_the_denormalised_image_with_the_datasets_statistic
     seen = {}
     m.decoders[0].register_forward_hook(lambda mod, a, out: seen.setdefault("rec", out))
     h = torch.randn(4, 16, 16, 16, requires_grad=True)
-    from methods.base import Batch
+    from locbench.methods.base import Batch
 
     loss = m.local_loss(0, h, Batch(normalised, torch.zeros(4, dtype=torch.long)))
     lam1, lam2 = m.lambdas[0]
@@ -261,7 +261,7 @@ def test_registry_has_every_seed_method():
 
 
 def test_predsim_spatial_std_equals_torch_std():
-    from methods.predsim import spatial_std
+    from locbench.methods.predsim import spatial_std
 
     x = torch.randn(5, 7, 6, 4, dtype=torch.float64)
     assert torch.allclose(spatial_std(x), x.flatten(2).std(dim=2), rtol=1e-12, atol=1e-12)
@@ -269,7 +269,7 @@ def test_predsim_spatial_std_equals_torch_std():
 
 @pytest.mark.parametrize("size", [1, 5, 8, 16, 32])
 def test_infopro_upsampling_equals_bilinear_align_corners(size):
-    from methods.infopro import Decoder
+    from locbench.methods.infopro import Decoder
 
     decoder = Decoder((4, size, size), (3, 32, 32), width=12)
     f = torch.randn(2, 4, size, size)
@@ -284,7 +284,7 @@ def test_infopro_upsampling_equals_bilinear_align_corners(size):
 def test_auglocal_needs_unit_specs():
     from torch import nn
 
-    from bench.backbone import Backbone
+    from locbench.nets.backbone import Backbone
 
     seq = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),

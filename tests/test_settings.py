@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-import bench.config
-from bench.cli import build_parser
-from bench.config import BY_NAME, SPECS, RunConfig
-from bench.errors import UserError
-from bench.flags import axes_from_args, config_from_args
-from bench.grid import Grid, load_grid
-from bench.settings import SECTIONS, convert, specs
-from bench.settings_table import settings_markdown
-from methods import METHODS
+import locbench.settings.run_config
+from locbench.cli.flags import axes_from_args, config_from_args
+from locbench.cli.main import build_parser
+from locbench.cli.settings_table import settings_markdown
+from locbench.errors import UserError
+from locbench.methods import METHODS
+from locbench.settings.run_config import BY_NAME, SPECS, RunConfig
+from locbench.settings.schema import SECTIONS, convert, specs
+from locbench.study.grid import Grid, load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,13 +114,13 @@ def test_the_run_id_covers_every_hyperparameter_the_method_source_and_the_versio
         base.run_id()
     )
     identity = base.identity()
-    dgl_file = REPO / "methods" / "dgl.py"
+    dgl_file = REPO / "locbench" / "methods" / "dgl.py"
     assert identity["method_sha256"] == hashlib.sha256(dgl_file.read_bytes()).hexdigest()
-    monkeypatch.setattr(bench.config, "package_version", lambda: "9.9.9")
+    monkeypatch.setattr(locbench.settings.run_config, "package_version", lambda: "9.9.9")
     assert base.identity()["package_version"] == "9.9.9"
     monkeypatch.undo()
     method = tmp_path / "mine.py"
-    method.write_text("from methods.base import Method\n\nclass Mine(Method):\n    pass\n")
+    method.write_text("from locbench import Method\n\nclass Mine(Method):\n    pass\n")
     cfg = RunConfig(method=f"{method}:Mine").resolved()
     first = cfg.run_id()
     method.write_text(method.read_text() + "# edited\n")
@@ -130,7 +130,7 @@ def test_the_run_id_covers_every_hyperparameter_the_method_source_and_the_versio
 def test_the_package_version_is_part_of_the_id(monkeypatch):
     cfg = RunConfig().resolved()
     before = cfg.run_id()
-    monkeypatch.setattr(bench.config, "package_version", lambda: "9.9.9")
+    monkeypatch.setattr(locbench.settings.run_config, "package_version", lambda: "9.9.9")
     assert cfg.run_id() != before
 
 
@@ -253,8 +253,8 @@ def test_settings_take_dotted_paths_and_section_tables(tmp_path):
     "doc, prefix", [("docs/slurm.md", "slurm"), ("docs/ray.md", "ray")], ids=["slurm", "ray"]
 )
 def test_the_executor_docs_show_their_generated_flag_tables(doc, prefix):
-    from bench.executor_options import RayOptions, SlurmOptions
-    from bench.settings_table import options_markdown
+    from locbench.cli.settings_table import options_markdown
+    from locbench.study.executors.options import RayOptions, SlurmOptions
 
     cls = {"slurm": SlurmOptions, "ray": RayOptions}[prefix]
     text = (REPO / doc).read_text()
@@ -266,8 +266,8 @@ def test_the_executor_docs_show_their_generated_flag_tables(doc, prefix):
 
 
 def test_the_methods_page_shows_each_methods_generated_hyperparameter_table():
-    from bench.settings_table import method_params_markdown
-    from methods import METHODS
+    from locbench.cli.settings_table import method_params_markdown
+    from locbench.methods import METHODS
 
     text = (REPO / "docs/methods.md").read_text()
     shown = 0

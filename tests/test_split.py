@@ -1,7 +1,7 @@
 import pytest
 
-from bench.errors import UserError
-from bench.split import Split
+from locbench.errors import UserError
+from locbench.nets.split import Split
 
 
 def modules(split: Split) -> list[list[int]]:

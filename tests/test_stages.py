@@ -1,4 +1,5 @@
-"""Pipeline stages (bench.stages): P processes, each stepping its own modules, make the same
+"""Pipeline stages (locbench.harness.stages): P processes, each stepping its own modules, make the
+same
 updates as the sequential harness; what cannot be pipelined is refused in one line."""
 
 from __future__ import annotations
@@ -6,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import RunConfig
-from bench.errors import UserError
-from bench.optim import set_lr, warmup_cosine
-from bench.run import prepare
-from bench.stages import (
+from locbench.errors import UserError
+from locbench.harness.optim import set_lr, warmup_cosine
+from locbench.harness.run import prepare
+from locbench.harness.stages import (
     balanced_groups,
     check_stages,
     execute_stages,
@@ -18,8 +18,9 @@ from bench.stages import (
     run_stages,
     unit_counts,
 )
-from bench.trainer import LocalTrainer
-from methods.base import StepContext
+from locbench.harness.trainer import LocalTrainer
+from locbench.methods.base import StepContext
+from locbench.settings.run_config import RunConfig
 
 STEPS = 5
 
@@ -97,7 +98,7 @@ def test_end_to_end_and_too_many_stages_are_refused():
 def test_a_method_without_a_local_loss_is_refused(tmp_path):
     plugin = tmp_path / "noloss.py"
     plugin.write_text(
-        "from methods.dgl import DGL\n\n\n"
+        "from locbench.methods.dgl import DGL\n\n\n"
         "class NoLoss(DGL):\n"
         "    def local_loss(self, k, out, batch):\n"
         "        return None\n"
@@ -108,7 +109,7 @@ def test_a_method_without_a_local_loss_is_refused(tmp_path):
 def test_a_boundary_other_than_detach_is_refused(tmp_path):
     plugin = tmp_path / "keep.py"
     plugin.write_text(
-        "from methods.dgl import DGL\n\n\n"
+        "from locbench.methods.dgl import DGL\n\n\n"
         "class Keep(DGL):\n"
         "    def boundary(self, k, out):\n"
         "        return out\n"
@@ -122,8 +123,8 @@ def test_stages_with_nproc_are_refused():
 
 
 def test_a_sweep_with_stages_is_refused(tmp_path):
-    from bench.grid import Grid
-    from bench.sweep import plan_sweep
+    from locbench.study.grid import Grid
+    from locbench.study.sweep import plan_sweep
 
     run = {"dataset": "synthetic", "device": "cpu"}
     grid = Grid(methods=("dgl",), K=(2,), axes={"stages": (2,)}, run=run)
@@ -137,7 +138,7 @@ def test_run_stages_writes_a_record_with_the_speedup_and_its_bound(tmp_path):
     import sys
 
     command = [
-        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method", "dgl", "--K",
+        sys.executable, "-m", "locbench", "run", "--net", "smallnet", "--method", "dgl", "--K",
         "2", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--no-progress",
         "--warmup-steps", "1", "--measure-steps", "3", "--stages", "2", "--out",
         str(tmp_path),
@@ -165,7 +166,7 @@ def test_a_failing_stage_is_an_error_row_not_a_traceback(tmp_path):
     plugin = tmp_path / "fails.py"
     plugin.write_text(
         "import torch.distributed as dist\n"
-        "from methods.dgl import DGL\n\n\n"
+        "from locbench.methods.dgl import DGL\n\n\n"
         "class FailsInStage(DGL):\n"
         "    def local_loss(self, k, out, batch):\n"
         "        if dist.is_initialized() and batch.step.global_step == 1:\n"
@@ -174,7 +175,7 @@ def test_a_failing_stage_is_an_error_row_not_a_traceback(tmp_path):
     )
     out = tmp_path / "runs"
     command = [
-        sys.executable, "-m", "bench", "run", "--net", "smallnet", "--method",
+        sys.executable, "-m", "locbench", "run", "--net", "smallnet", "--method",
         f"{plugin}:FailsInStage", "--K", "2", "--dataset", "synthetic", "--epochs", "1",
         "--device", "cpu", "--no-progress", "--warmup-steps", "1", "--measure-steps", "2",
         "--stages", "2", "--out", str(out),

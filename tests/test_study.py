@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli import main
-from bench.records import read_records
-from reports.page import build_report
-from reports.tables import comparison_table
+from locbench.cli.main import main
+from locbench.records import read_records
+from locbench.reports.page import build_report
+from locbench.reports.tables import comparison_table
 
 TINY = ["--nets", "smallnet", "--K", "2", "--dataset", "synthetic", "--epochs", "1",
         "--measure-steps", "2", "--no-progress"]  # fmt: skip
@@ -22,7 +22,7 @@ def test_a_hyperparameter_sweep_gives_one_bp_row_and_two_labelled_dgl_rows(tmp_p
     assert sorted((r.config["method"], r.config["method_params"].get("hidden_dim")) for r in
                   records) == [("bp", None), ("dgl", 64), ("dgl", 128)]  # fmt: skip
     report = build_report(out, tmp_path / "report")
-    from bench.records import results_frame
+    from locbench.records import results_frame
 
     table = comparison_table(results_frame(records))
     assert sorted(table["variant"]) == ["bp", "dgl hidden_dim=128", "dgl hidden_dim=64"]
@@ -33,7 +33,9 @@ def test_a_hyperparameter_sweep_gives_one_bp_row_and_two_labelled_dgl_rows(tmp_p
 
 def test_an_edited_method_file_reruns_and_an_unchanged_one_is_skipped(tmp_path, capsys):
     method = tmp_path / "mine.py"
-    method.write_text("from methods.base import Method\n\n\nclass Mine(Method):\n    pass\n")
+    method.write_text(
+        "from locbench import Method\n\n\nclass Mine(Method):\n    pass\n"
+    )
     out = tmp_path / "runs"
     argv = ["sweep", "--methods", f"{method}:Mine", *TINY, "--out", str(out)]
     assert main(argv) == 0

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from waiting import live_processes
 
-from bench.claims import CLAIMS
-from bench.config import RunConfig
-from bench.records import RunRecord, save_record
-from bench.slurm_executor import Ledger, LedgerJob
+from locbench.records import RunRecord, save_record
+from locbench.settings.run_config import RunConfig
+from locbench.study.claims import CLAIMS
+from locbench.study.executors.slurm import Ledger, LedgerJob
 
 pytest.importorskip("submitit")
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def locbench(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *argv], env=ENV, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "locbench", *argv], env=ENV, cwd=cwd,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def test_a_killed_job_leaves_a_died_row_and_only_it_is_resubmitted(tmp_path):
     out = tmp_path / "runs"
     argv = ["sweep", "--executor", "slurm", "--slurm-cluster", "local",
             "--methods", "bp,dgl,predsim", *DIGITS, "--out", str(out)]  # fmt: skip
-    sweep = subprocess.Popen([sys.executable, "-m", "bench", *argv], env=ENV, cwd=tmp_path,
+    sweep = subprocess.Popen([sys.executable, "-m", "locbench", *argv], env=ENV, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         os.kill(job_task(out, "dgl"), signal.SIGKILL)
@@ -83,7 +83,7 @@ def test_a_killed_job_leaves_a_died_row_and_only_it_is_resubmitted(tmp_path):
     assert all(r[0]["status"] == "ok" for k, r in first.items() if k != died_id)
     # every job ran this worktree's code
     logs = "".join(p.read_text() for p in (out / ".slurm" / "submitit").glob("*_0_log.out"))
-    assert logs.count(f"bench from {REPO / 'bench'}") == 3
+    assert logs.count(f"bench from {REPO / 'locbench'}") == 3
 
     status = locbench("sweep", "--status", "--out", str(out), cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -149,7 +149,7 @@ def test_a_bad_slurm_flag_is_one_line(tmp_path):
 def test_without_submitit_the_error_names_the_extra(tmp_path):
     code = (
         "import sys; sys.modules['submitit'] = None\n"
-        "from bench.cli import main\n"
+        "from locbench.cli.main import main\n"
         f"sys.exit(main(['sweep', '--executor', 'slurm', '--methods', 'bp', '--out', "
         f"{str(tmp_path / 'runs')!r}]))"
     )

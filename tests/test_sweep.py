@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.config import RunConfig
-from bench.errors import UserError
-from bench.grid import Grid, load_grid
-from bench.presets import PRESETS
-from bench.records import read_records
-from bench.run import prepare
-from bench.sweep import finished_ids, resolved_id, sweep
+from locbench.cli.main import main
+from locbench.errors import UserError
+from locbench.harness.run import prepare
+from locbench.records import read_records
+from locbench.settings.run_config import RunConfig
+from locbench.study.grid import Grid, load_grid
+from locbench.study.presets import PRESETS
+from locbench.study.sweep import finished_ids, resolved_id, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"dataset": "synthetic", "epochs": 1, "warmup_steps": 1, "measure_steps": 2}
@@ -83,7 +83,7 @@ def test_failures_are_rows_not_crashes(tmp_path):
     crash = tmp_path / "crash.py"
     crash.write_text(
         "import os, signal\n"
-        "from methods.base import Method\n"
+        "from locbench import Method\n"
         "class Crash(Method):\n"
         "    def __init__(self, *args):\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -103,7 +103,7 @@ def test_failures_are_rows_not_crashes(tmp_path):
 
 def test_a_sweep_killed_with_sigkill_finishes_every_configuration_exactly_once(tmp_path):
     out = tmp_path / "runs"
-    argv = [sys.executable, "-m", "bench", "sweep", "--methods", "bp,dgl,predsim",
+    argv = [sys.executable, "-m", "locbench", "sweep", "--methods", "bp,dgl,predsim",
             "--nets", "smallnet", "--K", "2", "--dataset", "synthetic", "--epochs", "2",
             "--out", str(out), "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -182,7 +182,7 @@ def test_a_remote_gpu_executor_plans_the_run_ids_its_runs_resolve_to(tmp_path):
     records the runs write carry the planned run ids and a resume finds them."""
     import torch
 
-    from bench.sweep import plan_sweep
+    from locbench.study.sweep import plan_sweep
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from waiting import live_processes, wait_for
 
-from bench.claims import CLAIMS, Claims
-from bench.grid import Grid
-from bench.sweep import existing, record_files, resolved_id, sweep
+from locbench.study.claims import CLAIMS, Claims
+from locbench.study.grid import Grid
+from locbench.study.sweep import existing, record_files, resolved_id, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {
@@ -33,17 +33,17 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def sweep_argv(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench", "sweep", "--nets", "smallnet", "--K", "2",
+    return [sys.executable, "-m", "locbench", "sweep", "--nets", "smallnet", "--K", "2",
             "--dataset", "synthetic", "--epochs", "1", "--track-steps", "1", "--out", str(out),
             "--no-progress", *extra]  # fmt: skip
 
 
 def workers_of(out: Path) -> list[int]:
-    """Pids of the live `bench.worker` processes writing to ``out``."""
+    """Pids of the live `locbench.study.executors.worker` processes writing to ``out``."""
     return [
         proc.pid
         for proc in live_processes()
-        if b"bench.worker" in proc.argv and str(out).encode() in proc.argv
+        if b"locbench.study.executors.worker" in proc.argv and str(out).encode() in proc.argv
     ]
 
 
@@ -100,7 +100,7 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
 
 def test_a_worker_asked_to_stop_writes_no_record(tmp_path):
     config = json.dumps({"method": "bp", "net": "smallnet", "dataset": "synthetic", "epochs": 1})
-    argv = [sys.executable, "-m", "bench.worker", config, str(tmp_path)]
+    argv = [sys.executable, "-m", "locbench.study.executors.worker", config, str(tmp_path)]
     proc = subprocess.Popen(argv, env=ENV, stderr=subprocess.PIPE, text=True)
     time.sleep(2)  # somewhere in its imports or its run: either way it must stop cleanly
     proc.send_signal(signal.SIGINT)
@@ -148,7 +148,7 @@ def test_failed_rows_are_kept_unless_retry_failed(tmp_path):
     flaky = tmp_path / "flaky.py"
     flaky.write_text(
         "import os\n"
-        "from methods.bp import BP\n"
+        "from locbench.methods.bp import BP\n"
         "class Flaky(BP):\n"
         "    def output_loss(self, logits, batch):\n"
         f"        if os.path.exists({str(marker)!r}):\n"

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from bench.cli import main
-from bench.config import RunConfig
-from bench.estimate import estimate
-from bench.memory import PHASE_CODES, TIMELINE_POINTS, MemoryTracker, downsample
-from bench.records import RunRecord, load_results, save_record
-from bench.regress import small_batch, small_trainer
-from bench.run import execute
-from bench.trainer import steady_state_peak
-from reports import charts
-from reports.page import build_report
+from locbench.analysis.estimate import estimate
+from locbench.analysis.regress import small_batch, small_trainer
+from locbench.cli.main import main
+from locbench.harness.run import execute
+from locbench.harness.trainer import steady_state_peak
+from locbench.measure.memory import PHASE_CODES, TIMELINE_POINTS, MemoryTracker, downsample
+from locbench.records import RunRecord, load_results, save_record
+from locbench.reports import charts
+from locbench.reports.page import build_report
+from locbench.settings.run_config import RunConfig
 
 MIB = 2**20
 

@@ -13,8 +13,8 @@ import pytest
 import scipy.io
 import torch
 
-from bench.data import DATASETS, DataRequest, load_dataset
-from bench.errors import UserError
+from locbench.data.base import DATASETS, DataRequest, load_dataset
+from locbench.errors import UserError
 
 N_TRAIN, N_TEST = 6, 4
 TRAIN_LABELS = [3, 1, 4, 0, 5, 9]  # 0..9 as the loaders should return them

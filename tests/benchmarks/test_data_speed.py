@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data_bench import epoch_speed
+from locbench.analysis.data_speed import epoch_speed
 
 N_TRAIN, N_TEST, BATCH = 10_000, 1_000, 1024
 TARGET = 20.0

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from bench.config import RunConfig
-from bench.estimate import estimate_methods
-from methods import METHODS
+from locbench.analysis.estimate import estimate_methods
+from locbench.methods import METHODS
+from locbench.settings.run_config import RunConfig
 
 
 @pytest.mark.speed

@@ -18,12 +18,12 @@ import time
 import pytest
 import torch
 
-from bench.backbone import get_backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.split import Split
-from bench.trainer import LocalTrainer
-from methods import METHODS, make_params
+from locbench.data.base import DataInfo
+from locbench.harness.trainer import LocalTrainer
+from locbench.methods import METHODS, make_params
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 INFO = DataInfo("cifar10", 10, (3, 32, 32), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 AUTHORS_RATIO = {"dgl": 1.10, "predsim": 1.48, "infopro": 4.0, "auglocal": 2.2}

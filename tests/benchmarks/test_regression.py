@@ -8,7 +8,7 @@ figure, and say why in the commit)."""
 
 import pytest
 
-from bench.regress import figures, regression_cases, small_batch, small_trainer
+from locbench.analysis.regress import figures, regression_cases, small_batch, small_trainer
 
 METHODS = ["bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"]
 # one case per method and precision, named "dgl" (fp32) or "dgl-bf16": the id is the case

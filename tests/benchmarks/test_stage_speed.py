@@ -1,4 +1,5 @@
-"""Speed of pipeline stages (bench.stages): ResNet-32 DGL with K=2 (cut at the middle unit),
+"""Speed of pipeline stages (locbench.harness.stages): ResNet-32 DGL with K=2 (cut at the middle
+unit),
 2 stages on the CPU against the sequential harness on the same cores, with the speed-up that
 the per-module times of the sequential run predict at best beside it. No target: a shared
 or slow machine still passes; the figures go to ``extra_info``.
@@ -11,8 +12,8 @@ import math
 
 import pytest
 
-from bench.config import RunConfig
-from bench.stages import execute_stages
+from locbench.harness.stages import execute_stages
+from locbench.settings.run_config import RunConfig
 
 
 @pytest.mark.speed

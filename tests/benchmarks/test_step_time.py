@@ -5,12 +5,12 @@ times them."""
 import pytest
 import torch
 
-from bench.backbone import get_backbone
-from bench.config import RunConfig
-from bench.data import DataInfo
-from bench.split import Split
-from bench.trainer import LocalTrainer
-from methods import METHODS, make_params
+from locbench.data.base import DataInfo
+from locbench.harness.trainer import LocalTrainer
+from locbench.methods import METHODS, make_params
+from locbench.nets.backbone import get_backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
 
 INFO = DataInfo("synthetic", 10, (3, 32, 32), (0.0,) * 3, (1.0,) * 3)
 

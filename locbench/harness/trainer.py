@@ -1,0 +1,484 @@
+"""The local-learning harness: K gradient-isolated modules trained by one loop for every method.
+
+The harness, never the model's ``forward``, calls ``backward()``: module k runs forward, its
+local loss is backpropagated at once (freeing its graph), and a detached output feeds module
+k+1. The last module ends in the output head and trains on the task loss. With K = 1 this is
+plain end-to-end backpropagation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+
+from locbench.data.base import Loader
+from locbench.errors import UserError
+from locbench.harness.distributed import GradSync, Ranks, global_batchnorm
+from locbench.harness.optim import make_sgd, set_lr, warmup_cosine
+from locbench.harness.precision import MixedPrecision, channels_last_input, to_channels_last
+from locbench.measure.memory import MemoryTracker, TrackedPeak, storage_bytes
+from locbench.measure.meters import CudaPeaks, CudaWindow, DataWait, PhaseClock, StepTimer
+from locbench.methods.base import Batch, Method, StepContext
+from locbench.nets.backbone import Backbone
+from locbench.nets.split import Split
+from locbench.settings.run_config import RunConfig
+
+#: Learning rate of a trainer built outside a run for a configuration that sets none.
+PROBE_LR = 0.1
+
+
+def probe_config(config: RunConfig, lr: float = PROBE_LR) -> RunConfig:
+    """``config`` for a trainer that runs single steps outside a training run (describe,
+    FLOPs, estimate, regression figures): one epoch without warm-up, at ``config.lr`` if it
+    sets one, else ``lr``. Memory and FLOPs do not depend on the learning rate's value."""
+    return dataclasses.replace(
+        config, epochs=1, warmup_epochs=0.0, lr=lr if config.lr is None else config.lr
+    )
+
+
+@dataclass
+class StepLosses:
+    """Detached per-step losses: the local losses (of the modules that have one) and the
+    output loss."""
+
+    local: list[torch.Tensor]
+    output: torch.Tensor
+    correct: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.local, self.output, self.correct]
+
+
+@contextlib.contextmanager
+def _no_phase(tag: str, module: int | None = None) -> Iterator[None]:
+    yield
+
+
+def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``module.to(device, dtype)``, skipped when nothing would move (fake tensors, built
+    under ``FakeTensorMode``, cannot be swapped by ``.to``)."""
+    tensors = list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
+    if any(t.device != device or t.dtype != dtype for t in tensors):
+        module.to(device=device, dtype=dtype)
+    return module
+
+
+def build_modules(backbone: Backbone, split: Split) -> nn.ModuleList:
+    """Module k = its hidden units in order; the last module also ends in the output head."""
+    modules = []
+    for k in range(split.K):
+        units = [backbone.units[i] for i in split.unit_range(k)]
+        if k == split.K - 1:
+            units.append(backbone.units[-1])
+        modules.append(nn.Sequential(*units))
+    return nn.ModuleList(modules)
+
+
+class LocalTrainer:
+    """Owns the device, the optimizer and the step; the method only supplies losses.
+
+    ``config`` is a run's configuration with ``lr`` and ``epochs`` set (resolved, or see
+    :func:`probe_config`); its optimizer fields (``lr``, ``momentum``, ``weight_decay``,
+    ``nesterov``) make the optimizer, and :func:`fit` reads the schedule and the measurement
+    windows from it."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        split: Split,
+        method: Method,
+        config: RunConfig,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        ranks: Ranks | None = None,
+    ) -> None:
+        if config.lr is None or config.epochs is None:
+            raise UserError("a trainer needs a configuration with lr and epochs set (resolved)")
+        self.split, self.method, self.config = split, method, config
+        self.device, self.dtype = device, dtype
+        self.modules = place(build_modules(backbone, split), device, dtype)
+        place(self.method, device, dtype)
+        # A data-parallel rank (locbench.harness.distributed): its share of each batch, gradients
+        # averaged module by module, BatchNorm over the global batch with sync_bn.
+        self.ranks = ranks if ranks is not None and ranks.world > 1 else None
+        if self.ranks is not None and config.sync_bn:
+            self.modules = global_batchnorm(self.modules, device)
+            self.method = global_batchnorm(self.method, device)
+        if config.channels_last:
+            to_channels_last(self.modules)
+            to_channels_last(self.method)
+        # Autocast and the fp16 loss scaler; a trainer built under FakeTensorMode has fake
+        # parameters, whose overflow check has no value to read.
+        fake = any(isinstance(p, FakeTensor) for p in self.modules.parameters())
+        self.amp = MixedPrecision(config.precision, device, fake)
+        self.optimizer = make_sgd(
+            self.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
+        )
+        # What a step outside a run (describe, estimate, a test's own step) shows the method.
+        self.default_step = StepContext(lr=config.lr)
+        self.grad_sync = GradSync(self.parameters(), self.ranks) if self.ranks else None
+
+    def train_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tracker: MemoryTracker | None = None,
+        step: StepContext | None = None,
+        clock: PhaseClock | None = None,
+    ) -> StepLosses:
+        """One training step on a batch already on the device; the method sees ``step`` as
+        ``batch.step`` (default: step 0 of 1 at the configuration's learning rate).
+
+        With a ``tracker`` (entered by the caller), each part of the step is labelled for the
+        memory breakdown; the computation is the same either way. With ``config.precision``
+        bf16/fp16, each forward and each loss runs under autocast, and fp16 losses are scaled
+        by one loss scaler for the whole step (:mod:`locbench.harness.precision`).
+
+        With a ``clock`` (timed steps; never with a tracker, which would slow the phases it
+        times), the same phase points mark each module's forward, local loss and backward and
+        the optimizer step; without either, a phase costs nothing."""
+        if tracker is not None:
+            phase = tracker.phase
+        else:
+            phase = clock.phase if clock is not None else _no_phase
+        self.modules.train()
+        self.method.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        amp = self.amp
+        if self.config.channels_last:
+            x = channels_last_input(x)
+        batch = Batch(x, y, self.default_step if step is None else step)
+        last = self.split.K - 1
+        local: list[torch.Tensor] = []
+        h = x
+        for k in range(self.split.K):
+            h, loss = self.module_step(k, h, batch, phase)
+            if k < last and loss is not None:
+                local.append(loss)
+        correct = (h.argmax(1) == y).sum()
+        if self.grad_sync is not None:
+            with phase("backward", last):
+                self.grad_sync.finish()
+        with phase("optimizer_state"):
+            amp.step(self.optimizer)
+        if tracker is not None:
+            tracker.end_step(self.parameters(), self.optimizer)
+        return StepLosses(local, loss, correct)
+
+    def module_step(
+        self, k: int, h: torch.Tensor, batch: Batch, phase: Callable = _no_phase
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Module k's part of a training step: forward, its loss (local, or the output loss
+        for the last module) and that loss's backward. Returns module k+1's input (the
+        boundary; for the last module its detached logits) and the detached loss (None when
+        the method has no local loss there). Pipeline stages (locbench.harness.stages) run the
+        same."""
+        amp, module = self.amp, self.modules[k]
+        with phase("backbone", k), amp.autocast():
+            out = self.method.forward_module(k, module, h, batch)
+        if k < self.split.K - 1:
+            with phase("aux", k), amp.autocast():
+                loss = self.method.local_loss(k, out, batch)
+            if loss is not None:
+                with phase("backward", k):
+                    amp.backward(loss)
+                    if self.grad_sync is not None:
+                        self.grad_sync.after_backward()
+            return self.method.boundary(k, out), None if loss is None else loss.detach()
+        with phase("other", k), amp.autocast():
+            loss = self.method.output_loss(out, batch)
+        with phase("backward", k):
+            amp.backward(loss)
+        return out.detach(), loss.detach()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.modules.parameters()) + list(self.method.parameters())
+
+    def state_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """What is resident between steps, by memory category."""
+        buffers = list(self.modules.buffers()) + list(self.method.buffers())
+        params = self.parameters()
+        optimizer_state = [
+            v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+        ]
+        optimizer_state += self.amp.state_tensors()  # the fp16 loss scaler's scale
+        return {
+            "parameters": params + buffers,
+            "gradients": [p.grad for p in params if p.grad is not None],
+            "optimizer_state": optimizer_state,
+        }
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.modules.eval()
+        h = channels_last_input(x) if self.config.channels_last else x
+        with self.amp.autocast():
+            for module in self.modules:
+                h = module(h)
+        # logits in the run's dtype: a loss summed over the test set in bf16 would round
+        return h.to(self.dtype)
+
+    @torch.no_grad()
+    def evaluate(self, loader: Loader) -> tuple[float, float]:
+        """Top-1 accuracy (%) and mean cross entropy of the output head on ``loader``."""
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        n = torch.zeros((), device=self.device, dtype=torch.long)
+        if self.ranks is not None:  # every rank evaluates rank 0's running statistics
+            self.ranks.same_buffers([self.modules, self.method])
+        for x, y in loader:
+            if self.ranks is not None:
+                x, y, _ = self.ranks.share(x, y)
+            x, y = self.to_device(x, y)
+            if not len(y):
+                continue
+            logits = self.predict(x)
+            correct += (logits.argmax(1) == y).sum()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            n += len(y)
+        if self.ranks is not None:
+            self.ranks.sum_(correct, loss_sum, n)
+        total = max(int(n.item()), 1)
+        return 100.0 * correct.item() / total, loss_sum.item() / total
+
+    def share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of a global batch (the batch itself outside a data-parallel run);
+        the next step's gradients are weighted by the share's size."""
+        if self.ranks is None:
+            return x, y
+        x, y, total = self.ranks.share(x, y)
+        if self.grad_sync is not None:
+            self.grad_sync.begin_step(len(y), total)
+        return x, y
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # channels-last in the same copy, so that train_step finds the layout it wants
+        cl = self.config.channels_last and x.dim() == 4
+        layout = torch.channels_last if cl else torch.preserve_format
+        return (
+            x.to(self.device, self.dtype, non_blocking=True, memory_format=layout),
+            y.to(self.device, non_blocking=True),
+        )
+
+
+class MemoryWindow:
+    """Tracked steps: the peak of live tensor bytes over consecutive training steps.
+
+    Opened between steps, it first counts what is resident then: parameters, buffers,
+    gradients, optimizer state and ``previous`` (the last step's losses, still referenced by
+    the caller); each :meth:`step` also counts its batch. This is the one measurement that
+    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make."""
+
+    def __init__(self, trainer: LocalTrainer, previous: StepLosses | None = None) -> None:
+        self.trainer = trainer
+        self.tracker = MemoryTracker()
+        for tag, tensors in trainer.state_tensors().items():
+            self.tracker.register(tensors, tag)
+        if previous is not None:
+            self.tracker.register(previous.tensors(), "other")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: StepContext | None = None) -> StepLosses:
+        self.tracker.begin_step()
+        self.tracker.register([x, y], "other")
+        with self.tracker:
+            return self.trainer.train_step(x, y, self.tracker, step)
+
+    def close(self) -> TrackedPeak:
+        trainer = self.trainer
+        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
+        return self.tracker.result(resident, trainer.split.K)
+
+
+def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -> TrackedPeak:
+    """Tracked peak of one steady-state step on ``(x, y)``: a first, untracked step makes the
+    gradients and optimizer state, whose losses stay referenced through the tracked second
+    step, as in a run's tracked window after its warm-up."""
+    previous = trainer.train_step(x, y)
+    window = MemoryWindow(trainer, previous)
+    window.step(x, y)
+    return window.close()
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Global step indices measured for memory (tracked) and for time and CUDA peaks (timed).
+
+    Both follow the warm-up; the tracked steps come first and are never timed, since the
+    tracker slows a step."""
+
+    tracked: range
+    timed: range
+
+    @classmethod
+    def plan(cls, total: int, warmup: int, track: int, measure: int) -> Windows:
+        start = min(warmup, max(total - 1, 0))
+        tracked = range(start, min(start + track, total))
+        return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
+
+    @classmethod
+    def for_run(cls, config: RunConfig, total: int) -> Windows:
+        """The windows of a run of ``total`` steps: tracked steps only when ``config.memory``
+        asks for tracked memory ("tracked" or "both")."""
+        track = config.track_steps if config.memory in ("tracked", "both") else 0
+        return cls.plan(total, config.warmup_steps, track, config.measure_steps)
+
+
+class MeasuredSteps:
+    """Runs every training step of a run as the :class:`Windows` plan says: tracked (memory),
+    timed (wall time, and on CUDA the allocator's peaks over exactly these steps) or plain."""
+
+    def __init__(self, trainer: LocalTrainer, windows: Windows, cuda_peaks: bool) -> None:
+        self.trainer, self.windows = trainer, windows
+        device = trainer.device
+        self.timer = StepTimer(device)
+        self.clock = PhaseClock(trainer.split.K, device)
+        self.cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
+        self.memory: TrackedPeak | None = None
+        self.cuda: CudaPeaks | None = None
+        self._memory_window: MemoryWindow | None = None
+        # The last step's losses: the caller still holds them while the next step runs.
+        self._previous: StepLosses | None = None
+
+    def measured_step(self, step: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
+        i, tracked, timed = step.global_step, self.windows.tracked, self.windows.timed
+        if i in tracked:
+            if i == tracked.start:
+                self._memory_window = MemoryWindow(self.trainer, self._previous)
+            losses = self._memory_window.step(x, y, step)
+            if i == tracked[-1]:
+                self.memory, self._memory_window = self._memory_window.close(), None
+        elif i in timed:
+            if i == timed.start and self.cuda_window is not None:
+                self.cuda_window.open()
+            self.timer.start()
+            losses = self.trainer.train_step(x, y, step=step, clock=self.clock)
+            self.timer.stop()  # synchronises: the clock's CUDA events are complete
+            self.clock.end_step(self.timer.times[-1])
+            if i == timed[-1] and self.cuda_window is not None:
+                self.cuda = self.cuda_window.close()
+        else:
+            losses = self.trainer.train_step(x, y, step=step)
+        self._previous = losses
+        return losses
+
+
+class EpochSums:
+    """Training loss, local losses and accuracy of one epoch, summed on the device (no sync
+    per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.local: torch.Tensor | float = 0.0  # a tensor once a method reports local losses
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, losses: StepLosses, n: int) -> None:
+        self.loss += losses.output.double() * n
+        if losses.local:
+            # sized on first use: end-to-end methods report no local losses
+            self.local = self.local + torch.stack(losses.local).double() * n
+        self.correct += losses.correct
+        self.seen += n
+
+    def reduce(self, ranks: Ranks) -> None:
+        """The sums of every rank's share: the epoch's figures for the global batches."""
+        seen = torch.tensor(self.seen, device=self.loss.device)
+        self.local = torch.as_tensor(self.local, device=self.loss.device, dtype=torch.float64)
+        ranks.sum_(self.loss, self.correct, seen, self.local)
+        self.seen = int(seen.item())
+        if not self.local.dim():  # no local losses on any rank
+            self.local = 0.0
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.loss)) and bool(
+            torch.isfinite(torch.as_tensor(self.local)).all()
+        )
+
+
+@dataclass
+class FitResult:
+    curve: list[dict] = field(default_factory=list)
+    step_times: StepTimer | None = None
+    module_times: dict | None = None  # PhaseClock.summary of the timed steps
+    cuda: CudaPeaks | None = None
+    memory: TrackedPeak | None = None
+    diverged: bool = False
+
+
+def fit(
+    trainer: LocalTrainer,
+    train: Loader,
+    test: Loader,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train for ``config.epochs`` epochs of the trainer's configuration, evaluating after each.
+
+    After ``config.warmup_steps``, ``config.track_steps`` steps run under the memory tracker
+    (``config.memory`` "tracked" or "both"), then ``config.measure_steps`` steps are timed (and
+    on CUDA, with ``config.memory`` "cuda" or "both", the allocator peaks cover exactly them);
+    both windows are clipped to the run (:class:`Windows`). Every step's method sees its
+    :class:`~locbench.methods.base.StepContext`."""
+    config, device = trainer.config, trainer.device
+    if config.memory not in ("tracked", "cuda", "both"):
+        raise UserError(f"fit needs a resolved configuration; memory is {config.memory!r}")
+    steps_per_epoch = len(train)
+    total = config.epochs * steps_per_epoch
+    steps = MeasuredSteps(
+        trainer, Windows.for_run(config, total), cuda_peaks=config.memory in ("cuda", "both")
+    )
+    result = FitResult(step_times=steps.timer)
+    global_step = 0
+    for epoch in range(config.epochs):
+        epoch_timer = StepTimer(device)
+        epoch_timer.start()
+        sums = EpochSums(device)
+        lr = config.lr
+        data = DataWait(train, lambda x, y: trainer.to_device(*trainer.share(x, y)))
+        for i, (x, y) in enumerate(data):
+            lr = warmup_cosine(
+                epoch + i / steps_per_epoch,
+                config.lr,
+                config.epochs,
+                config.warmup_epochs,
+                config.warmup_start_lr,
+            )
+            set_lr(trainer.optimizer, lr)
+            context = StepContext(global_step, epoch, steps_per_epoch, total, lr)
+            sums.add(steps.measured_step(context, x, y), len(y))
+            global_step += 1
+            if on_step is not None:
+                on_step(global_step, {"epoch": epoch + 1})
+        epoch_timer.stop()
+        if trainer.ranks is not None:
+            sums.reduce(trainer.ranks)
+        test_acc, test_loss = trainer.evaluate(test)
+        result.curve.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": sums.loss.item() / sums.seen,
+                "train_acc": 100.0 * sums.correct.item() / sums.seen,
+                "local_losses": (
+                    (sums.local / sums.seen).tolist()
+                    if isinstance(sums.local, torch.Tensor)
+                    else []
+                ),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "epoch_time_s": epoch_timer.times[-1],
+                # the part of the epoch the loop waited for data; the rest is training
+                "data_wait_s": data.seconds,
+            }
+        )
+        if not sums.finite():
+            result.diverged = True
+            break
+    result.memory, result.cuda = steps.memory, steps.cuda
+    result.module_times = steps.clock.summary()
+    return result

@@ -1,0 +1,364 @@
+"""Run records: one JSON file per run, written atomically, loaded into pandas.
+
+Bytes in records; MiB (2**20 bytes) only in tables and charts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from locbench.errors import UserError
+
+SCHEMA = "locbench.run/2"  # /2: full identity (every hyperparameter, method source hash)
+STATUSES = ("ok", "oom", "diverged", "error")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    config: dict  # the fully resolved configuration (every method hyperparameter, typed)
+    env: dict
+    method_sha256: str = ""  # content hash of the file defining the method class
+    package_version: str = ""
+    status: str = "ok"
+    message: str = ""
+    K: int | None = None
+    module_starts: list[int] | None = None
+    params_backbone: int | None = None
+    params_aux: int | None = None
+    final_test_acc: float | None = None
+    best_test_acc: float | None = None
+    final_train_loss: float | None = None
+    measured_steps: int = 0
+    step_time_median_s: float | None = None
+    step_time_p10_s: float | None = None
+    step_time_p90_s: float | None = None
+    images_per_s: float | None = None
+    # Share of the training epochs' wall time spent waiting for data
+    # (locbench.measure.meters.DataWait).
+    data_wait_share: float | None = None
+    cuda: dict | None = None
+    memory: dict | None = (
+        None  # tracked peak, breakdown, module peaks, floor (locbench.measure.memory)
+    )
+    flops: dict | None = (
+        None  # per training step: backbone, aux, total (locbench.analysis.describe)
+    )
+    # Medians over the timed steps of each module's forward, local loss and backward, the
+    # optimizer step and the rest (locbench.measure.meters.PhaseClock.summary), and the pipeline
+    # bound
+    # from them (locbench.measure.pipeline_bound): sum / max of the module times, and the best
+    # grouping
+    # into P = 2, 4, 8 stages ({"P", "groups", "bound"}).
+    module_times: dict | None = None
+    pipeline_bound_speedup: float | None = None
+    pipeline_stages: list[dict] | None = None
+    # Data-parallel runs (config nproc > 1): world size, every rank's tracked and CUDA peaks.
+    # ``memory`` and ``cuda`` above are rank 0's, for its share of each batch.
+    distributed: dict | None = None
+    # Pipeline runs (config stages > 1, locbench.harness.stages): groups, every stage's busy and
+    # idle
+    # seconds, the sequential and pipelined step times, the speed-up and its bound.
+    stages: dict | None = None
+    started_at: str = ""
+    # True for an ``error`` row written because the worker process died (killed, segfault):
+    # a resumed sweep runs that configuration again.
+    worker_died: bool = False
+    wall_time_s: float | None = None
+    curve: list[dict] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    @classmethod
+    def of(cls, config, **fields) -> RunRecord:
+        """A record of the resolved :class:`~locbench.settings.run_config.RunConfig` ``config``:
+        its run id,
+        its configuration and identity (method source hash, package version), the environment.
+        Every record, of a finished run or of a worker that died, starts here."""
+        identity = config.identity()
+        return cls(
+            run_id=config.run_id(),
+            config=identity["config"],
+            env=environment(config.device),
+            method_sha256=identity["method_sha256"],
+            package_version=identity["package_version"],
+            **fields,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "record") -> RunRecord:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise UserError(
+                f"{source} is not a locbench run record (schema {got!r}; expected {SCHEMA!r})"
+            )
+        names = {f.name for f in fields(cls)}
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        unknown, missing = sorted(set(d) - names), sorted(required - set(d))
+        if unknown or missing:
+            raise UserError(
+                f"{source} is not a valid {SCHEMA} record (unknown fields {unknown}, "
+                f"missing fields {missing})"
+            )
+        return cls(**d)
+
+    def row(self) -> dict:
+        """One flat row: top-level fields and ``config.*``, ``env.*``, ``cuda.*``,
+        ``memory.*`` (``memory.breakdown.*``) and ``flops.*`` columns; no curve."""
+        d = asdict(self)
+        d.pop("curve")
+        nested = ("config", "env", "cuda", "memory", "flops", "distributed")
+        for group in (*nested, "module_times", "stages"):
+            d.update(flatten(d.pop(group) or {}, group))
+        return d
+
+
+def flatten(d: dict, prefix: str) -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict) and prefix != "config":  # method_params stays one cell
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def environment(device: str = "cpu") -> dict:
+    """Where a number was measured: versions, the run's device, CPU and the git commit."""
+    import torch
+    import torchvision
+
+    on_cuda = device.startswith("cuda")
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "device_name": torch.cuda.get_device_name(torch.device(device)) if on_cuda else "cpu",
+        "git_commit": git_commit(),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone who reads results
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """``path`` as a results folder, created if missing; a one-line error (before any training)
+    when it is a file, cannot be created or is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is not a folder; give a folder for the records")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".locbench-probe-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"--out {path} is not a writable folder ({reason})") from None
+    return path
+
+
+def record_path(out_dir: Path, record: RunRecord) -> Path:
+    c = record.config
+    # A method given as path/to/file.py:Class keeps only a file-name-safe tail here; the record
+    # itself holds the full spec and the run id hashes it.
+    method = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(c["method"]).name)
+    name = f"{method}-{c['net']}-K{record.K}-{c['dataset']}-s{c['seed']}-{record.run_id}"
+    return Path(out_dir) / f"{name}.json"
+
+
+def save_record(record: RunRecord, out_dir: Path) -> Path:
+    path = record_path(out_dir, record)
+    write_atomic(path, record.to_json())
+    return path
+
+
+def read_record(path: Path) -> RunRecord:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    return RunRecord.from_dict(data, source=str(path))
+
+
+def read_records(folder: str | Path) -> list[RunRecord]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} does not exist")
+    return [read_record(path) for path in sorted(folder.glob("*.json"))]
+
+
+def results_frame(records: list[RunRecord]):
+    """Records as a pandas DataFrame, one row per run (no curves)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.row() for r in records])
+
+
+def curves_frame(records: list[RunRecord]):
+    """Per-epoch curves of the records, one row per (run, epoch)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {"run_id": r.run_id, "method": r.config["method"], "K": r.K, **point}
+            for r in records
+            for point in r.curve
+        ]
+    )
+
+
+def load_results(folder: str | Path):
+    """All records in ``folder`` as a pandas DataFrame, one row per run (no curves)."""
+    return results_frame(read_records(folder))
+
+
+def load_curves(folder: str | Path):
+    """Per-epoch curves of all runs in ``folder``, one row per (run, epoch)."""
+    return curves_frame(read_records(folder))
+
+
+# Field annotation -> the JSON types a record may hold there; other annotations go unchecked.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "dict": (dict,),
+    "list": (list,),
+    "None": (type(None),),
+}
+
+
+def scan_records(folder: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """The valid run records among ``folder``'s ``*.json`` files, and ``(path, reason)`` for
+    every file skipped: not readable, not valid JSON (a truncated write), not a run record, an
+    unknown schema version, missing or unknown fields, or fields of the wrong type. Other files
+    are ignored. Raises :class:`~locbench.errors.UserError` when ``folder`` does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} does not exist")
+    records: list[RunRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(folder.glob("*.json")):
+        record, reason = _scan_one(path)
+        if record is not None:
+            records.append(record)
+        else:
+            skipped.append((path, " ".join(reason.split())))  # one line, whatever it quotes
+    return records, skipped
+
+
+def _scan_one(path: Path) -> tuple[RunRecord | None, str]:
+    if not path.is_file():
+        return None, "not a file"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or type(e).__name__})"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return None, f"truncated or not valid JSON ({e.msg} at line {e.lineno})"
+    if not isinstance(data, dict):
+        kind = "an array" if isinstance(data, list) else f"a {type(data).__name__}"
+        return None, f"not a run record (JSON {kind})"
+    if "schema" not in data:
+        if "benchmarks" in data:
+            return None, "not a run record (a pytest-benchmark file)"
+        return None, 'not a run record (no "schema" field)'
+    if data["schema"] != SCHEMA:
+        return None, f"unknown schema version {data['schema']!r} (this locbench reads {SCHEMA!r})"
+    names = [f.name for f in fields(RunRecord)]
+    required = [
+        f.name for f in fields(RunRecord) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    unknown = [k for k in data if k not in names]
+    missing = [k for k in required if k not in data]
+    if missing or unknown:
+        problems = [f"missing fields: {', '.join(missing)}"] if missing else []
+        problems += [f"unknown fields: {', '.join(map(str, unknown))}"] if unknown else []
+        return None, f"not a valid {SCHEMA} record ({'; '.join(problems)})"
+    problem = _type_problem(data)
+    if problem:
+        return None, f"not a valid {SCHEMA} record ({problem})"
+    return RunRecord.from_dict(data, source=str(path)), ""
+
+
+def _type_problem(data: dict) -> str | None:
+    """What makes a record with the right fields unusable for tables and charts, or None."""
+    for f in fields(RunRecord):
+        if f.name not in data:
+            continue
+        allowed: list[type] = []
+        for part in str(f.type).split("|"):
+            types = _JSON_TYPES.get(part.strip().split("[")[0])
+            if types is None:
+                allowed = []  # an annotation this check does not know: trust the value
+                break
+            allowed.extend(types)
+        value = data[f.name]
+        # JSON true is an int to Python, but never a count or a measurement
+        wrong = allowed and (
+            not isinstance(value, tuple(allowed))
+            or (isinstance(value, bool) and bool not in allowed)
+        )
+        if wrong:
+            return f"{f.name} is {type(value).__name__}, expected {f.type}"
+    if not isinstance(data["config"].get("method"), str):
+        return "config.method is missing or not a string"
+    if not all(isinstance(p, dict) and "epoch" in p for p in data.get("curve", [])):
+        return "curve points must be objects with an epoch"
+    return None

@@ -1,0 +1,429 @@
+"""``locbench sweep --executor slurm``: each configuration a SLURM job, through submitit.
+
+Unlike the local and Ray executors, the jobs outlive the process that submitted them, so the
+sweep keeps what it submitted in a ledger, ``OUT/.slurm/jobs.json`` (run id -> job id, cluster,
+submitit folder, configuration, submission time), and works from it and the records:
+
+* A sweep plans as the local one does (:func:`locbench.study.sweep.plan_sweep`), then submits every
+  configuration to run as ONE job array, except those whose ledger job is still pending or
+  running, or that another sweep holds a live claim on (counted as ``claimed``).
+* Each job (:func:`run_job`) claims its run id (:class:`locbench.study.claims.Claims`, the claim
+naming
+  the job), runs the configuration as ``locbench.study.executors.worker`` does, writes its record
+  on the shared
+  --out and releases the claim. A job whose configuration another sweep claimed, or ran
+  meanwhile, ends without running it.
+* Unless ``detach``, the sweep then waits, polling the job states (``squeue``: SLURM's
+  accounting, which submitit's own states rely on through ``sacct``, is often not there). A job
+  that ended without a record (killed, cancelled, timed out, node failure) gets a
+  ``worker_died`` ``error`` row naming the job and its final state, so the next sweep submits
+  it again. With ``detach`` the sweep returns after submitting: ``ran`` counts the submitted
+  jobs; ``locbench sweep --status`` follows them.
+* Ctrl-C while waiting stops the waiting only: SLURM jobs run on. submitit's local jobs
+  (``--slurm-cluster local``) are processes of this machine in the terminal's process group,
+  so a Ctrl-C at the terminal reaches them too: they end without records and run on resume
+  (a SIGINT sent to the sweep's process alone leaves them running).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from locbench.errors import UserError
+from locbench.records import read_record
+from locbench.settings.run_config import RunConfig
+from locbench.study.claims import Claims
+from locbench.study.executors.options import SlurmOptions, import_extra
+from locbench.study.grid import Grid
+from locbench.study.sweep import (
+    Existing,
+    SweepResult,
+    died_record,
+    existing,
+    keep_record,
+    now_utc,
+    plan_sweep,
+    record_files,
+)
+
+LEDGER_DIR = ".slurm"  # inside --out: the ledger and submitit's folder (job scripts, logs)
+POLL_S = 2.0  # how often a waiting sweep asks for the job states
+# squeue states of a job that has not ended (COMPLETING: its record may still be on its way).
+LIVE = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LedgerJob:
+    """The job a sweep submitted for one configuration."""
+
+    run_id: str
+    job_id: str  # SLURM: ARRAY_TASK (e.g. 12_3) or a plain id; local: the controller's pid
+    cluster: str  # slurm or local
+    folder: str  # submitit's folder: the job's script and logs
+    config: dict
+    submitted_at: str
+
+    @property
+    def tag(self) -> str:
+        """The job as its claims name it: pids of local jobs and SLURM ids may coincide."""
+        return f"{self.cluster}:{self.job_id}"
+
+
+class Ledger:
+    """``OUT/.slurm/jobs.json``: the latest job of each run id. Updates hold an flock, so
+    sweeps submitting on the same --out at once keep each other's entries; writes are atomic."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = Path(out) / LEDGER_DIR
+        self.path = self.dir / "jobs.json"
+
+    def read(self) -> dict[str, LedgerJob]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.path}: not a readable job ledger ({e})") from None
+        return {run_id: LedgerJob(**entry) for run_id, entry in data.items()}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "jobs.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def add(self, jobs: list[LedgerJob]) -> None:
+        with self._locked():
+            entries = {k: asdict(v) for k, v in self.read().items()}
+            entries.update({job.run_id: asdict(job) for job in jobs})
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".jobs-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the others sharing --out
+            os.replace(tmp, self.path)
+
+
+def job_states(jobs: list[LedgerJob]) -> dict[str, str] | None:
+    """The state of each job by job id: a live state (:data:`LIVE`), a final one (COMPLETED,
+    CANCELLED, TIMEOUT, ...) while SLURM still remembers the job, or absent: it ended. None when
+    SLURM cannot be asked (its controller down): nothing is known."""
+    states: dict[str, str] = {}
+    if any(job.cluster == "local" for job in jobs):
+        # submitit's local jobs are controller processes of this host, their pid the job id.
+        for job in jobs:
+            if job.cluster == "local" and _is_local_job(int(job.job_id)):
+                states[job.job_id] = "RUNNING"
+    if any(job.cluster == "slurm" for job in jobs):
+        # --array: one line per array task; --states all: also jobs that ended a short while
+        # ago (SLURM's MinJobAge), with their final state, accounting or not.
+        command = ["squeue", "--noheader", "--array", "--states", "all", "--format", "%i|%T",
+                   "--user", getpass.getuser()]  # fmt: skip
+        try:
+            lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        for line in lines.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            states[job_id] = state.split()[0] if state else "UNKNOWN"
+    return states
+
+
+def _is_local_job(pid: int) -> bool:
+    try:  # a reaped or zombie controller has no command line
+        return b"submitit.local._local" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def is_live(job: LedgerJob, states: dict[str, str] | None) -> bool:
+    """Whether ``job`` may still run (also when its state cannot be known now)."""
+    return states is None or states.get(job.job_id, "") in LIVE
+
+
+class JobClaims(Claims):
+    """Claims that know which ledger jobs ended: a claim held by one of them is stale at once
+    (the job may have run on another host, out of reach of the pid check)."""
+
+    def __init__(self, out: Path, ended: set[str]) -> None:
+        super().__init__(out)
+        self.ended = ended
+
+    def stale(self, raw: bytes, mtime: float) -> bool:
+        try:
+            job = json.loads(raw).get("job")
+        except (ValueError, AttributeError):
+            job = None
+        return job in self.ended or super().stale(raw, mtime)
+
+    def held_elsewhere(self, run_id: str) -> bool:
+        """Whether a live claim on ``run_id`` exists (another sweep is running it)."""
+        path = self.path(run_id)
+        try:
+            raw, mtime = path.read_bytes(), path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return not self.stale(raw, mtime)
+
+
+def run_job(config: dict, out: str, snapshot: frozenset, retry_failed: bool) -> str:
+    """One job of the array (pickled by reference, run by submitit): claim the configuration,
+    run it as ``locbench.study.executors.worker`` does, write its record, release the claim.
+    Returns what it did:
+    ``claimed`` (another sweep runs it), ``skipped`` (someone ran it meanwhile), ``interrupted``
+    (SIGINT or SIGTERM: scancel, the time limit; no record) or the record's status."""
+    from locbench.study.executors import worker
+
+    worker.catch_stop_signals()  # replaces submitit's handlers, which only log a SIGTERM
+    try:
+        import submitit
+
+        job = f"{os.environ.get('SUBMITIT_EXECUTOR', 'slurm')}:{submitit.JobEnvironment().job_id}"
+        import locbench
+
+        cfg = RunConfig.from_dict(config)
+        run_id, folder = cfg.resolved().run_id(), Path(out)
+        # In the job's log: which code ran (the job's Python environment is the cluster's).
+        print(f"locbench job {job}: {cfg.method} {cfg.net}, run {run_id}, bench from "
+              f"{Path(locbench.__file__).parent}", flush=True)  # fmt: skip
+        with Claims(folder, job=job) as claims:
+            if not claims.acquire(run_id):
+                return "claimed"
+            try:
+                now = existing(folder, run_id)
+                if now.snapshot != snapshot or not now.needs_run(retry_failed):
+                    return "skipped"
+                record = worker.run_config(cfg)
+                worker.hold_stop_signals()
+                keep_record(record, folder)
+            finally:
+                claims.release(run_id)
+    except worker.Interrupted:
+        print("locbench job: interrupted; no record written", file=sys.stderr)
+        return "interrupted"
+    return record.status
+
+
+def _executor(options: SlurmOptions, folder: Path):
+    """submitit's executor for ``options``; no SLURM here is one line."""
+    submitit = import_extra("submitit", "slurm", "--executor slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+    except RuntimeError as e:  # submitit: no srun on PATH
+        raise UserError(
+            f"--executor slurm: no SLURM on this machine ({e}); run the sweep where sbatch "
+            "works, or try it with --slurm-cluster local"
+        ) from None
+    executor.update_parameters(
+        timeout_min=options.time,
+        cpus_per_task=options.cpus_per_task,
+        name="locbench",
+        slurm_partition=options.partition,
+        slurm_gpus_per_task=options.gpus_per_task or None,
+        slurm_array_parallelism=options.array_parallelism,
+        slurm_setup=[options.setup] if options.setup else None,
+        local_setup=[options.setup] if options.setup else None,
+    )
+    if options.cluster == "local" and options.gpus_per_task:
+        executor.update_parameters(gpus_per_node=options.gpus_per_task)
+    return executor
+
+
+def submit(
+    todo: list[tuple[RunConfig, str, Existing]], out: Path, options: SlurmOptions, retry: bool
+) -> list[LedgerJob]:
+    """Submit ``todo`` as one job array; the jobs, already in the ledger."""
+    folder = out.resolve() / LEDGER_DIR / "submitit"
+    executor = _executor(options, folder)
+    try:
+        # submitit prints sbatch's stderr when it fails: the error below says it in one line.
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            handles = [
+                executor.submit(run_job, c.to_dict(), str(out.resolve()), seen.snapshot, retry)
+                for c, _, seen in todo
+            ]
+    except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as e:
+        # sbatch missing or refusing (bad partition, time over the limit): its own words.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        said = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else e)
+        raise UserError(f"--executor slurm: submitting the jobs failed: {said}") from None
+    submitted_at = now_utc()
+    jobs = [
+        LedgerJob(run_id, str(h.job_id), options.cluster, str(folder), c.to_dict(), submitted_at)
+        for (c, run_id, _), h in zip(todo, handles)
+    ]
+    Ledger(out).add(jobs)
+    return jobs
+
+
+def sweep_slurm(
+    grid: Grid,
+    out: Path,
+    options: SlurmOptions,
+    progress: bool = True,
+    retry_failed: bool = False,
+) -> SweepResult:
+    """Run every configuration of ``grid`` that needs a run (as :func:`locbench.study.sweep.sweep`
+    decides) as SLURM jobs of one array, then wait for them unless ``options.detach`` (see the
+    module's docstring). Raises KeyboardInterrupt on Ctrl-C while waiting; the jobs run on."""
+    import_extra("submitit", "slurm", "--executor slurm")
+    # A job gets the GPUs it asks for, wherever it runs: "auto" resolves to that device here
+    # (a login node without GPUs included), so the run ids planned here are the jobs' own.
+    plan = plan_sweep(grid, out, retry_failed, device="cuda" if options.gpus_per_task else "cpu")
+    out, result = plan.out, plan.result()
+    ledger = Ledger(out).read()
+    known = [ledger[run_id] for _, run_id, _ in plan.todo if run_id in ledger]
+    states = job_states(known) if known else {}
+    claims = JobClaims(out, {job.tag for job in known if not is_live(job, states)})
+    todo = []
+    for config, run_id, seen in plan.todo:
+        job = ledger.get(run_id)
+        if (job is not None and is_live(job, states)) or claims.held_elsewhere(run_id):
+            result.claimed += 1  # its job is queued or running: left to it
+        else:
+            todo.append((config, run_id, seen))
+    if not todo:
+        return result
+    jobs = submit(todo, out, options, retry_failed)
+    if options.detach:
+        result.ran = len(jobs)  # submitted; their outcomes are for --status
+        return result
+    try:
+        _wait(jobs, {run_id: (c, seen) for c, run_id, seen in todo}, out, result, progress)
+    except KeyboardInterrupt:
+        print(_interrupted_line(jobs, out), file=sys.stderr, flush=True)
+        raise
+    return result
+
+
+def _wait(
+    jobs: list[LedgerJob],
+    todo: dict[str, tuple[RunConfig, Existing]],
+    out: Path,
+    result: SweepResult,
+    progress: bool,
+) -> None:
+    """Poll the jobs until each has ended, counting each (its record, or a died row)."""
+    from tqdm import tqdm
+
+    waiting = {job.run_id: job for job in jobs}
+    done_before = result.total - len(waiting)
+    with tqdm(total=result.total, initial=done_before, disable=not progress, unit="run") as bar:
+        while waiting:
+            states = job_states(list(waiting.values()))
+            ended = [job for job in waiting.values() if not is_live(job, states)]
+            for job in ended:
+                config, seen = todo[job.run_id]
+                _account(job, config, seen, out, states or {}, result)
+                del waiting[job.run_id]
+                bar.update(1)
+            if waiting:
+                time.sleep(POLL_S)
+
+
+def _account(
+    job: LedgerJob,
+    config: RunConfig,
+    seen: Existing,
+    out: Path,
+    states: dict[str, str],
+    result: SweepResult,
+) -> None:
+    """Count one ended job: the record it wrote, or else a ``worker_died`` row written here."""
+    now = existing(out, job.run_id)
+    what = f"{config.method} {config.net}"
+    if now.snapshot == seen.snapshot:  # nothing new: the job wrote no record
+        claims = JobClaims(out, {job.tag})
+        if not claims.acquire(job.run_id):  # another sweep runs it now
+            result.claimed += 1
+            return
+        try:
+            if existing(out, job.run_id).snapshot != seen.snapshot:  # written meanwhile
+                result.skipped += 1
+                return
+            state = states.get(job.job_id) or _final_state(job)
+            message = f"{_kind(job)} job {job.job_id} ended ({state}) without writing its record"
+            tail = _log_tail(job)
+            record = died_record(
+                config.resolved(),
+                message + (f": {tail}" if tail else ""),
+                job.submitted_at,
+                _seconds_since(job.submitted_at),
+            )
+            keep_record(record, out)
+        finally:
+            claims.release(job.run_id)
+    else:
+        record = read_record(record_files(out, job.run_id)[-1])
+    result.ran += 1
+    result.retried += int(seen.status is not None)
+    if record.status != "ok":
+        result.failed.append(f"{what}: {record.status}, {record.message}")
+
+
+def _kind(job: LedgerJob) -> str:
+    return "SLURM" if job.cluster == "slurm" else "submitit local"
+
+
+def _final_state(job: LedgerJob) -> str:
+    """How a job that SLURM no longer lists ended, if accounting (sacct) can tell."""
+    if job.cluster == "local":
+        return "no result: killed or crashed" if not _result_pickle(job).exists() else "finished"
+    command = ["sacct", "--noheader", "--allocations", "--parsable2", "--format", "State",
+               "--jobs", job.job_id]  # fmt: skip
+    try:
+        said = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        said = None
+    if said is not None and said.returncode == 0 and said.stdout.strip():
+        return said.stdout.split()[0]
+    return "no longer listed by squeue; no accounting to say how"
+
+
+def _result_pickle(job: LedgerJob) -> Path:
+    return Path(job.folder) / f"{job.job_id}_0_result.pkl"
+
+
+def _log_tail(job: LedgerJob) -> str:
+    """The last line of the job's stderr log (e.g. slurmstepd's CANCELLED or TIME LIMIT)."""
+    try:
+        text = (Path(job.folder) / f"{job.job_id}_0_log.err").read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _seconds_since(iso: str) -> float:
+    from datetime import datetime, timezone
+
+    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds())
+
+
+def _interrupted_line(jobs: list[LedgerJob], out: Path) -> str:
+    follow = f"follow them with `locbench sweep --status --out {out}`"
+    if jobs[0].cluster == "local":
+        pids = " ".join(job.job_id for job in jobs)
+        return (
+            f"locbench: stopped waiting; submitit local jobs left running unless the interrupt "
+            f"reached them too (pids {pids}); {follow}, stop them with `kill <pid>`"
+        )
+    arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+    return (
+        f"locbench: stopped waiting; the SLURM jobs keep running: {follow}, cancel them with "
+        f"`scancel {' '.join(arrays)}`"
+    )

@@ -1,0 +1,104 @@
+"""``locbench sweep --status --out DIR``: what each configuration known in DIR is doing, from
+its records, the SLURM ledger (:mod:`locbench.study.executors.slurm`) and the claims of running
+sweeps.
+
+States: ``done`` (an ok record), ``failed`` (any other record, or a job that ended without
+one: oom, error, diverged, worker_died; a resumed sweep runs it again where it must),
+``running`` (a running job, or a live claim of any sweep) and ``pending`` (a queued job)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+from locbench.errors import UserError
+from locbench.study.claims import CLAIMS
+from locbench.study.executors.slurm import LIVE, JobClaims, Ledger, LedgerJob, is_live, job_states
+from locbench.study.sweep import existing
+
+STATES = ("done", "failed", "running", "pending")
+
+
+class Row(NamedTuple):
+    run_id: str
+    state: str  # one of STATES
+    config: dict  # the record's (resolved) or the ledger's; empty for a bare claim
+    K: object  # the record's split K (bp: 1), else the configuration's
+    detail: str
+
+    def line(self) -> str:
+        method, net, seed = (self.config.get(k, "?") for k in ("method", "net", "seed"))
+        K = "-" if self.K is None else self.K
+        detail = f"  {self.detail}" if self.detail else ""
+        return f"{self.state:<8} {method:<10} {net:<10} K={K} seed={seed}  {self.run_id}{detail}"
+
+
+def _record(out: Path, run_id: str) -> dict | None:
+    """The JSON of ``run_id``'s best record (as a sweep ranks them), None without one."""
+    seen = existing(out, run_id)
+    if seen.best is None:
+        return None
+    try:
+        data = json.loads(seen.best.read_text())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and str(data.get("status", "")) == seen.status:
+        return data
+    return {"status": seen.status, "message": "the record cannot be read"}
+
+
+def _first_words(message: str, n: int = 12) -> str:
+    words = message.split()
+    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+
+
+def status_of(
+    out: Path, run_id: str, job: LedgerJob | None, states: dict | None, claims: JobClaims | None
+) -> Row:
+    """The state of one run id: its ledger job's if that is live, else a live claim's, else
+    its record's."""
+    record = _record(out, run_id)
+    config = (record or {}).get("config") or (job.config if job else {})
+    K = (record or {}).get("K")  # the split's: bp's is 1; None in a died row
+    row = functools.partial(Row, run_id, config=config, K=config.get("K") if K is None else K)
+    known = states is not None
+    if job is not None and (states.get(job.job_id) in LIVE if known else record is None):
+        state = states.get(job.job_id) if known else None
+        what = "running" if state in ("RUNNING", "COMPLETING") else "pending"
+        return row(what, detail=f"job {job.job_id} {state or 'state unknown: squeue failed'}")
+    if claims is not None and claims.held_elsewhere(run_id):
+        return row("running", detail="claimed by a running sweep")
+    if record is None:
+        if job is not None:
+            return row("failed", detail=f"job {job.job_id} ended without a record")
+        return row("failed", detail="a claim left by a sweep that is gone")
+    if record.get("status") == "ok":
+        return row("done", detail="")
+    died = " (worker_died)" if record.get("worker_died") else ""
+    detail = f"{record.get('status')}{died}: {_first_words(str(record.get('message', '')))}"
+    return row("failed", detail=detail)
+
+
+def print_status(out: Path) -> int:
+    """Print one line per configuration known in ``out`` and a count line; exit status 0."""
+    out = Path(out)
+    if not out.is_dir():
+        what = "is not a folder" if out.exists() else "does not exist"
+        raise UserError(f"--out {out} {what}; give the results folder of a sweep")
+    run_ids = {p.stem.rsplit("-", 1)[-1] for p in out.glob("*.json")}
+    ledger = Ledger(out).read()
+    run_ids |= set(ledger)
+    claims = None  # no claims folder: no sweep ever claimed anything here
+    if (out / CLAIMS).is_dir():
+        run_ids |= {p.name.removesuffix(".claim") for p in (out / CLAIMS).glob("*.claim")}
+    states = job_states(list(ledger.values())) if ledger else {}
+    if (out / CLAIMS).is_dir():
+        claims = JobClaims(out, {job.tag for job in ledger.values() if not is_live(job, states)})
+    rows = [status_of(out, run_id, ledger.get(run_id), states, claims) for run_id in run_ids]
+    for row in sorted(rows, key=lambda r: (STATES.index(r.state), r.line())):
+        print(row.line())
+    counts = ", ".join(f"{sum(r.state == s for r in rows)} {s}" for s in STATES)
+    print(f"{len(rows)} configurations in {out}: {counts}")
+    return 0
