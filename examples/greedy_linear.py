@@ -18,10 +18,10 @@ a method in a package instead, declare it in that package's ``pyproject.toml``::
     [project.entry-points."locbench.methods"]
     greedy-linear = "mypkg.greedy_linear:GreedyLinear"
 
-and run it with ``--method greedy-linear``. Only ``locbench`` (its public API) and torch are imported:
-that is the whole contract a method needs (see ``locbench/methods/base.py``). A method file may also
-import modules of its own that sit beside it (``import my_heads`` for ``my_heads.py`` in the
-same folder): the folder is on ``sys.path`` while the file is imported.
+and run it with ``--method greedy-linear``. Only ``locbench`` (its public API) and torch are
+imported: that is the whole contract a method needs (see ``locbench/methods/base.py``). A
+method file may also import modules of its own that sit beside it (``import my_heads`` for
+``my_heads.py`` in the same folder): the folder is on ``sys.path`` while the file is imported.
 
 Hooks see where training is through ``batch.step`` (:class:`~locbench.methods.base.StepContext`:
 ``global_step``, ``epoch``, ``steps_per_epoch``, ``total_steps``, ``lr``), e.g. to anneal a
@@ -59,5 +59,5 @@ class GreedyLinear(Method):
         p: Params = self.params
         return p.loss_scale * F.cross_entropy(self.aux[k](out), batch.y)
 
-    # boundary (default: out.detach(), so no gradient crosses a cut), output_loss and
-    # plan_split keep the defaults of locbench.methods.base.Method.
+    # boundary (default: out.detach(), so no gradient crosses a cut), output_loss and plan_split
+    # keep the defaults of locbench.methods.base.Method.

@@ -1,7 +1,7 @@
 """locbench: memory profiling and benchmarking for supervised local learning.
 
-This module is the public API for method files: everything a method needs, under one name that
-no research repository's own ``methods/`` or ``bench/`` package can shadow::
+This module is the public API for method files: everything a method needs, under one name that no
+research repository's own ``methods/`` or ``bench/`` package can shadow::
 
     from locbench import Batch, Cut, Method, param, register
 

@@ -51,11 +51,9 @@ class RunRecord:
     flops: dict | None = (
         None  # per training step: backbone, aux, total (locbench.analysis.describe)
     )
-    # Medians over the timed steps of each module's forward, local loss and backward, the
-    # optimizer step and the rest (locbench.measure.meters.PhaseClock.summary), and the pipeline
-    # bound
-    # from them (locbench.measure.pipeline_bound): sum / max of the module times, and the best
-    # grouping
+    # Medians over the timed steps of each module's forward, local loss and backward, the optimizer
+    # step and the rest (locbench.measure.meters.PhaseClock.summary), and the pipeline bound from
+    # them (locbench.measure.pipeline_bound): sum / max of the module times, and the best grouping
     # into P = 2, 4, 8 stages ({"P", "groups", "bound"}).
     module_times: dict | None = None
     pipeline_bound_speedup: float | None = None
@@ -64,8 +62,7 @@ class RunRecord:
     # ``memory`` and ``cuda`` above are rank 0's, for its share of each batch.
     distributed: dict | None = None
     # Pipeline runs (config stages > 1, locbench.harness.stages): groups, every stage's busy and
-    # idle
-    # seconds, the sequential and pipelined step times, the speed-up and its bound.
+    # idle seconds, the sequential and pipelined step times, the speed-up and its bound.
     stages: dict | None = None
     started_at: str = ""
     # True for an ``error`` row written because the worker process died (killed, segfault):
@@ -78,8 +75,8 @@ class RunRecord:
     @classmethod
     def of(cls, config, **fields) -> RunRecord:
         """A record of the resolved :class:`~locbench.settings.run_config.RunConfig` ``config``:
-        its run id,
-        its configuration and identity (method source hash, package version), the environment.
+        its run id, its configuration and identity (method source hash, package version), the
+        environment.
         Every record, of a finished run or of a worker that died, starts here."""
         identity = config.identity()
         return cls(

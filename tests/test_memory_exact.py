@@ -434,8 +434,7 @@ def test_sparse_gradients_count_their_indices_and_values():
 @pytest.mark.parametrize("regions", [1, 2])
 def test_autocast_weight_cache_casts_a_weight_once_per_region(fake, regions):
     """What autocast adds (locbench/harness/precision.py): a bf16 copy of each float32 weight an op
-    casts,
-    once per autocast region (its weight cache), kept while autograd saves it. The harness
+    casts, once per autocast region (its weight cache), kept while autograd saves it. The harness
     opens one region per module forward and per loss, so a weight shared by two regions is
     cast twice. Real and fake tensors hit and miss the cache alike."""
     bf16 = 2

@@ -1,11 +1,11 @@
 """``locbench estimate``: peak training memory predicted without running a kernel.
 
-The same training step the harness runs is replayed on fake tensors (``FakeTensorMode``: every
-op computes only shapes, nothing is allocated) under the
-:class:`~locbench.measure.memory.MemoryTracker`,
-for any method, backbone, K, batch size and image size. The first step creates gradients and
-optimizer state; the second, steady-state step is measured, as a run's tracked window is. The
-peak is reported as is and with CUDA's 512-byte rounding of every allocation.
+The same training step the harness runs is replayed on fake tensors (``FakeTensorMode``: every op
+computes only shapes, nothing is allocated) under the
+:class:`~locbench.measure.memory.MemoryTracker`, for any method, backbone, K, batch size and image
+size. The first step creates gradients and optimizer state; the second, steady-state step is
+measured, as a run's tracked window is. The peak is reported as is and with CUDA's 512-byte rounding
+of every allocation.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def estimate_methods(
     timeline: bool = False,
 ) -> list[dict]:
     """One row per method: its estimated peak at ``batch_size`` (or, with ``budget``, at the
-    largest batch that fits), the breakdown, and the saving versus BP when BP is among them;
-    with ``timeline``, also the step's ``timeline``
+    largest batch that fits), the breakdown, and the saving versus BP when BP is among them; with
+    ``timeline``, also the step's ``timeline``
     (:meth:`~locbench.measure.memory.MemoryTracker.timeline`,
     bytes without CUDA's rounding: its maximum is ``peak_bytes_unrounded``)."""
     rows = []

@@ -1,9 +1,8 @@
 """Datasets: a registry of loaders that all return a :class:`DataBundle`.
 
 ``digits`` (scikit-learn's bundled 8x8 handwritten digits, real and offline) and ``synthetic``
-(deterministic class templates plus noise) live in memory. ``cifar10``, ``svhn`` and ``stl10``
-are read from ``--data-root`` (see :mod:`locbench.data.torchvision_sets`): by default decoded once
-into
+(deterministic class templates plus noise) live in memory. ``cifar10``, ``svhn`` and ``stl10`` are
+read from ``--data-root`` (see :mod:`locbench.data.torchvision_sets`): by default decoded once into
 cached uint8 tensors and batched on the run's device (:mod:`locbench.data.tensor_loader`), or with
 ``loader="torchvision"`` through torchvision's per-image transforms. ``imagenet``
 (:mod:`locbench.data.imagenet`) always goes through a DataLoader.
@@ -74,8 +73,7 @@ class DataRequest:
     augment: bool = True
     num_workers: int = 0
     # cifar10/svhn/stl10: "tensor" (locbench.data.tensor_loader) or "torchvision"; digits and
-    # synthetic are
-    # in-memory tensors either way, imagenet a DataLoader either way.
+    # synthetic are in-memory tensors either way, imagenet a DataLoader either way.
     loader: str = "tensor"
     device: torch.device = torch.device("cpu")  # where the loaders' batches land
 

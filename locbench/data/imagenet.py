@@ -3,9 +3,9 @@
 
 Always read through a torchvision DataLoader with ``--num-workers`` processes, whatever
 ``--loader`` says: 1.28 M full-size JPEGs do not fit the tensor pipeline's in-memory uint8
-cache, and RandomResizedCrop needs each image at its own size. Batches stay on the CPU (pinned
-when the run is on CUDA) and the trainer moves them to the run's device, as on the torchvision
-path of :mod:`locbench.data.torchvision_sets`.
+cache, and RandomResizedCrop needs each image at its own size. Batches stay on the CPU (pinned when
+the run is on CUDA) and the trainer moves them to the run's device, as on the torchvision path of
+:mod:`locbench.data.torchvision_sets`.
 """
 
 from __future__ import annotations

@@ -137,8 +137,8 @@ class LocalTrainer:
 
         With a ``tracker`` (entered by the caller), each part of the step is labelled for the
         memory breakdown; the computation is the same either way. With ``config.precision``
-        bf16/fp16, each forward and each loss runs under autocast, and fp16 losses are scaled
-        by one loss scaler for the whole step (:mod:`locbench.harness.precision`).
+        bf16/fp16, each forward and each loss runs under autocast, and fp16 losses are scaled by one
+        loss scaler for the whole step (:mod:`locbench.harness.precision`).
 
         With a ``clock`` (timed steps; never with a tracker, which would slow the phases it
         times), the same phase points mark each module's forward, local loss and backward and
@@ -175,9 +175,9 @@ class LocalTrainer:
         self, k: int, h: torch.Tensor, batch: Batch, phase: Callable = _no_phase
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Module k's part of a training step: forward, its loss (local, or the output loss
-        for the last module) and that loss's backward. Returns module k+1's input (the
-        boundary; for the last module its detached logits) and the detached loss (None when
-        the method has no local loss there). Pipeline stages (locbench.harness.stages) run the
+        for the last module) and that loss's backward. Returns module k+1's input (the boundary; for
+        the last module its detached logits) and the detached loss (None when the method has no
+        local loss there). Pipeline stages (locbench.harness.stages) run the
         same."""
         amp, module = self.amp, self.modules[k]
         with phase("backbone", k), amp.autocast():

@@ -2,11 +2,10 @@
 
 A :class:`MemoryTracker` is a ``TorchDispatchMode``: every tensor an op returns is looked up by
 its storage; a storage seen for the first time is an allocation, and a weak reference on it
-reports its release. Views and in-place results share their base's storage, so they cost
-nothing. The same tracker runs on real tensors (CPU or CUDA) and on fake ones
-(``FakeTensorMode``: no kernels, no allocation), which is how :mod:`locbench.analysis.estimate`
-predicts GPU
-memory without a GPU.
+reports its release. Views and in-place results share their base's storage, so they cost nothing.
+The same tracker runs on real tensors (CPU or CUDA) and on fake ones (``FakeTensorMode``: no
+kernels, no allocation), which is how :mod:`locbench.analysis.estimate` predicts GPU memory without
+a GPU.
 
 The harness tells the tracker what it is doing (:meth:`MemoryTracker.phase`): a backbone
 module's forward, a local loss (the auxiliary nets), a backward, the optimizer step. New

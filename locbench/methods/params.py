@@ -8,8 +8,8 @@ metadata), so hyperparameters are read, checked and listed exactly as run settin
         hidden_dim: int = param(128, "width of the MLP", low=1)
         variant: str = param("auglocal", "which MLP", choices=("auglocal", "paper"))
 
-A ``check(self)`` method on ``Params``, if defined, runs after the per-field checks for
-constraints across fields; it raises :class:`~locbench.errors.UserError`.
+A ``check(self)`` method on ``Params``, if defined, runs after the per-field checks for constraints
+across fields; it raises :class:`~locbench.errors.UserError`.
 """
 
 from __future__ import annotations

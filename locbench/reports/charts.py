@@ -1,23 +1,21 @@
 """Matplotlib charts from results DataFrames (Agg backend: files only, no display).
 
-Every ``*_figure`` function takes DataFrames (the runs of :func:`locbench.records.load_results`,
-the curves of :func:`locbench.records.load_curves`, estimate rows of
+Every ``*_figure`` function takes DataFrames (the runs of :func:`locbench.records.load_results`, the
+curves of :func:`locbench.records.load_curves`, estimate rows of
 :func:`locbench.analysis.estimate.estimate_methods`) and returns a
 :class:`~matplotlib.figure.Figure`, or
 ``None`` when there is nothing to draw (e.g. memory vs K when every run has the same K).
 :func:`save` writes a figure as PNG and SVG and closes it.
 
 Charts with several nets get one panel (axes) per net (and dataset, and batch size where the
-chart compares at a fixed batch); each panel has its own legend, right of the axes so that it
-never covers data (the memory breakdown has one legend for all panels: its categories). Series
-are the ``variant`` labels of :func:`locbench.reports.tables.comparison_table` (``dgl``, or ``dgl
-hidden_dim=64`` when a method ran with several settings). A method keeps its colour in every
-chart of one results set; its variants share that colour and differ in marker, line style and
-bar hatch. Peak memory is the ``peak (MiB)`` of :func:`locbench.reports.tables.comparison_table`:
-the
-CUDA allocator's peak where measured, else the tracked peak (that table's ``memory source``
-column says which); the breakdown and per-module charts show the tracked peak, the only one
-with a breakdown.
+chart compares at a fixed batch); each panel has its own legend, right of the axes so that it never
+covers data (the memory breakdown has one legend for all panels: its categories). Series are the
+``variant`` labels of :func:`locbench.reports.tables.comparison_table` (``dgl``, or ``dgl
+hidden_dim=64`` when a method ran with several settings). A method keeps its colour in every chart
+of one results set; its variants share that colour and differ in marker, line style and bar hatch.
+Peak memory is the ``peak (MiB)`` of :func:`locbench.reports.tables.comparison_table`: the CUDA
+allocator's peak where measured, else the tracked peak (that table's ``memory source`` column says
+which); the breakdown and per-module charts show the tracked peak, the only one with a breakdown.
 """
 
 from __future__ import annotations
@@ -56,9 +54,8 @@ MODULE_LABEL = "module k"
 # Room for the legend, which stands right of each panel: it never covers data.
 PANEL_WIDTH, PANEL_HEIGHT = 6.2, 3.8
 # locbench.measure.memory.CATEGORIES (importing it would import torch); tests/test_memory_charts.py
-# checks
-# they agree. Each category keeps its colour in every panel; Set2 is muted beside the methods'
-# tab10, which colours the tick labels naming the bars.
+# checks they agree. Each category keeps its colour in every panel; Set2 is muted beside the
+# methods' tab10, which colours the tick labels naming the bars.
 CATEGORIES = (
     "parameters",
     "gradients",
@@ -145,8 +142,7 @@ def pareto_front(points: pd.DataFrame, x: str = "x", y: str = "y") -> pd.DataFra
 def accuracy_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
     """Test accuracy vs peak memory, the AugLocal paper's central figure: one point per
     configuration of :func:`~locbench.reports.tables.comparison_table` (mean over seeds, error bars
-    one
-    standard deviation), one marker series per method variant, each point annotated with its K,
+    one standard deviation), one marker series per method variant, each point annotated with its K,
     and the Pareto front (the lowest memory for the accuracy) as a dashed line. One panel per
     net and dataset."""
     full = comparison_table(results)
@@ -362,13 +358,11 @@ def step_overhead_figure(results: pd.DataFrame) -> plt.Figure | None:
 def breakdown_figure(results: pd.DataFrame) -> plt.Figure | None:
     """The tracked peak split by what was live at that moment: one stacked bar per
     configuration of :func:`~locbench.reports.tables.comparison_table` (method variant, K, aux
-    depth),
-    its segments the six categories of :mod:`locbench.measure.memory` (parameters, gradients,
-    optimizer
-    state, backbone activations, auxiliary activations, other), each in one colour in every
-    panel. A segment's height is the record's ``memory.breakdown`` bytes / 2**20: the mean over
-    the configuration's ``ok`` runs when several seeds share the row, so the bar's top is the
-    mean tracked peak. The tick label (in the method's colour) names the bar. One panel per
+    depth), its segments the six categories of :mod:`locbench.measure.memory` (parameters,
+    gradients, optimizer state, backbone activations, auxiliary activations, other), each in one
+    colour in every panel. A segment's height is the record's ``memory.breakdown`` bytes / 2**20:
+    the mean over the configuration's ``ok`` runs when several seeds share the row, so the bar's top
+    is the mean tracked peak. The tick label (in the method's colour) names the bar. One panel per
     net, dataset and batch size; runs without a full breakdown (failed runs, records of other
     tools) are left out, and ``None`` when none has one."""
     columns = {f"memory.breakdown.{c}": c for c in CATEGORIES}
@@ -474,8 +468,7 @@ def module_memory_figure(results: pd.DataFrame) -> plt.Figure | None:
 def _configurations(results: pd.DataFrame, fields: dict[str, str], reduce=None) -> pd.DataFrame:
     """The ``ok`` runs that have every one of ``fields`` (record column -> name), one row per
     configuration as in :func:`~locbench.reports.tables.comparison_table` (its keys, variant label
-    and
-    order), each field the mean over the configuration's seeds (element by element for the
+    and order), each field the mean over the configuration's seeds (element by element for the
     per-module lists), or ``reduce`` of the configuration's values."""
     reduce = reduce or _mean
     keys = ["net", "dataset", "batch size", "method", "variant", "K", "aux depth"]
@@ -519,9 +512,8 @@ def _mean(values: pd.Series):
 # ---------------------------------------------------------------- one step over time
 
 # locbench.measure.memory.PHASE_CODES' codes (importing it would import torch;
-# tests/test_timeline.py
-# checks they agree): each phase's name and its shade behind the line, light beside the
-# methods' tab10 lines; "other" (the batch arriving, the output loss) stays unshaded.
+# tests/test_timeline.py checks they agree): each phase's name and its shade behind the line, light
+# beside the methods' tab10 lines; "other" (the batch arriving, the output loss) stays unshaded.
 PHASES = {
     "F": ("forward", "#dbe9f6"),
     "L": ("local loss", "#fde4c8"),
@@ -560,8 +552,8 @@ def timeline_figure(results: pd.DataFrame) -> plt.Figure | None:
 
 def timelines_figure(panels: list[tuple[str, str, dict]], colors: dict | None = None) -> plt.Figure:
     """``(title, method, timeline)`` panels
-    (:meth:`locbench.measure.memory.MemoryTracker.timeline`), each
-    line in its method's colour (``colors``, else :func:`method_colors`), phases shaded,
+    (:meth:`locbench.measure.memory.MemoryTracker.timeline`), each line in its method's colour
+    (``colors``, else :func:`method_colors`), phases shaded,
     module boundaries dotted, the peak marked; one memory scale for all."""
     colors = colors or method_colors([method for _, method, _ in panels])
     cols = min(len(panels), TIMELINE_COLUMNS)

@@ -170,9 +170,8 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     ``comparison.md``, every chart of :data:`CHARTS` that has data as ``<name>.png`` and
     ``<name>.svg``, and ``report.html`` (self-contained). ``estimates``: optional rows of
     :func:`locbench.analysis.estimate.estimate_methods` (a DataFrame or a list of dicts) drawn
-    dashed in the
-    memory vs batch size chart. Files that are not valid records (truncated, another schema, not
-    a record) are left out, listed on the page and returned in :attr:`Report.skipped`.
+    dashed in the memory vs batch size chart. Files that are not valid records (truncated, another
+    schema, not a record) are left out, listed on the page and returned in :attr:`Report.skipped`.
 
     The page has one section per net and dataset with every chart of :data:`CHARTS` that has
     data for it (the written chart when there is one section, else the chart of the section's

@@ -125,9 +125,8 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
       for the median step time and the FLOPs of one training step (forward + backward,
       backbone and auxiliary nets), against the same BP row.
     * ``pipeline bound``: the mean over seeds of each run's ``pipeline_bound_speedup``, the
-      speed-up a pipeline of one stage per module could reach at best from the run's measured
-      module times (sum / max; :mod:`locbench.measure.pipeline_bound`); NaN for runs recorded
-      without.
+      speed-up a pipeline of one stage per module could reach at best from the run's measured module
+      times (sum / max; :mod:`locbench.measure.pipeline_bound`); NaN for runs recorded without.
     * ``data wait (%)``: the mean share of the training epochs' wall time the loop waited for
       data (``data_wait_share``): a loader-bound configuration shows a large one.
     """

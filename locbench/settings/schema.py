@@ -3,11 +3,10 @@
 A setting is a dataclass field made by :func:`setting`. Its type is the field's annotation
 (``int``, ``float``, ``str``, ``bool``, ``X | None``, ``tuple[int, ...] | None``) and its range
 lives in the field's metadata as a :class:`Rule`. Run settings
-(:class:`locbench.settings.run_config.RunConfig`)
-and every method's hyperparameters (a method's ``Params``) are declared this way, so one
-function reads a value from text or TOML (:func:`convert`) and one checks it (:func:`check`):
-CLI flags, TOML keys, sweep axes, the record's config section and ``locbench config --list``
-all come from these declarations.
+(:class:`locbench.settings.run_config.RunConfig`) and every method's hyperparameters (a method's
+``Params``) are declared this way, so one function reads a value from text or TOML (:func:`convert`)
+and one checks it (:func:`check`): CLI flags, TOML keys, sweep axes, the record's config section and
+``locbench config --list`` all come from these declarations.
 """
 
 from __future__ import annotations

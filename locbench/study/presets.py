@@ -2,12 +2,11 @@
 
 Training settings (batch, lr, epochs, warm-up) come from the dataset presets in
 :mod:`locbench.settings.run_config` (the AugLocal settings) unless a preset says otherwise.
-AugLocal's
-auxiliary depth: d = 2 for ResNet-32 (the README of the authors' code), d = 3 for ResNet-110.
-InfoPro's lambdas default to the published ones for ResNet-32 and ResNet-110. ImageNet:
-ResNet-34 (K = 17) and ResNet-101 (K = 34), one seed each (a run takes GPU-days), AugLocal
-depth 4 for both (no published depth specific to ResNet-101 is recorded here, so the ResNet-34
-one is kept); VGG-13/19 are not presets yet.
+AugLocal's auxiliary depth: d = 2 for ResNet-32 (the README of the authors' code), d = 3 for
+ResNet-110. InfoPro's lambdas default to the published ones for ResNet-32 and ResNet-110. ImageNet:
+ResNet-34 (K = 17) and ResNet-101 (K = 34), one seed each (a run takes GPU-days), AugLocal depth 4
+for both (no published depth specific to ResNet-101 is recorded here, so the ResNet-34 one is kept);
+VGG-13/19 are not presets yet.
 """
 
 from __future__ import annotations

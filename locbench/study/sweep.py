@@ -2,8 +2,7 @@
 
 * The grid is methods x nets x K x auxiliary depth x batch size x seeds, over shared run
   settings (dataset, epochs, ...), from flags, a preset (:mod:`locbench.study.presets`) or a TOML
-  file.
-  Auxiliary depth applies only to methods that have a ``depth`` parameter (AugLocal).
+  file. Auxiliary depth applies only to methods that have a ``depth`` parameter (AugLocal).
 * Every run is a child process (``python -m locbench.study.executors.worker``): CUDA peaks start
 clean, and a
   crash takes down one run, not the sweep. N workers run at once: one per visible GPU (each

@@ -1,8 +1,7 @@
 """Speed of pipeline stages (locbench.harness.stages): ResNet-32 DGL with K=2 (cut at the middle
-unit),
-2 stages on the CPU against the sequential harness on the same cores, with the speed-up that
-the per-module times of the sequential run predict at best beside it. No target: a shared
-or slow machine still passes; the figures go to ``extra_info``.
+unit), 2 stages on the CPU against the sequential harness on the same cores, with the speed-up that
+the per-module times of the sequential run predict at best beside it. No target: a shared or slow
+machine still passes; the figures go to ``extra_info``.
 
 Run with ``pytest tests/benchmarks/test_stage_speed.py -m speed --benchmark-enable -s``."""
 

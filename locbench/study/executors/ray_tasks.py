@@ -1,12 +1,11 @@
 """``locbench sweep --executor ray``: each run a Ray task, on a local Ray or an existing cluster.
 
 The sweep (:func:`locbench.study.sweep.run_plan`) still plans, claims and counts on this machine;
-Ray
-only runs configurations. A task returns its record as a plain dict and the driver writes it
+Ray only runs configurations. A task returns its record as a plain dict and the driver writes it
 (:func:`locbench.study.sweep.keep_record`): a run's record exists once, written atomically, by one
 process, whichever node ran it. A task whose worker process or node dies is run again by Ray
-(``max_retries``); one that fails for good leaves a ``worker_died`` row, rerun by the next
-sweep. Tasks need locbench importable on every node (the driver's environment locally).
+(``max_retries``); one that fails for good leaves a ``worker_died`` row, rerun by the next sweep.
+Tasks need locbench importable on every node (the driver's environment locally).
 """
 
 from __future__ import annotations

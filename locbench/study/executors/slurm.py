@@ -9,8 +9,8 @@ submitit folder, configuration, submission time), and works from it and the reco
   running, or that another sweep holds a live claim on (counted as ``claimed``).
 * Each job (:func:`run_job`) claims its run id (:class:`locbench.study.claims.Claims`, the claim
 naming
-  the job), runs the configuration as ``locbench.study.executors.worker`` does, writes its record
-  on the shared
+  the job), runs the configuration as ``locbench.study.executors.worker`` does, writes its record on
+  the shared
   --out and releases the claim. A job whose configuration another sweep claimed, or ran
   meanwhile, ends without running it.
 * Unless ``detach``, the sweep then waits, polling the job states (``squeue``: SLURM's
@@ -182,8 +182,8 @@ class JobClaims(Claims):
 
 def run_job(config: dict, out: str, snapshot: frozenset, retry_failed: bool) -> str:
     """One job of the array (pickled by reference, run by submitit): claim the configuration,
-    run it as ``locbench.study.executors.worker`` does, write its record, release the claim.
-    Returns what it did:
+    run it as ``locbench.study.executors.worker`` does, write its record, release the claim. Returns
+    what it did:
     ``claimed`` (another sweep runs it), ``skipped`` (someone ran it meanwhile), ``interrupted``
     (SIGINT or SIGTERM: scancel, the time limit; no record) or the record's status."""
     from locbench.study.executors import worker
