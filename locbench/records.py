@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import subprocess
 import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -72,22 +70,6 @@ class RunRecord:
     curve: list[dict] = field(default_factory=list)
     schema: str = SCHEMA
 
-    @classmethod
-    def of(cls, config, **fields) -> RunRecord:
-        """A record of the resolved :class:`~locbench.settings.run_config.RunConfig` ``config``:
-        its run id, its configuration and identity (method source hash, package version), the
-        environment.
-        Every record, of a finished run or of a worker that died, starts here."""
-        identity = config.identity()
-        return cls(
-            run_id=config.run_id(),
-            config=identity["config"],
-            env=environment(config.device),
-            method_sha256=identity["method_sha256"],
-            package_version=identity["package_version"],
-            **fields,
-        )
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
@@ -130,49 +112,6 @@ def flatten(d: dict, prefix: str) -> dict:
         else:
             out[name] = value
     return out
-
-
-def environment(device: str = "cpu") -> dict:
-    """Where a number was measured: versions, the run's device, CPU and the git commit."""
-    import torch
-    import torchvision
-
-    on_cuda = device.startswith("cuda")
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda,
-        "cpu": cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "device_name": torch.cuda.get_device_name(torch.device(device)) if on_cuda else "cpu",
-        "git_commit": git_commit(),
-    }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from locbench.harness.build import resolve
 from locbench.records import RunRecord, save_record
 from locbench.settings.run_config import RunConfig
 
@@ -28,7 +29,7 @@ def make_record(net, method, K, seed, acc, step, p10, p90, measured, tracked, cu
     )
     peak = int(tracked * MIB)
     record = RunRecord(
-        run_id=config.run_id(),
+        run_id=resolve(config).run_id,
         config=config.to_dict(),
         env={"torch": "2.4.0", "device_name": "cpu" if cuda is None else "NVIDIA H100"},
         K=K,

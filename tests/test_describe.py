@@ -41,12 +41,12 @@ def test_dgl_aux_flops_by_hand():
 
 
 def test_bp_ckpt_adds_exactly_one_forward_of_the_checkpointed_segments():
-    from locbench.analysis.describe import META
-    from locbench.harness.build import build
+    from locbench.harness.flops import META
+    from locbench.harness.build import build, resolve
 
     bp = describe(RunConfig(method="bp", net="resnet32"), batch_size=8)
     ckpt = describe(RunConfig(method="bp-ckpt", net="resnet32", K=2), batch_size=8)
-    backbone, _ = build(RunConfig(method="bp", net="resnet32"))
+    backbone, _ = build(resolve(RunConfig(method="bp", net="resnet32")))
     import torch
 
     first_half = torch.nn.Sequential(*backbone.units[:8]).to(META)

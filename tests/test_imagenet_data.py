@@ -17,8 +17,8 @@ from torchvision import transforms
 
 from locbench.cli.main import main
 from locbench.data.base import DataRequest, load_dataset
+from locbench.data.catalog import DATASETS
 from locbench.errors import UserError
-from locbench.settings.run_config import PRESETS as TRAIN_PRESETS
 from locbench.settings.run_config import TrainPreset
 from locbench.study.presets import PRESETS
 
@@ -120,7 +120,7 @@ def test_download_refused(root: Path) -> None:
 
 
 def test_presets(capsys) -> None:
-    assert TRAIN_PRESETS["imagenet"] == TrainPreset(200, 1024, 0.4, 0)
+    assert DATASETS.get("imagenet").preset == TrainPreset(200, 1024, 0.4, 0)
     for net, K in (("resnet34", 17), ("resnet101", 34)):
         grid = PRESETS.get(f"imagenet-{net}")
         assert (grid.nets, grid.K, grid.aux_depth, grid.seeds) == ((net,), (K,), (4,), (0,))

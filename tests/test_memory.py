@@ -7,6 +7,7 @@ import pytest
 from locbench.analysis.estimate import estimate, max_batch, parse_bytes
 from locbench.cli.main import main
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.harness.run import execute
 from locbench.measure.memory import CATEGORIES, round_up
 from locbench.settings.run_config import RunConfig
@@ -36,7 +37,7 @@ def test_tracked_on_cpu_equals_the_fake_tensor_estimate(name, K, precision, chan
     )  # fmt: skip
     record = execute(config)
     tracked = record.memory
-    predicted = estimate(config, batch_size=64)
+    predicted = estimate(resolve(config), batch_size=64)
     assert tracked["steps"] == 2
     assert tracked["peak_bytes"] == predicted.peak_bytes
     assert tracked["breakdown"] == predicted.breakdown
@@ -50,7 +51,7 @@ def test_tracked_on_cpu_equals_the_fake_tensor_estimate(name, K, precision, chan
 @pytest.fixture(scope="module")
 def resnet32_peaks():
     return {
-        name: estimate(RunConfig(method=name, K=16, net="resnet32"), batch_size=64)
+        name: estimate(resolve(RunConfig(method=name, K=16, net="resnet32")), batch_size=64)
         for name, _ in METHODS_K
     }
 
@@ -82,13 +83,13 @@ def test_breakdown_and_module_peaks_are_consistent(resnet32_peaks):
 
 def test_estimate_scales_with_batch_and_image_size():
     config = RunConfig(method="bp", net="resnet32")
-    act = {b: estimate(config, b).breakdown["backbone_activations"] for b in (16, 32, 48)}
+    act = {b: estimate(resolve(config), b).breakdown["backbone_activations"] for b in (16, 32, 48)}
     # affine in the batch: BatchNorm's saved per-channel statistics do not grow with it
     per_sample = (act[32] - act[16]) // 16
     assert act[48] - act[32] == act[32] - act[16] > 0
     fixed = act[16] - 16 * per_sample
     assert 0 < fixed < 0.001 * act[16]
-    bigger = estimate(config, 16, image_size=64).breakdown["backbone_activations"]
+    bigger = estimate(resolve(config), 16, image_size=64).breakdown["backbone_activations"]
     # 4x the pixels, 4x the activations, but for the few pooled features and logits
     assert (bigger - fixed) / (act[16] - fixed) == pytest.approx(4, rel=1e-4)
     assert bigger - fixed < 4 * (act[16] - fixed)
@@ -100,27 +101,30 @@ def test_rounding_is_per_storage():
 
 def test_max_batch_is_the_largest_that_fits():
     config = RunConfig(method="bp", net="smallnet")
-    budget = estimate(config, 100).peak_bytes_rounded
-    batch, peak = max_batch(config, budget)
+    budget = estimate(resolve(config), 100).peak_bytes_rounded
+    batch, peak = max_batch(resolve(config), budget)
     assert peak.peak_bytes_rounded <= budget
-    assert estimate(config, batch + 1).peak_bytes_rounded > budget
+    assert estimate(resolve(config), batch + 1).peak_bytes_rounded > budget
     assert batch >= 100
-    assert max_batch(config, 1000) == (0, None)
+    assert max_batch(resolve(config), 1000) == (0, None)
 
 
 def test_max_batch_starts_from_the_smallest_batch_the_method_trains_on():
     # DGL's auxiliary MLP has BatchNorm1d, which refuses a batch of one in training
     config = RunConfig(method="dgl", net="smallnet", K=4)
     with pytest.raises(UserError, match="one training step at batch 1 fails"):
-        estimate(config, 1)
-    budget = estimate(config, 40).peak_bytes_rounded
-    batch, peak = max_batch(config, budget)
+        estimate(resolve(config), 1)
+    budget = estimate(resolve(config), 40).peak_bytes_rounded
+    batch, peak = max_batch(resolve(config), budget)
     assert batch >= 2
     assert peak.peak_bytes_rounded <= budget
-    assert estimate(config, batch + 1).peak_bytes_rounded > budget
+    assert estimate(resolve(config), batch + 1).peak_bytes_rounded > budget
     assert batch >= 40
     # a budget below batch 2's peak: nothing fits
-    assert max_batch(config, estimate(config, 2).peak_bytes_rounded - 1) == (0, None)
+    assert max_batch(resolve(config), estimate(resolve(config), 2).peak_bytes_rounded - 1) == (
+        0,
+        None,
+    )
 
 
 NEEDS_VALUES = """
@@ -139,7 +143,7 @@ def test_max_batch_of_a_method_that_never_steps_on_fake_tensors_is_one_error(tmp
     plugin.write_text(NEEDS_VALUES)
     config = RunConfig(method=f"{plugin}:NeedsValues", net="smallnet", K=2)
     with pytest.raises(UserError, match="^no batch of 4 or fewer trains: one training step at "):
-        max_batch(config, 2**30)
+        max_batch(resolve(config), 2**30)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +194,7 @@ def test_estimate_cli_table_and_json(capsys):
     )
     assert (
         rows[1]["peak_bytes"]
-        == estimate(RunConfig(method="dgl", K=4, net="smallnet"), 8).peak_bytes_rounded
+        == estimate(resolve(RunConfig(method="dgl", K=4, net="smallnet")), 8).peak_bytes_rounded
     )
 
 

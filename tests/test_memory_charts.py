@@ -13,6 +13,7 @@ from matplotlib.colors import to_rgba
 
 import locbench.measure.memory
 from locbench.cli.main import main
+from locbench.harness.build import resolve
 from locbench.measure.memory import MemoryTracker
 from locbench.records import RunRecord, curves_frame, load_results, read_records, save_record
 from locbench.reports import charts
@@ -47,7 +48,7 @@ def make_record(method, K, batch, seed, step, breakdown, module_peaks, split=Tru
         memory["module_backbone_activation_peaks"] = [p // 3 for p in module_peaks]
         memory["module_aux_activation_peaks"] = [p // 4 for p in module_peaks]
     return RunRecord(
-        run_id=config.run_id(),
+        run_id=resolve(config).run_id,
         config=config.to_dict(),
         env={"device_name": "cpu"},
         K=K,
@@ -65,7 +66,7 @@ def runs_dir(tmp_path_factory):
         save_record(make_record(*run), folder)
     config = RunConfig(method="dgl", seed=2, K=4, net="smallnet", dataset="digits", batch_size=64)
     failed = RunRecord(  # an oom run: no memory, in no bar and no line
-        run_id=config.run_id(), config=config.to_dict(), env={}, status="oom", K=4
+        run_id=resolve(config).run_id, config=config.to_dict(), env={}, status="oom", K=4
     )
     save_record(failed, folder)
     return folder

@@ -181,10 +181,11 @@ def test_a_kernel_without_low_precision_becomes_one_line_and_others_pass_through
 
 
 def test_meta_steps_count_the_same_flops_in_every_precision():
-    from locbench.analysis.describe import config_flops
+    from locbench.harness.build import resolve
+    from locbench.harness.flops import config_flops
 
     flops = {
-        p: config_flops(RunConfig(method="dgl", K=4, precision=p), batch_size=8)
+        p: config_flops(resolve(RunConfig(method="dgl", K=4, precision=p)), batch_size=8)
         for p in ("fp32", "bf16", "fp16")
     }
     assert flops["bf16"] == flops["fp16"] == flops["fp32"]

@@ -9,9 +9,11 @@ import math
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+import torch
 
 from locbench import records
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.records import (
     SCHEMA,
     RunRecord,
@@ -49,7 +51,7 @@ def make_record(method: str = "bp", K: int = 1, seed: int = 0, **fields) -> RunR
     config = RunConfig(method=method, K=K, net="smallnet", dataset="digits", epochs=2, seed=seed)
     curve = fields.pop("curve", [point(1, 1.5, 60.0), point(2, 0.7, 80.0)])
     defaults = dict(
-        run_id=config.run_id(),
+        run_id=resolve(config).run_id,
         config=config.to_dict(),
         env=dict(ENV),
         K=K,
@@ -255,10 +257,13 @@ def changed(value):
 def test_run_id_stable_for_equal_configs():
     a = RunConfig(method="dgl", K=2, method_params={"variant": "paper", "hidden_dim": 64})
     b = RunConfig(method="dgl", K=2, method_params={"hidden_dim": 64, "variant": "paper"})
-    assert a.run_id() == b.run_id()
-    assert len(a.run_id()) == 12
-    int(a.run_id(), 16)  # hexadecimal
-    assert RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))).run_id() == a.run_id()
+    assert resolve(a).run_id == resolve(b).run_id
+    assert len(resolve(a).run_id) == 12
+    int(resolve(a).run_id, 16)  # hexadecimal
+    assert (
+        resolve(RunConfig.from_dict(json.loads(json.dumps(a.to_dict())))).run_id
+        == resolve(a).run_id
+    )
 
 
 # Values the schema accepts where ``changed`` would not give one (choices, names, ranges).
@@ -270,6 +275,10 @@ ACCEPTED_OTHER = {
     "memory": "tracked",
     "precision": "bf16",
     "loader": "torchvision",
+    "warmup_epochs": 2,  # not the digits preset's 1
+    "dataset": "synthetic",
+    "device": "cuda:1",  # resolved on any machine: whether it has one is checked at run time
+    "method_params": {"hidden_dim": 7},
 }
 ONE_CHOICE = {"dtype"}  # nothing else is accepted yet, so nothing to change
 
@@ -279,18 +288,28 @@ ONE_CHOICE = {"dtype"}  # nothing else is accepted yet, so nothing to change
 )
 def test_run_id_changes_with_every_field(name):
     base = RunConfig(cuts=(1,)) if name != "K" else RunConfig()
+    if name == "method_params":
+        base = RunConfig(method="dgl", cuts=(1,))
     value = ACCEPTED_OTHER.get(name, changed(getattr(base, name)))
     other = dataclasses.replace(base, **{name: value})
     assert other != base
-    assert other.run_id() != base.run_id()
+    # A run's identity is its resolved configuration: two settings that resolve alike (memory
+    # auto is tracked on a CPU; sync_bn means nothing in one process) are one run; any other
+    # change is another run.
+    same_run = resolve(other).config == resolve(base).config
+    assert same_run == (name == "sync_bn" or (name == "memory" and not torch.cuda.is_available()))
+    assert (resolve(other).run_id == resolve(base).run_id) == same_run
 
 
 def test_run_id_seed_and_resolved():
-    base = RunConfig()
-    assert RunConfig(seed=1).run_id() != base.run_id()
-    # Resolving fills the dataset preset: a different (explicit) configuration.
-    assert base.resolved().run_id() != base.run_id()
-    assert base.resolved().run_id() == RunConfig().resolved().run_id()
+    base = resolve(RunConfig())
+    assert resolve(RunConfig(seed=1)).run_id != base.run_id
+    # The id is the resolved configuration's: the digits preset spelt out is the same run, and
+    # resolving a resolved configuration changes nothing.
+    explicit = RunConfig(epochs=10, batch_size=64, lr=0.05, warmup_epochs=1)
+    assert resolve(explicit).run_id == base.run_id
+    assert resolve(base.config).run_id == base.run_id
+    assert resolve(RunConfig(epochs=11)).run_id != base.run_id
 
 
 # ---------------------------------------------------------------- reports

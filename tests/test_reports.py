@@ -14,6 +14,7 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.records import RunRecord, curves_frame, load_results, save_record, scan_records
 from locbench.reports.charts import (
     accuracy_memory_figure,
@@ -75,7 +76,7 @@ def make_record(r: dict, params: dict | None = None, **settings) -> RunRecord:
         method=r["method"], seed=r["seed"], method_params=params, **{**base, **settings}
     )
     record = RunRecord(
-        run_id=config.run_id(),
+        run_id=resolve(config).run_id,
         config=config.to_dict(),
         env=dict(ENV, device_name="cpu" if r["cuda"] is None else "NVIDIA H100"),
         status=r["status"],

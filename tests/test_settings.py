@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import locbench.settings.run_config
+import locbench.harness.build
 from locbench.cli.flags import axes_from_args, config_from_args
 from locbench.cli.main import build_parser
 from locbench.cli.settings_table import settings_markdown
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.methods import METHODS
 from locbench.settings.run_config import BY_NAME, SPECS, RunConfig
 from locbench.settings.schema import SECTIONS, convert, specs
@@ -91,47 +92,47 @@ def test_python_values_are_checked_and_normalised_so_one_config_has_one_id():
         RunConfig(lr=float("inf"))
     with pytest.raises(UserError, match="--epochs must be an integer"):
         RunConfig(epochs=2.5)
-    a = RunConfig(method="dgl", K=4, method_params={"hidden_dim": "64"}).resolved()
-    b = RunConfig(method="dgl", K=4, method_params={"hidden_dim": 64}).resolved()
-    assert a == b and a.run_id() == b.run_id()
+    a = resolve(RunConfig(method="dgl", K=4, method_params={"hidden_dim": "64"})).config
+    b = resolve(RunConfig(method="dgl", K=4, method_params={"hidden_dim": 64})).config
+    assert a == b and resolve(a).run_id == resolve(b).run_id
 
 
 def test_resolved_config_holds_every_hyperparameter_typed_with_defaults():
-    cfg = RunConfig(method="dgl", method_params={"hidden_dim": "64"}).resolved()
+    cfg = resolve(RunConfig(method="dgl", method_params={"hidden_dim": "64"})).config
     assert cfg.method_params == {"variant": "auglocal", "hidden_dim": 64, "mlp_layers": 3}
-    cfg = RunConfig(method="auglocal", dataset="cifar10").resolved()
+    cfg = resolve(RunConfig(method="auglocal", dataset="cifar10")).config
     assert cfg.method_params == {"depth": 2, "tau": 0.5, "pyramid": True, "widen": 1.0}
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs) == (400, 1024, 0.8, 10.0)
-    assert cfg.resolved() == cfg  # resolving twice changes nothing
+    assert resolve(cfg).config == cfg  # resolving twice changes nothing
     assert RunConfig.from_dict(cfg.to_dict()) == cfg  # records round-trip
 
 
 def test_the_run_id_covers_every_hyperparameter_the_method_source_and_the_version(
     tmp_path, monkeypatch
 ):
-    base = RunConfig(method="dgl").resolved()
-    assert RunConfig(method="dgl", method_params={"hidden_dim": 64}).resolved().run_id() != (
-        base.run_id()
+    base = resolve(RunConfig(method="dgl")).config
+    assert resolve(RunConfig(method="dgl", method_params={"hidden_dim": 64})).run_id != (
+        resolve(base).run_id
     )
-    identity = base.identity()
+    identity = resolve(base).identity
     dgl_file = REPO / "locbench" / "methods" / "dgl.py"
     assert identity["method_sha256"] == hashlib.sha256(dgl_file.read_bytes()).hexdigest()
-    monkeypatch.setattr(locbench.settings.run_config, "package_version", lambda: "9.9.9")
-    assert base.identity()["package_version"] == "9.9.9"
+    monkeypatch.setattr(locbench.harness.build, "package_version", lambda: "9.9.9")
+    assert resolve(base).identity["package_version"] == "9.9.9"
     monkeypatch.undo()
     method = tmp_path / "mine.py"
     method.write_text("from locbench import Method\n\nclass Mine(Method):\n    pass\n")
-    cfg = RunConfig(method=f"{method}:Mine").resolved()
-    first = cfg.run_id()
+    cfg = resolve(RunConfig(method=f"{method}:Mine")).config
+    first = resolve(cfg).run_id
     method.write_text(method.read_text() + "# edited\n")
-    assert cfg.run_id() != first
+    assert resolve(cfg).run_id != first
 
 
 def test_the_package_version_is_part_of_the_id(monkeypatch):
-    cfg = RunConfig().resolved()
-    before = cfg.run_id()
-    monkeypatch.setattr(locbench.settings.run_config, "package_version", lambda: "9.9.9")
-    assert cfg.run_id() != before
+    cfg = resolve(RunConfig()).config
+    before = resolve(cfg).run_id
+    monkeypatch.setattr(locbench.harness.build, "package_version", lambda: "9.9.9")
+    assert resolve(cfg).run_id != before
 
 
 def test_run_flags_are_generated_for_every_cli_setting():

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from waiting import live_processes
 
-from locbench.records import RunRecord, save_record
+from locbench.harness.build import resolve
+from locbench.records import save_record
 from locbench.settings.run_config import RunConfig
 from locbench.study.claims import CLAIMS
 from locbench.study.executors.slurm import Ledger, LedgerJob
@@ -106,10 +107,12 @@ def test_a_killed_job_leaves_a_died_row_and_only_it_is_resubmitted(tmp_path):
 
 def test_status_shows_each_configuration_state(tmp_path):
     """done / failed (a record, or a job that ended without one) / running (a live claim)."""
-    configs = [RunConfig(method="bp", dataset="synthetic", seed=s).resolved() for s in range(4)]
-    ids = [c.run_id() for c in configs]
-    save_record(RunRecord.of(configs[0], status="ok"), tmp_path)
-    save_record(RunRecord.of(configs[1], status="oom", message="CUDA out of memory at 3 GiB"),
+    configs = [
+        resolve(RunConfig(method="bp", dataset="synthetic", seed=s)).config for s in range(4)
+    ]
+    ids = [resolve(c).run_id for c in configs]
+    save_record(resolve(configs[0]).record(status="ok"), tmp_path)
+    save_record(resolve(configs[1]).record(status="oom", message="CUDA out of memory at 3 GiB"),
                 tmp_path)  # fmt: skip
     # a job of the ledger whose process is gone (pid 0 names no submitit controller)
     gone = LedgerJob(ids[2], "0", "local", str(tmp_path), configs[2].to_dict(), "2024-01-01")

@@ -12,6 +12,7 @@ import pytest
 
 from locbench.cli.main import main
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.harness.run import prepare
 from locbench.records import read_records
 from locbench.settings.run_config import RunConfig
@@ -144,9 +145,9 @@ def test_presets_cover_the_published_configurations():
     assert set(r32.methods) == {"bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"}
     configs = r32.configs()
     assert len(configs) == 6 * 3  # six methods, three seeds
-    resolved = configs[0].resolved()
+    resolved = resolve(configs[0]).config
     assert (resolved.batch_size, resolved.lr, resolved.epochs) == (1024, 0.8, 400)
-    assert PRESETS.get("stl10-resnet32").configs()[0].resolved().batch_size == 128
+    assert PRESETS.get("stl10-resnet32").configs()[0].batch_size == 128
     assert json.dumps(PRESETS.get("cpu-digits").run) == '{"dataset": "digits", "epochs": 3}'
 
 
@@ -190,9 +191,9 @@ def test_a_remote_gpu_executor_plans_the_run_ids_its_runs_resolve_to(tmp_path):
     plan = plan_sweep(grid, tmp_path, device="cuda")
     assert {c.device for c, _, _ in plan.todo} == {"cuda"}
     for config, run_id, _ in plan.todo:
-        remote = RunConfig.from_dict(config.to_dict()).resolved()  # as the job resolves it
+        remote = resolve(RunConfig.from_dict(config.to_dict())).config  # as the job resolves it
         assert remote.device == "cuda" and remote.memory == "cuda"
-        assert run_id == remote.run_id()
+        assert run_id == resolve(remote).run_id
     local = plan_sweep(grid, tmp_path)  # runs here: auto is this machine's cpu
     assert {c.device for c, _, _ in local.todo} == {"cpu"}
     assert {r for _, r, _ in local.todo}.isdisjoint(r for _, r, _ in plan.todo)

@@ -14,6 +14,7 @@ import torch
 from locbench.analysis.estimate import estimate
 from locbench.analysis.regress import small_batch, small_trainer
 from locbench.cli.main import main
+from locbench.harness.build import resolve
 from locbench.harness.run import execute
 from locbench.harness.trainer import steady_state_peak
 from locbench.measure.memory import PHASE_CODES, TIMELINE_POINTS, MemoryTracker, downsample
@@ -70,7 +71,7 @@ def test_steady_state_timeline_peaks_at_its_peak():
 
 
 def test_estimates_timeline_peaks_at_the_estimate_and_is_bounded():
-    peak = estimate(RunConfig(method="dgl", K=16, net="resnet32"), batch_size=2)
+    peak = estimate(resolve(RunConfig(method="dgl", K=16, net="resnet32")), batch_size=2)
     timeline = peak.timeline
     assert timeline["events"] > TIMELINE_POINTS  # downsampled
     assert len(timeline["bytes"]) <= TIMELINE_POINTS
@@ -136,7 +137,7 @@ def timeline_record(method: str, K: int, peak: int, seed: int = 0) -> RunRecord:
         "phases": phases,
     }
     return RunRecord(
-        run_id=config.run_id(),
+        run_id=resolve(config).run_id,
         config=config.to_dict(),
         env={},
         K=K,
@@ -150,7 +151,11 @@ def runs_dir(tmp_path):
         save_record(timeline_record(*args), tmp_path / "runs")
     config = RunConfig(method="predsim", K=2, net="smallnet", dataset="digits", batch_size=64)
     old = RunRecord(  # a record without a timeline: no panel
-        run_id=config.run_id(), config=config.to_dict(), env={}, K=2, memory={"peak_bytes": 1}
+        run_id=resolve(config).run_id,
+        config=config.to_dict(),
+        env={},
+        K=2,
+        memory={"peak_bytes": 1},
     )
     save_record(old, tmp_path / "runs")
     return tmp_path / "runs"

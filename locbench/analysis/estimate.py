@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from locbench.errors import UserError
-from locbench.harness.build import build
+from locbench.harness.build import Resolved, build, resolve
 from locbench.harness.trainer import LocalTrainer, probe_config, steady_state_peak
 from locbench.measure.memory import TrackedPeak
 from locbench.settings.run_config import BY_NAME, RunConfig
@@ -47,17 +47,18 @@ class StepFails(UserError):
 
 
 def estimate(
-    config: RunConfig,
+    run: Resolved,
     batch_size: int,
     image_size: int | None = None,
     num_classes: int = 10,
 ) -> TrackedPeak:
-    """Tracked peak of one steady-state training step of ``config``, on fake tensors."""
+    """Tracked peak of one steady-state training step of the resolved ``run``, on fake
+    tensors."""
     check(BY_NAME["batch_size"], batch_size, "--batch-size")  # the run setting's rule
     with FakeTensorMode(allow_non_fake_inputs=True), KernelDtypes():
-        backbone, method = build(config, num_classes=num_classes, image_size=image_size)
+        backbone, method = build(run, num_classes=num_classes, image_size=image_size)
         trainer = LocalTrainer(
-            backbone, method.split, method, probe_config(config), torch.device("cpu")
+            backbone, method.split, method, probe_config(run.config), torch.device("cpu")
         )
         x = torch.empty(batch_size, *backbone.input_shape)
         y = torch.zeros(batch_size, dtype=torch.long)
@@ -115,7 +116,7 @@ def smallest_batch(peak: Callable[[int], TrackedPeak]) -> int:
 
 
 def max_batch(
-    config: RunConfig,
+    run: Resolved,
     budget: int,
     image_size: int | None = None,
     num_classes: int = 10,
@@ -131,7 +132,7 @@ def max_batch(
 
     def peak(b: int) -> TrackedPeak:
         if b not in cache:
-            cache[b] = estimate(config, b, image_size, num_classes)
+            cache[b] = estimate(run, b, image_size, num_classes)
         return cache[b]
 
     def fits(b: int) -> bool:
@@ -179,12 +180,13 @@ def estimate_methods(
     bytes without CUDA's rounding: its maximum is ``peak_bytes_unrounded``)."""
     rows = []
     for name in methods:
-        cfg = for_method(config, name)
+        run = resolve(for_method(config, name))
         if budget is None:
-            batch, peak = batch_size, estimate(cfg, batch_size, image_size, num_classes)
+            batch, peak = batch_size, estimate(run, batch_size, image_size, num_classes)
         else:
-            batch, peak = max_batch(cfg, budget, image_size, num_classes)
-        K = build(cfg, num_classes=num_classes)[1].split.K
+            batch, peak = max_batch(run, budget, image_size, num_classes)
+        with torch.device("meta"):
+            K = build(run, num_classes=num_classes)[1].split.K
         row = {"method": name, "K": K, "batch_size": batch}
         if peak is not None:
             row |= {

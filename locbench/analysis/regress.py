@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from locbench.analysis.describe import config_flops
 from locbench.analysis.estimate import estimate
 from locbench.errors import UserError
-from locbench.harness.build import build
+from locbench.harness.build import Resolved, build, resolve
+from locbench.harness.flops import config_flops
 from locbench.harness.trainer import LocalTrainer, probe_config, steady_state_peak
 from locbench.settings.run_config import RunConfig
 
@@ -56,14 +56,14 @@ def regression_cases(methods: list[str]) -> dict[str, tuple[str, str]]:
     return {case_name(m, p): (m, p) for p in CASE_PRECISIONS for m in methods}
 
 
-def small_config(method: str, precision: str = "fp32") -> RunConfig:
-    return probe_config(RunConfig(method=method, precision=precision, **SMALL), lr=SMALL_LR)
+def small_run(method: str, precision: str = "fp32") -> Resolved:
+    return resolve(probe_config(RunConfig(method=method, precision=precision, **SMALL), SMALL_LR))
 
 
 def small_trainer(method: str, precision: str = "fp32") -> LocalTrainer:
-    config = small_config(method, precision)
-    backbone, m = build(config)
-    return LocalTrainer(backbone, m.split, m, config, torch.device("cpu"))
+    run = small_run(method, precision)
+    backbone, m = build(run)
+    return LocalTrainer(backbone, m.split, m, run.config, torch.device("cpu"))
 
 
 def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +75,10 @@ def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
 def figures(method: str, precision: str = "fp32") -> dict[str, int]:
     """The deterministic figures of ``method`` (a name or ``path.py:Class``) at ``precision``."""
     tracked = steady_state_peak(small_trainer(method, precision), *small_batch())
-    flops, _ = config_flops(small_config(method, precision), batch_size=SMALL_BATCH)
-    config = RunConfig(method=method, precision=precision, **PUBLISHED)
-    published = estimate(config, PUBLISHED_BATCH)
+    flops, _ = config_flops(small_run(method, precision), batch_size=SMALL_BATCH)
+    published = estimate(
+        resolve(RunConfig(method=method, precision=precision, **PUBLISHED)), PUBLISHED_BATCH
+    )
     return {
         "tracked_peak_bytes": tracked.peak_bytes,
         "estimated_peak_bytes": published.peak_bytes_rounded,

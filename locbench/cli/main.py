@@ -189,7 +189,7 @@ def summary_line(record, path: Path) -> str:
 
 
 def cmd_list(_: argparse.Namespace) -> None:
-    from locbench.data.base import DATASETS
+    from locbench.data.catalog import DATASETS
     from locbench.methods import METHODS
     from locbench.methods.loading import method_entry_points
     from locbench.nets.backbone import BACKBONES
@@ -208,6 +208,7 @@ def cmd_list(_: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from locbench.harness.build import resolve
     from locbench.harness.distributed import Ranks, launch
 
     config = config_from_args(args)
@@ -217,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ranks is None and config.nproc > 1:
         from locbench.records import check_out_dir
 
-        check_nproc(config.resolved())  # bad input fails here, once, not in every rank
+        check_nproc(resolve(config).config)  # bad input fails here, once, not in every rank
         check_out_dir(args.out)
         return launch(args.argv, config.nproc)
     if ranks is None:
@@ -260,7 +261,7 @@ def run_stages_cmd(config, out: Path) -> int:
 def torch_device(config):
     import torch
 
-    from locbench.settings.run_config import pick_device
+    from locbench.harness.environment import pick_device
 
     return torch.device(pick_device(config.device))
 
@@ -269,7 +270,7 @@ def check_nproc(config) -> None:
     """A CUDA data-parallel run needs a GPU per rank."""
     import torch
 
-    from locbench.settings.run_config import check_device
+    from locbench.harness.environment import check_device
 
     check_device(config.device)
     if config.device.startswith("cuda") and config.nproc > torch.cuda.device_count():
@@ -403,13 +404,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def dataset_classes(dataset: str | None) -> int:
     """The class count of a registered dataset, without reading it (10 when none is named)."""
-    from locbench.data.base import NUM_CLASSES
+    from locbench.data.catalog import DATASETS
 
     if dataset is None:
         return 10
-    if dataset not in NUM_CLASSES:
-        raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(NUM_CLASSES))}")
-    return NUM_CLASSES[dataset]
+    return DATASETS.get(dataset).num_classes
 
 
 def check_probe(args: argparse.Namespace) -> None:
@@ -488,7 +487,7 @@ def cmd_data_bench(args: argparse.Namespace) -> int:
     import torch
 
     from locbench.analysis.data_speed import LOADERS, check_args, epoch_speed, format_speeds
-    from locbench.settings.run_config import check_device, pick_device
+    from locbench.harness.environment import check_device, pick_device
 
     check_args(args.dataset, args.data_root, args.batch, args.workers)
     loaders = [s.strip() for s in args.loaders.split(",")]

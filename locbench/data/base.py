@@ -1,4 +1,5 @@
-"""Datasets: a registry of loaders that all return a :class:`DataBundle`.
+"""Datasets: what a loader returns (:class:`DataBundle`) and the registry of datasets, each
+registered once with its classes, image shape and training preset (:func:`register_dataset`).
 
 ``digits`` (scikit-learn's bundled 8x8 handwritten digits, real and offline) and ``synthetic``
 (deterministic class templates plus noise) live in memory. ``cifar10``, ``svhn`` and ``stl10`` are
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from locbench.errors import UserError
 from locbench.registry import Registry
-from locbench.settings.run_config import BY_NAME
+from locbench.settings.run_config import BY_NAME, TrainPreset
 from locbench.settings.schema import check
 
 Shape = tuple[int, ...]
@@ -78,14 +79,42 @@ class DataRequest:
     device: torch.device = torch.device("cpu")  # where the loaders' batches land
 
 
-DATASETS: Registry[Callable[[DataRequest], DataBundle]] = Registry("dataset")
+@dataclass(frozen=True)
+class Dataset:
+    """One registered dataset and what is known of it without reading its files: its classes,
+    its images' native shape (C, H, W; ``None`` when it makes images of any shape; a loader
+    always delivers the backbone's input shape), and the training preset that fills a run's
+    unset epochs, batch size and learning rate."""
+
+    name: str
+    num_classes: int
+    image_shape: Shape | None
+    preset: TrainPreset
+    load: Callable[[DataRequest], DataBundle]
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def register_dataset(
+    name: str, *, num_classes: int, image_shape: Shape | None, preset: TrainPreset
+) -> Callable[[Callable[[DataRequest], DataBundle]], Callable[[DataRequest], DataBundle]]:
+    """Register ``load(request) -> DataBundle`` as dataset ``name``, with its metadata. A
+    dataset is this one registration (and an import in :mod:`locbench.data.catalog`)."""
+
+    def decorate(load: Callable[[DataRequest], DataBundle]):
+        DATASETS.add(name, Dataset(name, num_classes, image_shape, preset, load))
+        return load
+
+    return decorate
 
 
 def load_dataset(name: str, request: DataRequest) -> DataBundle:
+    """Dataset ``name`` (registered: import :mod:`locbench.data.catalog`) loaded for
+    ``request``."""
     check(BY_NAME["batch_size"], request.batch_size, "--batch-size")  # the run setting's rule
     check(BY_NAME["loader"], request.loader, "--loader")
-    factory = DATASETS.get(name)
-    return factory(request)
+    return DATASETS.get(name).load(request)
 
 
 class TensorLoader:
@@ -157,61 +186,3 @@ def in_memory_bundle(
     )
     test = TensorLoader(norm(x_test), y_test, request.batch_size, False, device=device)
     return DataBundle(info, train, test, len(x_train))
-
-
-@DATASETS.register("digits")
-def digits(request: DataRequest) -> DataBundle:
-    """scikit-learn's 1,797 handwritten digits, a fixed stratified 80/20 split (1,437 / 360),
-    scaled to [0, 1] and resampled to the backbone's input shape."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(data.target, dtype=torch.long)
-    i_train, i_test = train_test_split(
-        list(range(len(labels))), test_size=0.2, random_state=0, stratify=data.target
-    )
-    images = fit_images(images, request.image_shape)
-    return in_memory_bundle(
-        "digits",
-        images[i_train],
-        labels[i_train],
-        images[i_test],
-        labels[i_test],
-        10,
-        request,
-    )
-
-
-@DATASETS.register("synthetic")
-def synthetic(
-    request: DataRequest, n_train: int = 512, n_test: int = 256, num_classes: int = 10
-) -> DataBundle:
-    """Deterministic: one fixed random template per class plus Gaussian noise. The same for
-    every seed, so shape and memory tests see identical data."""
-    g = torch.Generator().manual_seed(1234)
-    templates = torch.rand(num_classes, *request.image_shape, generator=g)
-
-    def draw(n: int) -> Batch:
-        y = torch.arange(n) % num_classes
-        return templates[y] + 0.5 * torch.randn(n, *request.image_shape, generator=g), y
-
-    x_train, y_train = draw(n_train)
-    x_test, y_test = draw(n_test)
-    return in_memory_bundle("synthetic", x_train, y_train, x_test, y_test, num_classes, request)
-
-
-# Classes of each registered dataset, for what counts without data on disk (`describe`).
-# imagenet's loader counts its class folders; 1,000 is ILSVRC-2012's.
-NUM_CLASSES: dict[str, int] = {
-    "digits": 10,
-    "synthetic": 10,
-    "cifar10": 10,
-    "svhn": 10,
-    "stl10": 10,
-    "imagenet": 1000,
-}
-
-# Register cifar10, svhn, stl10 and imagenet; imported last as they build on the names above.
-from locbench.data import imagenet, torchvision_sets  # noqa: E402,F401

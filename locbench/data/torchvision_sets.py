@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
-from locbench.data.base import DATASETS, DataBundle, DataInfo, DataRequest
+from locbench.data.base import DataBundle, DataInfo, DataRequest, register_dataset
 from locbench.data.tensor_loader import ImageLoader, augment_of, cached_split
 from locbench.errors import UserError
+from locbench.settings.run_config import TrainPreset
 
 # torchvision md5-hashes every data file on each construction (seconds per run for CIFAR-10,
 # minutes for STL-10's 2.6 GB) and so rejects any small test fixture. The subclasses below only
@@ -254,20 +255,32 @@ def load_torchvision(name: str, request: DataRequest) -> DataBundle:
     return DataBundle(info, train, test, len(train_set))
 
 
-@DATASETS.register("cifar10")
+# The AugLocal settings (the paper and its authors' run.sh): CIFAR-10 and SVHN batch 1024,
+# lr 0.8, 400 epochs with a 10-epoch warm-up; STL-10 batch 128, lr 0.1.
+CIFAR_PRESET = TrainPreset(epochs=400, batch_size=1024, lr=0.8, warmup_epochs=10)
+STL10_PRESET = TrainPreset(epochs=400, batch_size=128, lr=0.1, warmup_epochs=10)
+
+
+@register_dataset(
+    "cifar10", num_classes=10, image_shape=_SPECS["cifar10"].image_shape, preset=CIFAR_PRESET
+)
 def cifar10(request: DataRequest) -> DataBundle:
     """CIFAR-10: 50,000 / 10,000 32x32 colour images from ``ROOT/cifar-10-batches-py``."""
     return load("cifar10", request)
 
 
-@DATASETS.register("svhn")
+@register_dataset(
+    "svhn", num_classes=10, image_shape=_SPECS["svhn"].image_shape, preset=CIFAR_PRESET
+)
 def svhn(request: DataRequest) -> DataBundle:
     """SVHN: 73,257 / 26,032 32x32 digits from ``ROOT/{train,test}_32x32.mat``; digit 0 is
     label 0 (the files store it as 10)."""
     return load("svhn", request)
 
 
-@DATASETS.register("stl10")
+@register_dataset(
+    "stl10", num_classes=10, image_shape=_SPECS["stl10"].image_shape, preset=STL10_PRESET
+)
 def stl10(request: DataRequest) -> DataBundle:
     """STL-10: the labelled 5,000 / 8,000 96x96 images from ``ROOT/stl10_binary``."""
     return load("stl10", request)

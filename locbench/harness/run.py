@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
-from locbench.analysis.describe import config_flops, meta_backbone
-from locbench.data.base import DataBundle, DataRequest, load_dataset
+from locbench.data.base import DataBundle, DataRequest
+from locbench.data.catalog import load_dataset
 from locbench.errors import UserError
-from locbench.harness.build import build
+from locbench.harness.build import Resolved, build, input_shape, resolve
 from locbench.harness.distributed import Ranks
+from locbench.harness.environment import check_device
+from locbench.harness.flops import config_flops, meta_backbone
 from locbench.harness.trainer import LocalTrainer, fit
 from locbench.measure.meters import PhaseClock
 from locbench.measure.pipeline_bound import pipeline_bounds
@@ -22,18 +24,22 @@ from locbench.methods import Method
 from locbench.nets.backbone import Backbone, get_backbone
 from locbench.nets.split import Split
 from locbench.records import RunRecord
-from locbench.settings.run_config import RunConfig, check_device
+from locbench.settings.run_config import RunConfig
 
 
 @dataclass
 class Prepared:
     """A run with everything built and checked, before any training step."""
 
-    config: RunConfig
+    run: Resolved
     backbone: Backbone
     split: Split
     data: DataBundle
     method: Method
+
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
 
 
 def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> Prepared:
@@ -42,12 +48,13 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
     ``net``: a factory ``num_classes -> Backbone`` used instead of the registered
     ``config.net`` (which then only labels the record), e.g. for a user's own
     ``Backbone.from_sequential(...)`` that is not registered."""
-    config = config.resolved()  # every setting and hyperparameter checked: bad input fails first
+    run = resolve(config)  # every setting and hyperparameter checked: bad input fails first
+    config = run.config
     check_device(config.device)
-    # The backbone fixes the input shape, the dataset the number of classes.
-    input_shape = (net or (lambda n: get_backbone(config.net, n)))(10).input_shape
+    # The backbone fixes the input shape, the dataset the number of classes: the shape is read
+    # from a meta build, so the one real build happens after the data (seeded, in build).
     request = DataRequest(
-        image_shape=input_shape,
+        image_shape=input_shape(net or (lambda n: get_backbone(config.net, n))),
         batch_size=config.batch_size,
         seed=config.seed,
         data_root=Path(config.data_root) if config.data_root else None,
@@ -58,8 +65,8 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
         device=torch.device(config.device),
     )
     data = load_dataset(config.dataset, request)
-    backbone, method = build(config, data.info, net=net)
-    return Prepared(config, backbone, method.split, data, method)
+    backbone, method = build(run, data.info, net=net)
+    return Prepared(run, backbone, method.split, data, method)
 
 
 def execute(
@@ -141,8 +148,7 @@ def rank_peaks(ranks: Ranks, memory, cuda) -> dict:
 def start_record(p: Prepared) -> RunRecord:
     """The record of a prepared run before it trains: identity, split, parameter counts, start
     time and FLOPs per step (or why they were not counted, as its message)."""
-    record = RunRecord.of(
-        p.config,
+    record = p.run.record(
         K=p.split.K,
         module_starts=list(p.split.starts),
         params_backbone=p.backbone.num_params(),
@@ -162,7 +168,7 @@ def count_flops(p: Prepared) -> tuple[dict | None, str]:
     cannot be traced there: no FLOPs, but the run goes on."""
     cfg = p.config
     try:
-        total, aux = config_flops(cfg, p.data.info, cfg.batch_size, net=meta_backbone(p.backbone))
+        total, aux = config_flops(p.run, p.data.info, cfg.batch_size, net=meta_backbone(p.backbone))
     except Exception as e:  # noqa: BLE001 - FLOPs are best effort: the run goes on without
         return None, f"FLOPs not counted: {first_line(e)}"
     return {"backbone": total - sum(aux), "aux": sum(aux), "total": total}, ""

@@ -1,15 +1,13 @@
-"""One run's configuration: every run setting, declared once (:mod:`locbench.settings.schema`), the
-per-dataset training presets that fill its blanks, and the run's identity."""
+"""One run's configuration: every run setting, declared once (:mod:`locbench.settings.schema`).
+
+Fields only: what fills the blanks (each dataset's :class:`TrainPreset`, the device) and what
+makes a run this run (its identity) are resolved once per run, in
+:func:`locbench.harness.build.resolve`."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from locbench.errors import UserError
 from locbench.settings.schema import SECTIONS, Spec, coerce_typed, convert, setting, specs
@@ -17,27 +15,15 @@ from locbench.settings.schema import SECTIONS, Spec, coerce_typed, convert, sett
 
 @dataclass(frozen=True)
 class TrainPreset:
+    """What a dataset's training runs use when the configuration sets none (each dataset
+    registers its own: :func:`locbench.data.base.register_dataset`)."""
+
     epochs: int
     batch_size: int
     lr: float
     warmup_epochs: float
 
 
-# AugLocal settings (the paper and its authors' run.sh): CIFAR-10/SVHN batch 1024, lr 0.8,
-# 400 epochs with a 10-epoch warm-up; STL-10 batch 128, lr 0.1. digits/synthetic are CPU-sized:
-# lr scaled linearly with the batch (0.8 * 64 / 1024 = 0.05) and few epochs.
-PRESETS: dict[str, TrainPreset] = {
-    "cifar10": TrainPreset(400, 1024, 0.8, 10),
-    "svhn": TrainPreset(400, 1024, 0.8, 10),
-    "stl10": TrainPreset(400, 128, 0.1, 10),
-    "digits": TrainPreset(10, 64, 0.05, 1),
-    "synthetic": TrainPreset(5, 64, 0.05, 1),
-    # The AugLocal authors' ImageNet run.sh: 200 epochs, global batch 1024, lr 0.4, cosine
-    # without warm-up (SGD, Nesterov 0.9, weight decay 1e-4 are our defaults). They step the
-    # cosine once per epoch; we step it every iteration, a slightly smoother schedule.
-    "imagenet": TrainPreset(epochs=200, batch_size=1024, lr=0.4, warmup_epochs=0),
-}
-DEFAULT_PRESET = PRESETS["digits"]
 PRESET = "the dataset's preset"
 MEMORY_MODES = ("auto", "tracked", "cuda", "both")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -45,7 +31,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run. ``None`` fields are filled by :meth:`resolved`.
+    """Everything that determines a run. ``None`` fields are filled when the run is resolved
+    (:func:`locbench.harness.build.resolve`).
 
     Each field is a setting of :mod:`locbench.settings.schema`: the flags of ``run``/``sweep``/
     ``estimate``/``describe``, the TOML keys, the sweep axes and ``locbench config --list``
@@ -163,39 +150,6 @@ class RunConfig:
         if self.stages > 1 and self.nproc > 1:
             raise UserError("give either --stages (pipeline) or --nproc (data-parallel), not both")
 
-    def resolved(self) -> RunConfig:
-        """Dataset preset filled in, device and memory mode picked, every method
-        hyperparameter filled in with its typed default, values checked."""
-        from locbench.methods.loading import resolve_method
-        from locbench.methods.params import resolve_params
-
-        preset = PRESETS.get(self.dataset, DEFAULT_PRESET)
-        device = pick_device(self.device)
-        on_cuda = device.startswith("cuda")
-        memory = ("cuda" if on_cuda else "tracked") if self.memory == "auto" else self.memory
-        if memory != "tracked" and not on_cuda:
-            raise UserError(f"--memory {memory} needs a CUDA device; use --memory tracked")
-        check_data_root(self.data_root)
-        batch_size = preset.batch_size if self.batch_size is None else self.batch_size
-        if batch_size < self.nproc:
-            raise UserError(
-                f"batch size {batch_size} cannot be shared among {self.nproc} ranks; "
-                f"use a batch size of at least {self.nproc} (it is the global batch)"
-            )
-        return dataclasses.replace(
-            self,
-            epochs=preset.epochs if self.epochs is None else self.epochs,
-            batch_size=batch_size,
-            sync_bn=self.sync_bn and self.nproc > 1,  # one process: nothing to synchronise
-            lr=preset.lr if self.lr is None else self.lr,
-            warmup_epochs=(
-                preset.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs
-            ),
-            device=device,
-            memory=memory,
-            method_params=resolve_params(resolve_method(self.method), self.method_params),
-        )
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cuts"] = list(self.cuts) if self.cuts is not None else None
@@ -211,25 +165,6 @@ class RunConfig:
             raise UserError(f"{where}: unknown settings {unknown}; see `locbench config --list`")
         typed = {k: convert(BY_NAME[k], v, f"{where} {k}") for k, v in d.items()}
         return cls(**typed)
-
-    def identity(self) -> dict:
-        """What makes a run this run: the resolved configuration, the content hash of the
-        method's source file, the package version and the record schema. Call on a resolved
-        config."""
-        from locbench.methods.loading import resolve_method
-        from locbench.records import SCHEMA
-
-        return {
-            "config": self.to_dict(),
-            "method_sha256": source_sha256(resolve_method(self.method)),
-            "package_version": package_version(),
-            "schema": SCHEMA,
-        }
-
-    def run_id(self) -> str:
-        """Hash of :meth:`identity`: one identity, one record, one id."""
-        blob = json.dumps(self.identity(), sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 SPECS: list[Spec] = specs(RunConfig)
@@ -256,62 +191,3 @@ def flatten_sections(d: dict, where: str) -> dict:
                 raise UserError(f"{where}: unknown setting {path}; see `locbench config --list`")
             out[name] = v
     return out
-
-
-def source_sha256(cls: type) -> str:
-    """SHA-256 of the file that defines ``cls`` (a method file, or the module of a built-in or
-    entry-point method): editing it changes every run id of that method."""
-    try:
-        path = inspect.getsourcefile(cls)
-    except TypeError:
-        path = None
-    if path is None:
-        return ""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def package_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("locbench")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def check_data_root(root: str | None) -> None:
-    if root is None:
-        return
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise UserError(f"--data-root {root} does not exist")
-    if not path.is_dir():
-        raise UserError(f"--data-root {root} is not a folder")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise UserError(f"--data-root {root} is not readable")
-
-
-def pick_device(device: str) -> str:
-    """``auto`` as this machine's device (CUDA if available); any other device as given, its
-    name checked. Whether this machine has it is :func:`check_device`'s question: a
-    configuration resolved here may run elsewhere (a SLURM job, a Ray task on a GPU node)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not (device == "cpu" or device == "cuda" or _cuda_index(device)):
-        raise UserError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N")
-    return device
-
-
-def check_device(device: str) -> None:
-    """A run about to start on this machine: CUDA must be there when asked for."""
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-
-
-def _cuda_index(device: str) -> bool:
-    prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()

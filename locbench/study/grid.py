@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from locbench.errors import UserError
-from locbench.harness.build import check_split
+from locbench.harness.build import check_split, resolve
 from locbench.settings.run_config import BY_NAME, RunConfig, flatten_sections
 
 # Grid fields that are axes of one run setting each (the rest go in ``axes``).
@@ -67,9 +67,9 @@ class Grid:
                 params = dict(zip(hp_axes, hp_values))
                 label = config_label(settings, params)
                 try:
-                    config = RunConfig.from_dict(
-                        {**settings, "method_params": params}, where=label
-                    ).resolved()
+                    config = resolve(
+                        RunConfig.from_dict({**settings, "method_params": params}, where=label)
+                    ).config
                     check_split(config)
                 except UserError as e:
                     raise UserError(f"configuration {len(out) + 1} ({label}): {e}") from None

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from locbench.errors import UserError
+from locbench.harness.build import Resolved, resolve
 from locbench.records import RunRecord, check_out_dir, read_record, save_record
 from locbench.settings.run_config import RunConfig
 from locbench.study.claims import CLAIMS, Claims
@@ -78,7 +79,7 @@ def finished_ids(out: Path) -> set[str]:
 
 
 def resolved_id(config: RunConfig) -> str:
-    return config.resolved().run_id()
+    return resolve(config).run_id
 
 
 @dataclass(frozen=True)
@@ -314,8 +315,8 @@ def run_child(
     of the run id are removed once the new one is in place. None when the sweep stopped the
     child (``children.stopping``): nothing is written."""
     children = children or _Children()
-    cfg = config.resolved()
-    run_id = cfg.run_id()
+    run = resolve(config)
+    run_id = run.run_id
     before = {_stat_key(p) for p in record_files(out, run_id)}
     command = [
         sys.executable,
@@ -341,7 +342,7 @@ def run_child(
     if stopping:
         return None
     record = died_record(
-        cfg, _died_message(proc.returncode, stderr), started_at, time.perf_counter() - t0
+        run, _died_message(proc.returncode, stderr), started_at, time.perf_counter() - t0
     )
     keep_only(out, run_id, save_record(record, out))
     return record
@@ -351,11 +352,10 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def died_record(cfg: RunConfig, message: str, started_at: str, wall_time_s: float) -> RunRecord:
+def died_record(run: Resolved, message: str, started_at: str, wall_time_s: float) -> RunRecord:
     """The ``error`` row of a run whose process (worker, Ray task, SLURM job) died without
-    writing its record; ``cfg`` resolved. The next sweep runs the configuration again."""
-    return RunRecord.of(
-        cfg,
+    writing its record. The next sweep runs the configuration again."""
+    return run.record(
         status="error",
         message=message,
         K=None,  # the split was built, if at all, in the process that died
@@ -464,8 +464,8 @@ def plan_sweep(
     ``device``: where the runs execute when that is not this machine (a remote executor's
     :attr:`Executor.device`): configurations with device ``auto`` get it, so that the run id
     planned here is the one the remote run resolves to. None: they run here."""
+    from locbench.harness.environment import check_device
     from locbench.harness.run import prepare  # noqa: F401 - fail fast on an unknown method/net below
-    from locbench.settings.run_config import check_device
 
     out = check_out_dir(out)
     configs: dict[str, RunConfig] = {}

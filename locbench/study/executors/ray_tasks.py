@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.records import RunRecord
 from locbench.settings.run_config import RunConfig
 from locbench.study.executors.options import RayOptions, import_extra
@@ -123,7 +124,7 @@ class RayExecutor:
                 return None
             tries = self.options.max_retries + 1
             message = f"Ray task failed ({tries} attempt{'s' if tries > 1 else ''}): {_one_line(e)}"
-            record = died_record(config.resolved(), message, started_at, time.perf_counter() - t0)
+            record = died_record(resolve(config), message, started_at, time.perf_counter() - t0)
         finally:
             with self.lock:
                 self.running.discard(ref)

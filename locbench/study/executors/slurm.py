@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.records import read_record
 from locbench.settings.run_config import RunConfig
 from locbench.study.claims import Claims
@@ -196,7 +197,7 @@ def run_job(config: dict, out: str, snapshot: frozenset, retry_failed: bool) -> 
         import locbench
 
         cfg = RunConfig.from_dict(config)
-        run_id, folder = cfg.resolved().run_id(), Path(out)
+        run_id, folder = resolve(cfg).run_id, Path(out)
         # In the job's log: which code ran (the job's Python environment is the cluster's).
         print(f"locbench job {job}: {cfg.method} {cfg.net}, run {run_id}, bench from "
               f"{Path(locbench.__file__).parent}", flush=True)  # fmt: skip
@@ -359,7 +360,7 @@ def _account(
             message = f"{_kind(job)} job {job.job_id} ended ({state}) without writing its record"
             tail = _log_tail(job)
             record = died_record(
-                config.resolved(),
+                resolve(config),
                 message + (f": {tail}" if tail else ""),
                 job.submitted_at,
                 _seconds_since(job.submitted_at),

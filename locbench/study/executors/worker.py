@@ -50,14 +50,14 @@ def run_config(config: RunConfig) -> RunRecord:
     """Run one configuration and return its record; a bad configuration is an ``error`` row
     of the sweep, not a crash. Shared by this worker and the SLURM jobs."""
     from locbench.errors import UserError
+    from locbench.harness.build import resolve
     from locbench.harness.run import execute
-    from locbench.records import RunRecord
 
     try:
         return execute(config)
     except UserError as e:
         # K None: the split was never built (a bp run asked for K = 4 trains one module).
-        return RunRecord.of(config.resolved(), status="error", message=str(e), K=None)
+        return resolve(config).record(status="error", message=str(e), K=None)
 
 
 def main(argv: list[str]) -> int:
