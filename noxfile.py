@@ -1,4 +1,6 @@
-"""Developer sessions (`nox -l` lists them): tests, lint, bench (the regression gate),
+"""Developer sessions (`nox -l` lists them): tests (the default run, without the slow
+integration tests), integration (only those: real processes, Ray, submitit, SLURM, browser,
+multi-process runs; `python -m pytest -m integration`), lint, bench (the regression gate),
 bench_refresh (rewrite the baseline), speed (speed targets), demo, slurm (a sweep on a
 single-node SLURM of this machine; needs root and apt)."""
 
@@ -15,6 +17,13 @@ BASELINE = "tests/benchmarks/baseline.json"
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """The slow integration tests the default run deselects (`-m integration`)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "-m", "integration", *session.posargs)
 
 
 @nox.session

@@ -22,6 +22,8 @@ from locbench.settings.run_config import RunConfig
 STEPS = 3
 BATCH = 10  # global; 5 per rank with 2 ranks
 
+pytestmark = pytest.mark.integration  # every test spawns gloo ranks
+
 
 def _config(method: str, world: int, sync_bn: bool, batch: int = BATCH) -> RunConfig:
     return RunConfig(

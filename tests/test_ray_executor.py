@@ -103,6 +103,7 @@ def records(out: Path) -> dict[str, list[dict]]:
     return by_id
 
 
+@pytest.mark.integration
 def test_a_killed_task_worker_is_retried_and_every_configuration_has_one_ok_record(
     cluster, tmp_path
 ):
@@ -125,6 +126,7 @@ def test_a_killed_task_worker_is_retried_and_every_configuration_has_one_ok_reco
     wait_for(lambda: not task_workers(env), timeout=30, what="the task workers to end")
 
 
+@pytest.mark.integration
 def test_a_task_failing_for_good_leaves_a_died_row_that_the_next_sweep_reruns(cluster, tmp_path):
     address, env = cluster
     out = tmp_path / "runs"
@@ -163,6 +165,7 @@ def test_without_ray_the_sweep_says_which_extra_to_install(tmp_path):
     assert done.stdout == "" and not list((tmp_path / "runs").glob("*.json"))
 
 
+@pytest.mark.integration
 def test_a_run_larger_than_the_local_ray_is_refused_before_anything_runs(tmp_path):
     pytest.importorskip("ray")
     cores = os.cpu_count() or 1

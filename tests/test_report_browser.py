@@ -22,6 +22,8 @@ sync_api = pytest.importorskip(
 # are not used: the test must run offline.
 BROWSERS = ("/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium-headless-shell")
 
+pytestmark = pytest.mark.integration  # a real browser
+
 
 def chromium() -> str:
     candidates = [os.environ.get("LOCBENCH_CHROMIUM", ""), *BROWSERS]

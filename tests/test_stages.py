@@ -56,7 +56,8 @@ def _sequential_state(config: RunConfig, steps: int) -> tuple[dict, object]:
     return state, p
 
 
-@pytest.mark.parametrize("method", ["dgl", "auglocal"])
+# dgl in the default run; auglocal, the same check in two more processes, in the integration run
+@pytest.mark.parametrize("method", ["dgl", pytest.param("auglocal", marks=pytest.mark.integration)])
 def test_two_stages_make_the_sequential_updates(method):
     config = _config(method, K=4 if method == "auglocal" else 2)  # auglocal trains K - 2
     sequential, p = _sequential_state(config, STEPS)
@@ -132,6 +133,7 @@ def test_a_sweep_with_stages_is_refused(tmp_path):
         plan_sweep(grid, tmp_path / "runs")
 
 
+@pytest.mark.integration
 def test_run_stages_writes_a_record_with_the_speedup_and_its_bound(tmp_path):
     import json
     import subprocess
@@ -156,6 +158,7 @@ def test_run_stages_writes_a_record_with_the_speedup_and_its_bound(tmp_path):
     assert record["measured_steps"] == 3 and record["curve"][0]["test_acc"] >= 0
 
 
+@pytest.mark.integration
 def test_a_failing_stage_is_an_error_row_not_a_traceback(tmp_path):
     """The method fails only inside a stage (the sequential measurement before the stages runs
     without a process group): the run writes one error row naming the stage's error."""

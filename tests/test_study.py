@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from locbench.cli.main import main
 from locbench.records import read_records
 from locbench.reports.page import build_report
@@ -11,6 +13,8 @@ from locbench.reports.tables import comparison_table
 
 TINY = ["--nets", "smallnet", "--K", "2", "--dataset", "synthetic", "--epochs", "1",
         "--measure-steps", "2", "--no-progress"]  # fmt: skip
+
+pytestmark = pytest.mark.integration  # real worker processes
 
 
 def test_a_hyperparameter_sweep_gives_one_bp_row_and_two_labelled_dgl_rows(tmp_path, capsys):

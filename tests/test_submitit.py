@@ -62,6 +62,7 @@ def job_task(out: Path, method: str, timeout: float = 120.0) -> int:
     raise AssertionError(f"no running job for {method}")
 
 
+@pytest.mark.integration
 def test_a_killed_job_leaves_a_died_row_and_only_it_is_resubmitted(tmp_path):
     out = tmp_path / "runs"
     argv = ["sweep", "--executor", "slurm", "--slurm-cluster", "local",
@@ -177,6 +178,7 @@ def _slurm_answers() -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.slurm
 def test_a_sweep_on_real_slurm(tmp_path):
     why = _slurm_answers()

@@ -102,6 +102,7 @@ def test_failures_are_rows_not_crashes(tmp_path):
     assert killed.status == "error" and "status -9" in killed.message
 
 
+@pytest.mark.integration
 def test_a_sweep_killed_with_sigkill_finishes_every_configuration_exactly_once(tmp_path):
     out = tmp_path / "runs"
     argv = [sys.executable, "-m", "locbench", "sweep", "--methods", "bp,dgl,predsim",
@@ -151,6 +152,7 @@ def test_presets_cover_the_published_configurations():
     assert json.dumps(PRESETS.get("cpu-digits").run) == '{"dataset": "digits", "epochs": 3}'
 
 
+@pytest.mark.integration
 def test_cpu_preset_sweep_and_report_end_to_end(tmp_path, capsys):
     """The CPU preset (every method on digits) and its report, through the CLI."""
     runs = tmp_path / "runs"

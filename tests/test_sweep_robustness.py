@@ -59,6 +59,7 @@ def claim_files(out: Path) -> list[Path]:
     return sorted((out / CLAIMS).iterdir()) if (out / CLAIMS).exists() else []
 
 
+@pytest.mark.integration
 def test_sigint_stops_the_workers_and_interrupted_configurations_run_on_resume(tmp_path):
     out = tmp_path / "runs"
     argv = sweep_argv(out, "--methods", "bp", "--seeds", "0,1", "--workers", "2")
@@ -171,6 +172,7 @@ def test_failed_rows_are_kept_unless_retry_failed(tmp_path):
     assert row["status"] == "ok" and len(record_files(out, run_id)) == 1
 
 
+@pytest.mark.integration
 def test_two_sweeps_on_one_folder_split_the_work(tmp_path):
     out = tmp_path / "runs"
     argv = sweep_argv(out, "--methods", "bp", "--seeds", "0,1,2,3")
