@@ -28,9 +28,12 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, and the import contracts of pyproject.toml (import-linter reads the installed
+    package: the layers, and reports never importing torch or the harness)."""
+    session.install("-e", ".", "ruff", "import-linter")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

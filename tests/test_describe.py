@@ -41,8 +41,8 @@ def test_dgl_aux_flops_by_hand():
 
 
 def test_bp_ckpt_adds_exactly_one_forward_of_the_checkpointed_segments():
-    from locbench.harness.flops import META
     from locbench.harness.build import build, resolve
+    from locbench.harness.flops import META
 
     bp = describe(RunConfig(method="bp", net="resnet32"), batch_size=8)
     ckpt = describe(RunConfig(method="bp-ckpt", net="resnet32", K=2), batch_size=8)

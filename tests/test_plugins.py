@@ -72,6 +72,63 @@ def locbench_process(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
     )
 
 
+def research_folder(tmp_path: Path) -> Path:
+    """A research repository as users have them: its own ``bench`` and ``reports`` packages
+    (failing loudly if imported), its own ``methods`` package (no method registry in it), and a
+    method file that imports from that package and from locbench's public API."""
+    for package in ("methods", "bench", "reports"):
+        (tmp_path / package).mkdir()
+        write(tmp_path / package, "__init__.py", f"raise ImportError('their {package}')\n")
+    write(tmp_path / "methods", "__init__.py", "")
+    write(tmp_path / "methods", "heads.py", "WIDTH = 3\n")
+    write(
+        tmp_path,
+        "mine.py",
+        "from torch import nn\n\n"
+        "from locbench import Method\n"
+        "from methods.heads import WIDTH\n\n\n"
+        "class Mine(Method):\n"
+        "    def build_aux(self, backbone, cut):\n"
+        "        return nn.Sequential(\n"
+        "            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cut.shape[0], WIDTH),\n"
+        "            nn.Linear(WIDTH, 10),\n"
+        "        )\n",
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("launcher", ["python -m locbench", "locbench"])
+def test_locbench_runs_from_a_folder_with_its_own_methods_bench_and_reports(tmp_path, launcher):
+    folder = research_folder(tmp_path)
+    script = Path(sys.executable).parent / "locbench"
+    if launcher == "locbench" and not script.exists():
+        pytest.skip(f"no console script at {script}: install the package (pip install -e .)")
+    command = [sys.executable, "-m", "locbench"] if launcher != "locbench" else [str(script)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, *argv], capture_output=True, text=True, cwd=folder, env=env, timeout=120
+        )
+
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0] == "methods:  " + ", ".join(METHODS.names())
+    described = run(
+        "describe", "--method", "mine.py:Mine", "--net", "smallnet", "--K", "2", "--json"
+    )
+    assert described.returncode == 0, described.stderr
+    # Module 0's aux head is theirs, WIDTH = 3 from their own methods package.
+    module = json.loads(described.stdout)["modules"][0]
+    channels = module["output_shape"][0]
+    assert module["layers"] == [
+        "AdaptiveAvgPool2d",
+        "Flatten",
+        f"Linear({channels}->3)",
+        "Linear(3->10)",
+    ]
+
+
 def test_registered_name_gives_the_registered_class():
     assert resolve_method("dgl") is DGL
     assert resolve_method("bp") is METHODS.get("bp")
