@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from locbench.cli.main import main
-from locbench.data.base import DATASETS
+from locbench.data.catalog import DATASETS
 from locbench.methods import METHODS
 from locbench.nets.backbone import BACKBONES
 from locbench.study.presets import PRESETS

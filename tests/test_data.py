@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from locbench.data.base import DataRequest, fit_images, load_dataset
+from locbench.data.base import DataRequest, fit_images
+from locbench.data.catalog import load_dataset
 from locbench.errors import UserError
 
 
@@ -63,3 +64,41 @@ def test_unknown_dataset_lists_known():
         UserError, match="unknown dataset 'mnist'; known: cifar10, digits, imagenet, stl10"
     ):
         load_dataset("mnist", DataRequest((3, 8, 8), 8))
+
+
+def test_a_new_dataset_is_one_registration_carrying_classes_shape_and_preset(monkeypatch, tmp_path):
+    """The worked example of docs/architecture.md: a dataset is one ``register_dataset`` call
+    (in a module imported by locbench.data.catalog); a run of it gets its classes and preset."""
+    from locbench.data.base import DATASETS, in_memory_bundle, register_dataset
+    from locbench.harness.run import execute
+    from locbench.nets.backbone import get_backbone
+    from locbench.settings.run_config import RunConfig, TrainPreset
+
+    monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))  # undone after the test
+
+    @register_dataset(
+        "three-blobs", num_classes=3, image_shape=None, preset=TrainPreset(2, 16, 0.02, 0)
+    )
+    def three_blobs(request: DataRequest):
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(48) % 3
+        x = y[:, None, None, None] + torch.rand(48, *request.image_shape, generator=g)
+        return in_memory_bundle("three-blobs", x[:36], y[:36], x[36:], y[36:], 3, request)
+
+    record = execute(RunConfig(dataset="three-blobs", method="dgl", K=2, device="cpu"))
+    assert record.status == "ok", record.message
+    config = record.config
+    assert (config["epochs"], config["batch_size"], config["lr"]) == (2, 16, 0.02)
+    assert len(record.curve) == 2  # the preset's epochs
+    # The output head has the 3 classes the dataset gives: 7 x (64 features + 1) fewer
+    # parameters than smallnet's 10-class head.
+    ten_classes = get_backbone("smallnet", 10).num_params()
+    assert record.params_backbone == ten_classes - 7 * (64 + 1)
+
+
+def test_an_unknown_dataset_is_one_line_before_any_work():
+    from locbench.harness.build import resolve
+    from locbench.settings.run_config import RunConfig
+
+    with pytest.raises(UserError, match=r"^unknown dataset 'mnist'; known: cifar10, digits, "):
+        resolve(RunConfig(dataset="mnist"))

@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision import transforms
 
 from locbench.cli.main import main
-from locbench.data.base import DataRequest, load_dataset
-from locbench.data.catalog import DATASETS
+from locbench.data.base import DataRequest
+from locbench.data.catalog import DATASETS, load_dataset
 from locbench.errors import UserError
 from locbench.settings.run_config import TrainPreset
 from locbench.study.presets import PRESETS

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from locbench.cli.main import main
 from locbench.data import torchvision_sets as torchvision_data
-from locbench.data.base import DataRequest, load_dataset
+from locbench.data.base import DataRequest
+from locbench.data.catalog import load_dataset
 from locbench.data.tensor_loader import (
     Augment,
     ImageLoader,

@@ -13,7 +13,8 @@ import pytest
 import scipy.io
 import torch
 
-from locbench.data.base import DATASETS, DataRequest, load_dataset
+from locbench.data.base import DataRequest
+from locbench.data.catalog import DATASETS, load_dataset
 from locbench.errors import UserError
 
 N_TRAIN, N_TEST = 6, 4

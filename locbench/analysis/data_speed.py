@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from locbench.data.base import DataRequest, load_dataset
+from locbench.data.base import DataRequest
+from locbench.data.catalog import load_dataset
 from locbench.errors import UserError
 
 LOADERS = ("tensor", "torchvision")

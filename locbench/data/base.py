@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from locbench.errors import UserError
 from locbench.registry import Registry
-from locbench.settings.run_config import BY_NAME, TrainPreset
-from locbench.settings.schema import check
+from locbench.settings.run_config import TrainPreset
 
 Shape = tuple[int, ...]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -107,14 +106,6 @@ def register_dataset(
         return load
 
     return decorate
-
-
-def load_dataset(name: str, request: DataRequest) -> DataBundle:
-    """Dataset ``name`` (registered: import :mod:`locbench.data.catalog`) loaded for
-    ``request``."""
-    check(BY_NAME["batch_size"], request.batch_size, "--batch-size")  # the run setting's rule
-    check(BY_NAME["loader"], request.loader, "--loader")
-    return DATASETS.get(name).load(request)
 
 
 class TensorLoader:
