@@ -159,8 +159,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*SWEEP, "--executor", "slurm", "--slurm-time", "0"],
         ["--slurm-time must be an integer >= 1"],
     ),
-    "sweep workers 0": ([*SWEEP, "--workers", "0"], ["--workers must be at least 1"]),
-    "sweep workers -1": ([*SWEEP, "--workers", "-1"], ["--workers must be at least 1"]),
+    "sweep workers 0": ([*SWEEP, "--workers", "0"], ["--workers must be an integer >= 1, got 0"]),
+    "sweep workers -1": ([*SWEEP, "--workers", "-1"], ["--workers must be an integer >= 1"]),
+    "sweep workers text": ([*SWEEP, "--workers", "two"], ["--workers must be an integer >= 1"]),
     "sweep hp no method has": (
         [*SWEEP, "--methods", "bp", "--hp", "hidden_dim=64,128"],
         ["--hp hidden_dim: none of ['bp'] has a hyperparameter 'hidden_dim'"],

@@ -10,7 +10,8 @@ import pytest
 from page_records import RUNS, write_runs
 
 from locbench.records import load_results
-from locbench.reports.page import CHARTS, build_report
+from locbench.reports.charts import CHARTS
+from locbench.reports.page import build_report
 from locbench.reports.runs import (
     NOISY_FLAG,
     SHORT_FLAG,
@@ -67,7 +68,7 @@ def test_cpu_only_page_says_not_measured(tmp_path):
 
 def test_one_section_per_net_and_dataset_embedding_every_written_chart(built):
     _, page, out = built
-    written = [name for name, _ in CHARTS if (out / f"{name}.png").exists()]
+    written = [c.name for c in CHARTS if (out / f"{c.name}.png").exists()]
     sections = re.findall(r'<section id="([^"]+)">(.*?)</section>', page, re.S)
     assert [s for s, _ in sections] == ["section-resnet20-digits", "section-smallnet-digits"]
     charts = {s: re.findall(r'<figure data-chart="([^"]+)"', body) for s, body in sections}

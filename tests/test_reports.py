@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
+from locbench.cli.main import main
 from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.records import RunRecord, curves_frame, load_results, save_record, scan_records
 from locbench.reports.charts import (
+    CHARTS,
+    Chart,
     accuracy_memory_figure,
     curves_figure,
     memory_batch_figure,
@@ -524,6 +527,75 @@ def test_build_report_writes_everything(runs_dir, tmp_path):
     assert "CUDA out of memory" in page  # the failed runs are listed
     assert "Skipped files" not in page
     assert not plt.get_fignums()
+
+
+# ---------------------------------------------------------------- a chart added in one place
+
+
+def runs_per_method_figure(results: pd.DataFrame) -> plt.Figure | None:
+    """A chart a user adds: how many runs of each method the records hold."""
+    counts = results["config.method"].value_counts().sort_index()
+    if counts.empty:
+        return None
+    fig, ax = plt.subplots()
+    ax.bar(counts.index, counts.values)
+    return fig
+
+
+@pytest.fixture
+def runs_chart():
+    chart = CHARTS.add(
+        Chart(
+            "runs", "runs_per_method", "Runs per method",
+            lambda results, curves, estimates: runs_per_method_figure(results),
+        )
+    )  # fmt: skip
+    yield chart
+    CHARTS.remove("runs")
+
+
+def test_a_registered_chart_is_a_plot_kind_and_a_chart_of_the_report(
+    runs_chart, runs_dir, tmp_path, capsys
+):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", "--help"])
+    assert exit_.value.code == 0
+    help_lines = capsys.readouterr().out.splitlines()
+    assert "  runs             Runs per method" in help_lines
+    assert CHARTS.kinds()[-1] == "runs"
+
+    assert main(["plot", "runs", str(runs_dir), "--out", str(tmp_path / "plots")]) == 0
+    paths = [tmp_path / "plots" / f"runs_per_method.{ext}" for ext in ("png", "svg")]
+    assert capsys.readouterr().out.splitlines() == [str(p) for p in paths]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    fig = runs_chart.draw(load_results(runs_dir), pd.DataFrame(), None)
+    bars = {
+        t.get_text(): p.get_height()
+        for t, p in zip(fig.axes[0].get_xticklabels(), fig.axes[0].patches)
+    }
+    assert bars == {"auglocal": 4, "bp": 6, "dgl": 6, "infopro": 2, "predsim": 2}
+
+    page = build_report(runs_dir, tmp_path / "report").path.read_text()
+    assert '<figure data-chart="runs_per_method">' in page
+    assert "<figcaption>Runs per method (runs_per_method.png, runs_per_method.svg)" in page
+    assert (tmp_path / "report" / "runs_per_method.svg").exists()
+
+
+def test_an_unknown_plot_kind_lists_the_registered_ones(runs_chart, runs_dir, capsys):
+    assert main(["plot", "nope", str(runs_dir)]) == 2
+    assert capsys.readouterr().err == (
+        "locbench: error: unknown chart kind 'nope'; known: accuracy-memory, memory-k, "
+        "memory-batch, breakdown, modules, timeline, step-overhead, curves, runs\n"
+    )
+
+
+def test_a_chart_kind_or_file_name_registers_once(runs_chart):
+    with pytest.raises(ValueError, match="already registered"):
+        CHARTS.add(Chart("runs", "other", "x", runs_chart.draw))
+    with pytest.raises(ValueError, match="already registered"):
+        CHARTS.add(Chart("other", "runs_per_method", "x", runs_chart.draw))
+    assert "other" not in CHARTS.kinds()
 
 
 def test_build_report_skips_charts_without_data(tmp_path):

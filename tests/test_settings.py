@@ -255,15 +255,14 @@ def test_settings_take_dotted_paths_and_section_tables(tmp_path):
 )
 def test_the_executor_docs_show_their_generated_flag_tables(doc, prefix):
     from locbench.cli.settings_table import options_markdown
-    from locbench.study.executors.options import RayOptions, SlurmOptions
+    from locbench.study.executors.builtin import EXECUTORS
 
-    cls = {"slurm": SlurmOptions, "ray": RayOptions}[prefix]
     text = (REPO / doc).read_text()
     block = re.search(
         rf"<!-- {prefix}-options:start -->\n(.*?)\n<!-- {prefix}-options:end -->", text, re.S
     )
     assert block, f"{doc} lacks the {prefix}-options markers"
-    assert block.group(1) == options_markdown(cls, prefix), f"{doc}: the flag table is stale"
+    assert block.group(1) == options_markdown(EXECUTORS.get(prefix)), f"{doc}: the table is stale"
 
 
 def test_the_methods_page_shows_each_methods_generated_hyperparameter_table():

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,14 @@ from locbench.cli.main import main
 from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.harness.run import prepare
-from locbench.records import read_records
+from locbench.records import RunRecord, read_records
 from locbench.settings.run_config import RunConfig
+from locbench.settings.schema import setting
+from locbench.study.executors.base import ExecutorKind, RunExecutor, register_executor
+from locbench.study.executors.builtin import EXECUTORS
 from locbench.study.grid import Grid, load_grid
 from locbench.study.presets import PRESETS
-from locbench.study.sweep import finished_ids, resolved_id, sweep
+from locbench.study.sweep import finished_ids, keep_record, resolved_id, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"dataset": "synthetic", "epochs": 1, "warmup_steps": 1, "measure_steps": 2}
@@ -202,3 +206,101 @@ def test_a_remote_gpu_executor_plans_the_run_ids_its_runs_resolve_to(tmp_path):
     # a run started here still refuses CUDA it does not have, in one line
     with pytest.raises(UserError, match="CUDA is not available"):
         prepare(plan.todo[0][0])
+
+
+# ---------------------------------------------------------------- an executor added in one place
+
+
+@dataclass(frozen=True)
+class ToyOptions:
+    fail: str | None = setting(None, "a method whose runs the toy executor fails")
+
+
+class ToyExecutor(RunExecutor):
+    """Runs each configuration in this process without training: an ``ok`` record, or an
+    ``error`` one for the method of ``--toy-fail``."""
+
+    made: list["ToyExecutor"] = []  # every toy the CLI made, for the test to look at
+
+    def __init__(self, options: ToyOptions) -> None:
+        self.options, self.ran, self.closed = options, [], False
+        ToyExecutor.made.append(self)
+
+    def slots(self, todo: int) -> list[dict[str, str]]:
+        return [{}]
+
+    def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None:
+        failed = config.method == self.options.fail
+        record = resolve(config).record(
+            status="error" if failed else "ok",
+            message="the toy failed it" if failed else None,
+            K=config.K,
+        )
+        keep_record(record, out)
+        self.ran.append(config.method)
+        return record
+
+    def stop(self) -> int:
+        return 0
+
+    def kill(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def toy_executor():
+    kind = register_executor(
+        ExecutorKind("toy", "this process, no training", ToyOptions, ToyExecutor)
+    )
+    ToyExecutor.made.clear()
+    yield kind
+    EXECUTORS.remove("toy")
+
+
+def test_a_registered_executor_runs_a_sweep_from_the_cli(toy_executor, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["sweep", "--executor", "toy", "--methods", "bp,dgl", "--nets", "smallnet", "--K", "2",
+            "--dataset", "synthetic", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main([*argv, "--toy-fail", "dgl"]) == 0
+    assert capsys.readouterr().out == (
+        f"sweep: 2 configurations, 0 already done, 2 run, 1 failed; records in {out}\n"
+        "  failed: dgl smallnet: error, the toy failed it\n"
+    )
+    (toy,) = ToyExecutor.made
+    assert sorted(toy.ran) == ["bp", "dgl"] and toy.closed
+    records = {r.config["method"]: r for r in read_records(out)}
+    assert {m: (r.status, r.K) for m, r in records.items()} == {
+        "bp": ("ok", 2),
+        "dgl": ("error", 2),
+    }
+    assert {r.run_id for r in records.values()} == finished_ids(out)
+
+    # the same planning and counting as every sweep: resume, retry
+    assert main([*argv, "--retry-failed"]) == 0
+    assert capsys.readouterr().out == (
+        f"sweep: 2 configurations, 1 already done, 1 run (1 retried), 0 failed; records in {out}\n"
+    )
+    assert ToyExecutor.made[-1].ran == ["dgl"]
+    assert sorted(r.status for r in read_records(out)) == ["ok", "ok"]
+
+
+def test_a_registered_executor_has_its_flags_checks_and_help(toy_executor, tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    assert main(["sweep", "--toy-fail", "dgl", "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        "locbench: error: --toy-fail applies to --executor toy, not local\n"
+    )
+    assert main(["sweep", "--executor", "toy", "--workers", "2", "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        "locbench: error: --workers applies to --executor local, not toy\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--executor {local,ray,slurm,toy}" in help_text
+    assert "toy, this process, no training; default local" in help_text
+    assert "--toy-fail TOY_FAIL a method whose runs the toy executor fails;" in help_text
+    assert not ToyExecutor.made

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from locbench.settings.run_config import SPECS
 from locbench.settings.schema import SECTIONS, Spec, specs
+from locbench.study.executors.base import ExecutorKind
 
 HEADER = ("setting", "flag", "default", "accepted", "help")
 
@@ -64,16 +65,24 @@ def method_params_markdown(method: str) -> str:
     return _markdown(HEADER, [r for r in rows() if r[0].startswith(f"{method}.")])
 
 
-def options_markdown(cls: type, prefix: str) -> str:
-    """The ``--PREFIX-*`` flags of an executor's options (:mod:`locbench.study.executors.options`),
-    as
-    the docs show them."""
+def options_markdown(kind: ExecutorKind) -> str:
+    """The flags of a sweep executor's options (:mod:`locbench.study.executors.options`), as the
+    docs show them."""
     header = ("flag", "default", "accepted", "help")
-    body = [
-        (f"--{prefix}-{s.name.replace('_', '-')}", _default(s), s.accepted(), s.help)
-        for s in specs(cls)
-    ]
+    body = [(kind.flag(s), _default(s), s.accepted(), s.help) for s in specs(kind.options)]
     return _markdown(header, body, code=1)
+
+
+def executors_markdown() -> str:
+    """Every ``--executor`` and its flags, as docs/extending.md shows them."""
+    from locbench.study.executors.builtin import EXECUTORS
+
+    body = []
+    for name in EXECUTORS.names():
+        kind = EXECUTORS.get(name)
+        flags = ", ".join(f"`{kind.flag(s)}`" for s in specs(kind.options))
+        body.append((name, kind.help, kind.options.__name__, flags))
+    return _markdown(("executor", "what runs the configurations", "options", "flags"), body, 1)
 
 
 def _markdown(header: tuple[str, ...], body: list[tuple[str, ...]], code: int = 2) -> str:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +37,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from locbench.errors import UserError  # noqa: E402
 from locbench.reports.tables import (  # noqa: E402
     MIB,
     aux_depth,
@@ -756,3 +759,86 @@ def _series_label(method, depth, K=None) -> str:
     if not is_missing(depth):
         label += f" d={int(depth)}"
     return label
+
+
+# ---------------------------------------------------------------- the report's charts
+
+# What a chart draws from: the runs, their curves (one row per run and epoch) and estimate rows
+# (None, or those :func:`locbench.reports.page.build_report` was given).
+Draw = Callable[[pd.DataFrame, pd.DataFrame, "pd.DataFrame | None"], "plt.Figure | None"]
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart of the report, declared once: the report page, its files and ``locbench plot``
+    (its kinds, its ``--help``) read it from :data:`CHARTS`."""
+
+    kind: str  # ``locbench plot KIND``
+    name: str  # its files, NAME.png and NAME.svg, and its figure on the page
+    title: str  # one line: the page's caption and the kind's line in ``locbench plot --help``
+    draw: Draw  # (results, curves, estimates) -> the figure, or None without data
+
+
+class Charts:
+    """The report's charts by kind, in the order the page shows them (registration order)."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Chart] = {}
+
+    def add(self, chart: Chart) -> Chart:
+        for other in self._by_kind.values():
+            if chart.kind == other.kind or chart.name == other.name:
+                raise ValueError(f"chart {chart.kind!r} ({chart.name}) is already registered")
+        self._by_kind[chart.kind] = chart
+        return chart
+
+    def remove(self, kind: str) -> None:
+        """Unregister ``kind`` (a test's own chart); unknown kinds are ignored."""
+        self._by_kind.pop(kind, None)
+
+    def get(self, kind: str) -> Chart:
+        if kind not in self._by_kind:
+            raise UserError(f"unknown chart kind {kind!r}; known: {', '.join(self.kinds())}")
+        return self._by_kind[kind]
+
+    def kinds(self) -> list[str]:
+        return list(self._by_kind)
+
+    def __iter__(self) -> Iterator[Chart]:
+        return iter(list(self._by_kind.values()))
+
+
+CHARTS = Charts()
+# A new chart: its figure function (above, or in a module of its own) and one line here.
+CHARTS.add(Chart(
+    "accuracy-memory", "accuracy_vs_memory", "Test accuracy vs peak memory",
+    lambda results, curves, estimates: accuracy_memory_figure(results),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "memory-k", "memory_vs_K", "Peak memory vs K",
+    lambda results, curves, estimates: memory_k_figure(results),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "memory-batch", "memory_vs_batch", "Peak memory vs batch size",
+    lambda results, curves, estimates: memory_batch_figure(results, estimates),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "breakdown", "memory_breakdown", "Tracked peak memory by category",
+    lambda results, curves, estimates: breakdown_figure(results),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "modules", "module_memory", "Tracked peak memory per module",
+    lambda results, curves, estimates: module_memory_figure(results),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "timeline", "memory_timeline", "Live tracked memory over one training step",
+    lambda results, curves, estimates: timeline_figure(results),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "step-overhead", "step_overhead", "Step-time overhead vs BP",
+    lambda results, curves, estimates: step_overhead_figure(results),
+))  # fmt: skip
+CHARTS.add(Chart(
+    "curves", "curves", "Training curves",
+    lambda results, curves, estimates: None if curves.empty else curves_figure(curves, results),
+))  # fmt: skip

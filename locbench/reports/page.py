@@ -35,28 +35,6 @@ from locbench.reports.tables import (
     write_table,
 )
 
-CHARTS = (
-    ("accuracy_vs_memory", "Test accuracy vs peak memory"),
-    ("memory_vs_K", "Peak memory vs K"),
-    ("memory_vs_batch", "Peak memory vs batch size"),
-    ("memory_breakdown", "Tracked peak memory by category"),
-    ("module_memory", "Tracked peak memory per module"),
-    ("memory_timeline", "Live tracked memory over one training step"),
-    ("step_overhead", "Step-time overhead vs BP"),
-    ("curves", "Training curves"),
-)
-# `locbench plot KIND`: the kind of each chart (its file keeps the report's name)
-PLOT_KINDS = {
-    "accuracy-memory": "accuracy_vs_memory",
-    "memory-k": "memory_vs_K",
-    "memory-batch": "memory_vs_batch",
-    "breakdown": "memory_breakdown",
-    "modules": "module_memory",
-    "timeline": "memory_timeline",
-    "step-overhead": "step_overhead",
-    "curves": "curves",
-}
-
 STYLE = """\
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em;
   color: #222; line-height: 1.45; }
@@ -167,13 +145,13 @@ class Report:
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> Report:
     """Write the report of the run records in ``runs_dir`` into ``out_dir``: ``comparison.csv``,
-    ``comparison.md``, every chart of :data:`CHARTS` that has data as ``<name>.png`` and
+    ``comparison.md``, every chart of :data:`charts.CHARTS` that has data as ``<name>.png`` and
     ``<name>.svg``, and ``report.html`` (self-contained). ``estimates``: optional rows of
     :func:`locbench.analysis.estimate.estimate_methods` (a DataFrame or a list of dicts) drawn
     dashed in the memory vs batch size chart. Files that are not valid records (truncated, another
     schema, not a record) are left out, listed on the page and returned in :attr:`Report.skipped`.
 
-    The page has one section per net and dataset with every chart of :data:`CHARTS` that has
+    The page has one section per net and dataset with every chart of :data:`charts.CHARTS` that has
     data for it (the written chart when there is one section, else the chart of the section's
     runs alone), its runs in a table, and each run's configuration, curve and memory.
 
@@ -189,10 +167,10 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     write_table(table, out_dir / "comparison")
 
     written = {}
-    for name, _ in CHARTS:
-        fig = chart_figure(name, results, curves, estimates)
+    for chart in charts.CHARTS:
+        fig = chart.draw(results, curves, estimates)
         if fig is not None:
-            written[name] = charts.save(fig, out_dir / name)
+            written[chart.name] = charts.save(fig, out_dir / chart.name)
 
     sections = []
     for key, runs in sections_of(results):
@@ -246,17 +224,17 @@ def sections_of(results: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFra
 
 
 def section_charts(results: pd.DataFrame, curves: pd.DataFrame, estimates=None) -> dict:
-    """PNG bytes of every chart of :data:`CHARTS` that has data in ``results`` alone."""
+    """PNG bytes of every chart of :data:`charts.CHARTS` that has data in ``results`` alone."""
     pngs = {}
-    for name, _ in CHARTS:
-        fig = chart_figure(name, results, curves, estimates)
+    for chart in charts.CHARTS:
+        fig = chart.draw(results, curves, estimates)
         if fig is not None:
             buffer = io.BytesIO()
             try:
                 fig.savefig(buffer, format="png", dpi=120)
             finally:
                 charts.plt.close(fig)
-            pngs[name] = buffer.getvalue()
+            pngs[chart.name] = buffer.getvalue()
     return pngs
 
 
@@ -292,27 +270,6 @@ def load_runs(runs_dir: Path, what: str = "report") -> tuple[pd.DataFrame, pd.Da
             f"nothing to {what}"
         )
     return results_frame(records), curves_frame(records), skipped
-
-
-def chart_figure(name: str, results: pd.DataFrame, curves: pd.DataFrame, estimates=None):
-    """The figure of the chart ``name`` (one of :data:`CHARTS`), or ``None`` without data."""
-    if name == "accuracy_vs_memory":
-        return charts.accuracy_memory_figure(results)
-    if name == "memory_vs_K":
-        return charts.memory_k_figure(results)
-    if name == "memory_vs_batch":
-        return charts.memory_batch_figure(results, estimates)
-    if name == "memory_breakdown":
-        return charts.breakdown_figure(results)
-    if name == "module_memory":
-        return charts.module_memory_figure(results)
-    if name == "memory_timeline":
-        return charts.timeline_figure(results)
-    if name == "step_overhead":
-        return charts.step_overhead_figure(results)
-    if name == "curves":
-        return charts.curves_figure(curves, results) if not curves.empty else None
-    raise ValueError(f"unknown chart {name!r}")
 
 
 def render_page(
@@ -469,7 +426,7 @@ def render_section(
 ) -> str:
     """One net and dataset: its charts, its runs' table and every run's details. ``several``:
     the page has other sections (its charts are of this section's runs alone)."""
-    titles = dict(CHARTS)
+    titles = {chart.name: chart.title for chart in charts.CHARTS}
     runs = section.runs
     parts = [
         f'<section id="{section.anchor}">',

@@ -1,36 +1,31 @@
-"""``locbench sweep``: a grid of runs, each in its own process, resumable, never losing a row.
+"""``locbench sweep``: a grid of runs, resumable, never losing a row, whatever executes it.
 
 * The grid is methods x nets x K x auxiliary depth x batch size x seeds, over shared run
   settings (dataset, epochs, ...), from flags, a preset (:mod:`locbench.study.presets`) or a TOML
   file. Auxiliary depth applies only to methods that have a ``depth`` parameter (AugLocal).
-* Every run is a child process (``python -m locbench.study.executors.worker``): CUDA peaks start
-clean, and a
-  crash takes down one run, not the sweep. N workers run at once: one per visible GPU (each
-  child sees only its own), or N CPU processes sharing the cores.
+* :func:`plan_sweep` resolves and checks every configuration before anything runs and lists
+  those that need a run; an executor (:mod:`locbench.study.executors`: local processes, Ray
+  tasks, SLURM jobs) runs them, and every sweep counts them in one :class:`SweepResult`.
 * A configuration is known by its run id (the hash of its resolved configuration, ending its
   record's file name); one run id has one record file. A configuration with a record is
-  skipped, so a sweep started again runs each configuration once. A child that dies without
-  writing its record (killed, segfault) leaves an ``error`` row with ``worker_died`` set, written
-  by the sweep; the next sweep runs that configuration again (and, with ``retry_failed``, every
-  configuration whose record is not ``ok``), replacing the row.
+  skipped, so a sweep started again runs each configuration once. A run whose process died
+  without writing its record (killed, segfault) leaves an ``error`` row with ``worker_died``
+  set, written by the sweep; the next sweep runs that configuration again (and, with
+  ``retry_failed``, every configuration whose record is not ``ok``), replacing the row.
 * Sweeps on the same ``--out`` (other processes, other machines on a shared filesystem) share
   the work: a sweep claims a configuration before running it by creating
   ``OUT/.claims/<run_id>.claim`` exclusively, keeps the claim's mtime fresh while it runs and
   removes it once the record is written. A claim whose owner is gone is taken over
   (:mod:`locbench.study.claims`).
-* SIGINT or SIGTERM stops the sweep: its workers get SIGTERM (SIGKILL after
-  :data:`TERM_GRACE_S`), the configurations they were running get no record (so they run on
-  resume), and :func:`sweep` raises :class:`KeyboardInterrupt`.
+* SIGINT or SIGTERM stops the sweep (:func:`run_plan`): its runs are asked to stop (SIGKILL
+  after :data:`TERM_GRACE_S`), the configurations they were running get no record (so they
+  run on resume), and :func:`sweep` raises :class:`KeyboardInterrupt`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,34 +33,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, resolve
-from locbench.records import RunRecord, check_out_dir, read_record, save_record
+from locbench.records import RunRecord, check_out_dir, save_record
 from locbench.settings.run_config import RunConfig
 from locbench.study.claims import CLAIMS, Claims
 from locbench.study.grid import Grid
 
+if TYPE_CHECKING:  # the executors' modules import this one
+    from locbench.study.executors.base import Executor, RunExecutor
+
 TERM_GRACE_S = 10.0  # after SIGTERM, how long an interrupted sweep waits before SIGKILL
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Any:
-    # Looked up here, once: the child runs it between fork and exec, where loading a library
-    # (or importing) could deadlock on a lock another thread of the sweep held at fork time.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
 
 
 def record_files(out: Path, run_id: str) -> list[Path]:
@@ -153,6 +133,14 @@ class SweepResult:
     claimed: int = 0  # being run by another sweep on the same --out: left to it
     retried: int = 0  # of ``ran``: had a record before (a died worker, or retry_failed)
 
+    def add_run(self, config: RunConfig, record: RunRecord, seen: Existing) -> None:
+        """Count one configuration this sweep ran, by its record (``seen``: what ``out`` held
+        for it when planned)."""
+        self.ran += 1
+        self.retried += int(seen.status is not None)
+        if record.status != "ok":
+            self.failed.append(f"{config.method} {config.net}: {record.status}, {record.message}")
+
     def summary(self, out: Path | str) -> str:
         """The sweep's one-line summary, e.g. for the CLI."""
         retried = f" ({self.retried} retried)" if self.retried else ""
@@ -161,191 +149,6 @@ class SweepResult:
             f"sweep: {self.total} configurations, {self.skipped} already done, "
             f"{self.ran} run{retried}, {len(self.failed)} failed{claimed}; records in {out}"
         )
-
-
-def worker_slots(workers: int, gpus: int) -> list[dict[str, str]]:
-    """The environment of each worker slot: one GPU each on a GPU machine; else the CPU cores
-    shared out (torch's thread count) so N processes don't oversubscribe them."""
-    if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(min(workers, gpus))]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(workers)]
-
-
-def _child_setup(parent: int) -> None:
-    # Runs in the child between fork and exec: nothing here may import or allocate much.
-    # Its own process group: a Ctrl-C at the terminal reaches the sweep, which stops its
-    # workers itself (and knows it did) instead of every worker dying on its own.
-    os.setpgid(0, 0)
-    if _PRCTL is not None:
-        # Linux: the child gets SIGKILL when the sweep dies, so no orphan writes a record later.
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the sweep died before the line above took effect
-            os._exit(1)
-
-
-class _Children:
-    """The worker processes running now, and whether the sweep is stopping."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.running: set[subprocess.Popen] = set()
-        self.stopping = False
-
-    def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
-        with self.lock:  # checked under the lock: a stop never misses a child started now
-            if self.stopping:
-                return None
-            proc = subprocess.Popen(
-                command,
-                env={**os.environ, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-                preexec_fn=functools.partial(_child_setup, os.getpid()),
-            )
-            self.running.add(proc)
-            return proc
-
-    def done(self, proc: subprocess.Popen) -> bool:
-        """Forget ``proc``; True if the sweep was stopping when it ended."""
-        with self.lock:
-            self.running.discard(proc)
-            return self.stopping
-
-    def stop(self) -> list[subprocess.Popen]:
-        with self.lock:
-            self.stopping = True
-            return list(self.running)
-
-
-def _signal_each(procs: list[subprocess.Popen], sig: int) -> None:
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)  # no-op once reaped: never hits a recycled pid
-
-
-def _died_message(returncode: int, stderr: str) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        how = f"killed by {name} (exit status {returncode})"
-    else:
-        how = f"exited with status {returncode}"
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    last = f": {lines[-1]}" if lines else ""
-    return f"worker {how} without writing its record{last}"
-
-
-class Executor(Protocol):
-    """Where a sweep's runs execute. The sweep plans, claims, counts and keeps one record per
-    run id; an executor only runs one configuration at a time per slot.
-
-    Guarantees the sweep relies on: :meth:`run` returns the run's record, already written to
-    ``out`` as its run id's only record file (or a ``worker_died`` row when the process running
-    it died), or None when :meth:`stop` was called while it ran (nothing written; the
-    configuration runs on resume)."""
-
-    #: The device its runs get for ``device = "auto"`` when they run elsewhere ("cuda" or
-    #: "cpu"); None when they run on this machine.
-    device: str | None
-
-    def slots(self, todo: int) -> list[dict[str, str]]:
-        """The runs to keep going at once (at most ``todo``), each with its environment."""
-        ...
-
-    def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None: ...
-
-    def stop(self) -> int:
-        """Ask every running run to stop; how many were running."""
-        ...
-
-    def kill(self) -> None:
-        """Stop them at once (the grace period is over, or a second signal came)."""
-        ...
-
-    def close(self) -> None:
-        """Release what the executor started (called once, after the last run)."""
-        ...
-
-
-class LocalExecutor:
-    """Each run a child process (``python -m locbench.study.executors.worker``) of this machine:
-    one per visible
-    GPU, or ``workers`` CPU processes sharing the cores (:func:`worker_slots`)."""
-
-    device = None  # runs here: "auto" is this machine's device
-
-    def __init__(self, workers: int = 1) -> None:
-        if workers < 1:
-            raise UserError(f"--workers must be at least 1, got {workers}")
-        self.workers = workers
-        self.children = _Children()
-        self._stopped: list[subprocess.Popen] = []
-
-    def slots(self, todo: int) -> list[dict[str, str]]:
-        import torch
-
-        return worker_slots(self.workers, torch.cuda.device_count())[: max(1, todo)]
-
-    def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None:
-        return run_child(config, out, slot, self.children)
-
-    def stop(self) -> int:
-        self._stopped = self.children.stop()
-        _signal_each(self._stopped, signal.SIGTERM)
-        return len(self._stopped)
-
-    def kill(self) -> None:
-        _signal_each(self._stopped, signal.SIGKILL)
-
-    def close(self) -> None:
-        pass
-
-
-def run_child(
-    config: RunConfig, out: Path, env: dict[str, str], children: _Children | None = None
-) -> RunRecord | None:
-    """Run one configuration in a child process and return its record: the child's own, or a
-    ``worker_died`` ``error`` row written here if it died without writing one. Older records
-    of the run id are removed once the new one is in place. None when the sweep stopped the
-    child (``children.stopping``): nothing is written."""
-    children = children or _Children()
-    run = resolve(config)
-    run_id = run.run_id
-    before = {_stat_key(p) for p in record_files(out, run_id)}
-    command = [
-        sys.executable,
-        "-m",
-        "locbench.study.executors.worker",
-        json.dumps(config.to_dict()),
-        str(out),
-    ]
-    started_at = now_utc()
-    t0 = time.perf_counter()
-    proc = children.start(command, env)
-    if proc is None:
-        return None
-    try:
-        _, stderr = proc.communicate()
-    finally:
-        stopping = children.done(proc)
-    fresh = [p for p in record_files(out, run_id) if _stat_key(p) not in before]
-    if fresh:  # the worker wrote its record (also if it was stopped right after)
-        newest = max(fresh, key=lambda p: (p.stat().st_mtime_ns, p.name))
-        keep_only(out, run_id, newest)
-        return read_record(newest)
-    if stopping:
-        return None
-    record = died_record(
-        run, _died_message(proc.returncode, stderr), started_at, time.perf_counter() - t0
-    )
-    keep_only(out, run_id, save_record(record, out))
-    return record
 
 
 def now_utc() -> str:
@@ -386,7 +189,7 @@ class _State:
 
     out: Path
     claims: Claims
-    executor: Executor
+    executor: RunExecutor
     retry_failed: bool
     bar: Any  # a tqdm bar
     result: SweepResult
@@ -424,19 +227,16 @@ class _State:
             self.claims.release(run_id)
         if record is None:  # stopped: no record, it runs again on resume
             return
-        failed = []
-        if record.status != "ok":
-            failed = [f"{config.method} {config.net}: {record.status}, {record.message}"]
-        self.count(ran=1, retried=int(seen.status is not None), failed=failed)
+        self.count(ran=(config, record, seen))
 
-    def count(
-        self, skipped: int = 0, ran: int = 0, claimed: int = 0, retried: int = 0, failed=()
-    ) -> None:
+    def count(self, skipped: int = 0, claimed: int = 0, ran: tuple | None = None) -> None:
+        """Count one configuration: skipped, claimed, or ``ran`` (see
+        :meth:`SweepResult.add_run`)."""
         with self.lock:
-            r = self.result
-            r.skipped, r.ran, r.claimed = r.skipped + skipped, r.ran + ran, r.claimed + claimed
-            r.retried += retried
-            r.failed.extend(failed)
+            self.result.skipped += skipped
+            self.result.claimed += claimed
+            if ran is not None:
+                self.result.add_run(*ran)
             self.bar.update(1)
 
 
@@ -462,8 +262,9 @@ def plan_sweep(
     record but ``ok``. Clears claims left by sweeps that died.
 
     ``device``: where the runs execute when that is not this machine (a remote executor's
-    :attr:`Executor.device`): configurations with device ``auto`` get it, so that the run id
-    planned here is the one the remote run resolves to. None: they run here."""
+    :attr:`~locbench.study.executors.base.Executor.device`): configurations with device
+    ``auto`` get it, so that the run id planned here is the one the remote run resolves to.
+    None: they run here."""
     from locbench.harness.environment import check_device
     from locbench.harness.run import prepare  # noqa: F401 - fail fast on an unknown method/net below
 
@@ -507,18 +308,22 @@ def sweep(
     """Run every configuration of ``grid`` that has no record in ``out`` yet, or whose record
     is a died worker's row (with ``retry_failed``: any record but ``ok``), unless another sweep
     is running it. ``executor``: where the runs execute (default: ``workers`` local
-    processes). Raises KeyboardInterrupt after stopping cleanly on SIGINT or SIGTERM."""
-    executor = executor or LocalExecutor(workers)
+    processes); it gets the plan and is closed after it. Raises KeyboardInterrupt after
+    stopping cleanly on SIGINT or SIGTERM."""
+    if executor is None:
+        from locbench.study.executors.local import LocalExecutor
+
+        executor = LocalExecutor(workers)
     try:
         plan = plan_sweep(grid, out, retry_failed, device=executor.device)
-        return run_plan(plan, executor, progress)
+        return executor.execute(plan, progress)
     finally:
         executor.close()
 
 
-def run_plan(plan: SweepPlan, executor: Executor, progress: bool = True) -> SweepResult:
-    """Run a plan's configurations on ``executor``: each claimed, run, counted (see
-    :func:`sweep`)."""
+def run_plan(plan: SweepPlan, executor: RunExecutor, progress: bool = True) -> SweepResult:
+    """Run a plan's configurations on ``executor``, a slot at a time: each claimed, run,
+    counted (see :func:`sweep`)."""
     from tqdm import tqdm
 
     out, todo, result = plan.out, plan.todo, plan.result()

@@ -1,20 +1,25 @@
-"""Settings of the sweep executors beyond this machine (Ray, SLURM through submitit),
-declared once with :func:`locbench.settings.schema.setting`: their ``--ray-*`` and ``--slurm-*``
-flags
-are generated from these fields (:func:`add_option_flags`)."""
+"""Settings of the sweep executors (local processes, Ray, SLURM through submitit), declared once
+with :func:`locbench.settings.schema.setting`: their flags (``--workers``, ``--ray-*``,
+``--slurm-*``), their checks and the docs' tables are generated from these fields, through each
+executor's :class:`locbench.study.executors.base.ExecutorKind`."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 from locbench.errors import UserError
-from locbench.settings.schema import convert, setting, specs
+from locbench.settings.schema import setting
 
-EXECUTORS = ("local", "ray", "slurm")
+
+@dataclass(frozen=True)
+class LocalOptions:
+    workers: int = setting(
+        1,
+        "--executor local: runs at once (one per GPU, or CPU processes sharing the cores)",
+        low=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -53,42 +58,6 @@ class SlurmOptions:
     detach: bool = setting(
         False, "submit and return; `locbench sweep --status --out DIR` follows the jobs"
     )
-
-
-def add_option_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
-    """``--PREFIX-FIELD`` for every field of ``cls`` (dest ``PREFIX_FIELD``)."""
-    for spec in specs(cls):
-        shown = "none" if spec.default is None else str(spec.default)
-        flag = f"--{prefix}-{spec.name.replace('_', '-')}"
-        help_text = f"{spec.help}; {spec.accepted()}; default {shown}"
-        if spec.base is bool:
-            parser.add_argument(
-                flag, dest=f"{prefix}_{spec.name}", default=None, action="store_true",
-                help=help_text,
-            )  # fmt: skip
-        else:
-            parser.add_argument(flag, dest=f"{prefix}_{spec.name}", default=None, help=help_text)
-
-
-def options_from_args(args: argparse.Namespace, cls: type, prefix: str) -> Any:
-    """The ``cls`` the ``--PREFIX-*`` flags describe, each value converted and checked."""
-    values = vars(args)
-    given = {}
-    for spec in specs(cls):
-        value = values.get(f"{prefix}_{spec.name}")
-        if value is not None:
-            flag = f"--{prefix}-{spec.name.replace('_', '-')}"
-            given[spec.name] = convert(spec, value, flag)
-    return cls(**given)
-
-
-def given_option_flags(args: argparse.Namespace, prefix: str) -> list[str]:
-    """The ``--PREFIX-*`` flags given on the command line."""
-    return [
-        "--" + k.replace("_", "-")
-        for k, v in vars(args).items()
-        if k.startswith(prefix + "_") and v not in (None, False)
-    ]
 
 
 def import_extra(module: str, extra: str, what: str) -> ModuleType:

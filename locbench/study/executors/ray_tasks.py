@@ -23,6 +23,7 @@ from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.records import RunRecord
 from locbench.settings.run_config import RunConfig
+from locbench.study.executors.base import ExecutorKind, RunExecutor, register_executor
 from locbench.study.executors.options import RayOptions, import_extra
 from locbench.study.sweep import died_record, keep_record, now_utc
 
@@ -39,7 +40,7 @@ def locbench_run(config: dict, threads: int) -> dict:
     return dataclasses.asdict(run_config(RunConfig.from_dict(config)))
 
 
-class RayExecutor:
+class RayExecutor(RunExecutor):
     """Runs a sweep's configurations as Ray tasks, each in a fresh worker process
     (``max_calls=1``: clean CUDA peaks, as the local executor's one process per run)."""
 
@@ -158,3 +159,10 @@ def _one_line(e: BaseException) -> str:
         e = cause
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+register_executor(
+    ExecutorKind(
+        "ray", "Ray tasks, on a Ray started for the sweep or a cluster", RayOptions, RayExecutor
+    )
+)

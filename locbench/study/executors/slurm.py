@@ -4,15 +4,15 @@ Unlike the local and Ray executors, the jobs outlive the process that submitted 
 sweep keeps what it submitted in a ledger, ``OUT/.slurm/jobs.json`` (run id -> job id, cluster,
 submitit folder, configuration, submission time), and works from it and the records:
 
-* A sweep plans as the local one does (:func:`locbench.study.sweep.plan_sweep`), then submits every
-  configuration to run as ONE job array, except those whose ledger job is still pending or
-  running, or that another sweep holds a live claim on (counted as ``claimed``).
-* Each job (:func:`run_job`) claims its run id (:class:`locbench.study.claims.Claims`, the claim
-naming
-  the job), runs the configuration as ``locbench.study.executors.worker`` does, writes its record on
-  the shared
-  --out and releases the claim. A job whose configuration another sweep claimed, or ran
-  meanwhile, ends without running it.
+* A sweep plans as every sweep does (:func:`locbench.study.sweep.plan_sweep`), then
+  :class:`SlurmExecutor` submits every configuration to run as ONE job array, except those
+  whose ledger job is still pending or running, or that another sweep holds a live claim on
+  (counted as ``claimed``). Each ended job is counted as every sweep counts its runs
+  (:meth:`locbench.study.sweep.SweepResult.add_run`).
+* Each job (:func:`run_job`) claims its run id (:class:`locbench.study.claims.Claims`, the
+  claim naming the job), runs the configuration as ``locbench.study.executors.worker`` does,
+  writes its record on the shared --out and releases the claim. A job whose configuration
+  another sweep claimed, or ran meanwhile, ends without running it.
 * Unless ``detach``, the sweep then waits, polling the job states (``squeue``: SLURM's
   accounting, which submitit's own states rely on through ``sacct``, is often not there). A job
   that ended without a record (killed, cancelled, timed out, node failure) gets a
@@ -45,16 +45,16 @@ from locbench.harness.build import resolve
 from locbench.records import read_record
 from locbench.settings.run_config import RunConfig
 from locbench.study.claims import Claims
+from locbench.study.executors.base import ExecutorKind, register_executor
 from locbench.study.executors.options import SlurmOptions, import_extra
-from locbench.study.grid import Grid
 from locbench.study.sweep import (
     Existing,
+    SweepPlan,
     SweepResult,
     died_record,
     existing,
     keep_record,
     now_utc,
-    plan_sweep,
     record_files,
 )
 
@@ -183,8 +183,8 @@ class JobClaims(Claims):
 
 def run_job(config: dict, out: str, snapshot: frozenset, retry_failed: bool) -> str:
     """One job of the array (pickled by reference, run by submitit): claim the configuration,
-    run it as ``locbench.study.executors.worker`` does, write its record, release the claim. Returns
-    what it did:
+    run it as ``locbench.study.executors.worker`` does, write its record, release the claim.
+    Returns what it did:
     ``claimed`` (another sweep runs it), ``skipped`` (someone ran it meanwhile), ``interrupted``
     (SIGINT or SIGTERM: scancel, the time limit; no record) or the record's status."""
     from locbench.study.executors import worker
@@ -271,44 +271,49 @@ def submit(
     return jobs
 
 
-def sweep_slurm(
-    grid: Grid,
-    out: Path,
-    options: SlurmOptions,
-    progress: bool = True,
-    retry_failed: bool = False,
-) -> SweepResult:
-    """Run every configuration of ``grid`` that needs a run (as :func:`locbench.study.sweep.sweep`
-    decides) as SLURM jobs of one array, then wait for them unless ``options.detach`` (see the
-    module's docstring). Raises KeyboardInterrupt on Ctrl-C while waiting; the jobs run on."""
-    import_extra("submitit", "slurm", "--executor slurm")
-    # A job gets the GPUs it asks for, wherever it runs: "auto" resolves to that device here
-    # (a login node without GPUs included), so the run ids planned here are the jobs' own.
-    plan = plan_sweep(grid, out, retry_failed, device="cuda" if options.gpus_per_task else "cpu")
-    out, result = plan.out, plan.result()
-    ledger = Ledger(out).read()
-    known = [ledger[run_id] for _, run_id, _ in plan.todo if run_id in ledger]
-    states = job_states(known) if known else {}
-    claims = JobClaims(out, {job.tag for job in known if not is_live(job, states)})
-    todo = []
-    for config, run_id, seen in plan.todo:
-        job = ledger.get(run_id)
-        if (job is not None and is_live(job, states)) or claims.held_elsewhere(run_id):
-            result.claimed += 1  # its job is queued or running: left to it
-        else:
-            todo.append((config, run_id, seen))
-    if not todo:
+class SlurmExecutor:
+    """Runs a sweep's plan as SLURM jobs of one array (see the module's docstring). Not a
+    :class:`~locbench.study.executors.base.RunExecutor`: the jobs outlive the sweep and claim
+    their own configurations, so the sweep submits them all at once and then only waits."""
+
+    def __init__(self, options: SlurmOptions) -> None:
+        import_extra("submitit", "slurm", "--executor slurm")
+        self.options = options
+        # A job gets the GPUs it asks for, wherever it runs: "auto" resolves to that device
+        # here (a login node without GPUs included), so the run ids planned are the jobs' own.
+        self.device = "cuda" if options.gpus_per_task else "cpu"
+
+    def execute(self, plan: SweepPlan, progress: bool) -> SweepResult:
+        """Submit every configuration of ``plan`` that needs a run and has no live job or
+        claim, as one array; wait for the jobs unless ``detach``. Raises KeyboardInterrupt on
+        Ctrl-C while waiting; the jobs run on."""
+        out, result = plan.out, plan.result()
+        ledger = Ledger(out).read()
+        known = [ledger[run_id] for _, run_id, _ in plan.todo if run_id in ledger]
+        states = job_states(known) if known else {}
+        claims = JobClaims(out, {job.tag for job in known if not is_live(job, states)})
+        todo = []
+        for config, run_id, seen in plan.todo:
+            job = ledger.get(run_id)
+            if (job is not None and is_live(job, states)) or claims.held_elsewhere(run_id):
+                result.claimed += 1  # its job is queued or running: left to it
+            else:
+                todo.append((config, run_id, seen))
+        if not todo:
+            return result
+        jobs = submit(todo, out, self.options, plan.retry_failed)
+        if self.options.detach:
+            result.ran = len(jobs)  # submitted; their outcomes are for --status
+            return result
+        try:
+            _wait(jobs, {run_id: (c, seen) for c, run_id, seen in todo}, out, result, progress)
+        except KeyboardInterrupt:
+            print(_interrupted_line(jobs, out), file=sys.stderr, flush=True)
+            raise
         return result
-    jobs = submit(todo, out, options, retry_failed)
-    if options.detach:
-        result.ran = len(jobs)  # submitted; their outcomes are for --status
-        return result
-    try:
-        _wait(jobs, {run_id: (c, seen) for c, run_id, seen in todo}, out, result, progress)
-    except KeyboardInterrupt:
-        print(_interrupted_line(jobs, out), file=sys.stderr, flush=True)
-        raise
-    return result
+
+    def close(self) -> None:
+        pass  # the jobs are SLURM's: nothing of theirs to release here
 
 
 def _wait(
@@ -346,7 +351,6 @@ def _account(
 ) -> None:
     """Count one ended job: the record it wrote, or else a ``worker_died`` row written here."""
     now = existing(out, job.run_id)
-    what = f"{config.method} {config.net}"
     if now.snapshot == seen.snapshot:  # nothing new: the job wrote no record
         claims = JobClaims(out, {job.tag})
         if not claims.acquire(job.run_id):  # another sweep runs it now
@@ -370,10 +374,7 @@ def _account(
             claims.release(job.run_id)
     else:
         record = read_record(record_files(out, job.run_id)[-1])
-    result.ran += 1
-    result.retried += int(seen.status is not None)
-    if record.status != "ok":
-        result.failed.append(f"{what}: {record.status}, {record.message}")
+    result.add_run(config, record, seen)
 
 
 def _kind(job: LedgerJob) -> str:
@@ -428,3 +429,8 @@ def _interrupted_line(jobs: list[LedgerJob], out: Path) -> str:
         f"locbench: stopped waiting; the SLURM jobs keep running: {follow}, cancel them with "
         f"`scancel {' '.join(arrays)}`"
     )
+
+
+register_executor(
+    ExecutorKind("slurm", "SLURM jobs of one array, through submitit", SlurmOptions, SlurmExecutor)
+)

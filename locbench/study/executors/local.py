@@ -1,0 +1,212 @@
+"""``locbench sweep --executor local`` (the default): each run a child process of this machine,
+``python -m locbench.study.executors.worker``, so that CUDA peaks start clean and a crash takes
+down one run, not the sweep. N workers run at once: one per visible GPU (each child sees only
+its own), or N CPU processes sharing the cores. A child that dies without writing its record
+(killed, segfault) leaves a ``worker_died`` ``error`` row, written here; one stopped by the
+sweep (SIGTERM, then SIGKILL) leaves nothing, so that its configuration runs on resume."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from locbench.harness.build import resolve
+from locbench.records import RunRecord, read_record, save_record
+from locbench.settings.run_config import RunConfig
+from locbench.settings.schema import check, specs
+from locbench.study.executors.base import ExecutorKind, RunExecutor, register_executor
+from locbench.study.executors.options import LocalOptions
+from locbench.study.sweep import (
+    _stat_key,
+    died_record,
+    keep_only,
+    now_utc,
+    record_files,
+)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    # Looked up here, once: the child runs it between fork and exec, where loading a library
+    # (or importing) could deadlock on a lock another thread of the sweep held at fork time.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def worker_slots(workers: int, gpus: int) -> list[dict[str, str]]:
+    """The environment of each worker slot: one GPU each on a GPU machine; else the CPU cores
+    shared out (torch's thread count) so N processes don't oversubscribe them."""
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(min(workers, gpus))]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(workers)]
+
+
+def _child_setup(parent: int) -> None:
+    # Runs in the child between fork and exec: nothing here may import or allocate much.
+    # Its own process group: a Ctrl-C at the terminal reaches the sweep, which stops its
+    # workers itself (and knows it did) instead of every worker dying on its own.
+    os.setpgid(0, 0)
+    if _PRCTL is not None:
+        # Linux: the child gets SIGKILL when the sweep dies, so no orphan writes a record later.
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the sweep died before the line above took effect
+            os._exit(1)
+
+
+class _Children:
+    """The worker processes running now, and whether the sweep is stopping."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+        with self.lock:  # checked under the lock: a stop never misses a child started now
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                preexec_fn=functools.partial(_child_setup, os.getpid()),
+            )
+            self.running.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen) -> bool:
+        """Forget ``proc``; True if the sweep was stopping when it ended."""
+        with self.lock:
+            self.running.discard(proc)
+            return self.stopping
+
+    def stop(self) -> list[subprocess.Popen]:
+        with self.lock:
+            self.stopping = True
+            return list(self.running)
+
+
+def _signal_each(procs: list[subprocess.Popen], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)  # no-op once reaped: never hits a recycled pid
+
+
+def _died_message(returncode: int, stderr: str) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        how = f"killed by {name} (exit status {returncode})"
+    else:
+        how = f"exited with status {returncode}"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = f": {lines[-1]}" if lines else ""
+    return f"worker {how} without writing its record{last}"
+
+
+class LocalExecutor(RunExecutor):
+    """Each run a child process (``python -m locbench.study.executors.worker``) of this machine:
+    one per visible GPU, or ``workers`` CPU processes sharing the cores (:func:`worker_slots`)."""
+
+    device = None  # runs here: "auto" is this machine's device
+
+    def __init__(self, workers: int = 1) -> None:
+        check(WORKERS, workers, KIND.flag(WORKERS))  # the flag's rule, for API callers too
+        self.workers = workers
+        self.children = _Children()
+        self._stopped: list[subprocess.Popen] = []
+
+    def slots(self, todo: int) -> list[dict[str, str]]:
+        import torch
+
+        return worker_slots(self.workers, torch.cuda.device_count())[: max(1, todo)]
+
+    def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None:
+        return run_child(config, out, slot, self.children)
+
+    def stop(self) -> int:
+        self._stopped = self.children.stop()
+        _signal_each(self._stopped, signal.SIGTERM)
+        return len(self._stopped)
+
+    def kill(self) -> None:
+        _signal_each(self._stopped, signal.SIGKILL)
+
+
+def run_child(
+    config: RunConfig, out: Path, env: dict[str, str], children: _Children | None = None
+) -> RunRecord | None:
+    """Run one configuration in a child process and return its record: the child's own, or a
+    ``worker_died`` ``error`` row written here if it died without writing one. Older records
+    of the run id are removed once the new one is in place. None when the sweep stopped the
+    child (``children.stopping``): nothing is written."""
+    children = children or _Children()
+    run = resolve(config)
+    run_id = run.run_id
+    before = {_stat_key(p) for p in record_files(out, run_id)}
+    command = [
+        sys.executable,
+        "-m",
+        "locbench.study.executors.worker",
+        json.dumps(config.to_dict()),
+        str(out),
+    ]
+    started_at = now_utc()
+    t0 = time.perf_counter()
+    proc = children.start(command, env)
+    if proc is None:
+        return None
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        stopping = children.done(proc)
+    fresh = [p for p in record_files(out, run_id) if _stat_key(p) not in before]
+    if fresh:  # the worker wrote its record (also if it was stopped right after)
+        newest = max(fresh, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        keep_only(out, run_id, newest)
+        return read_record(newest)
+    if stopping:
+        return None
+    record = died_record(
+        run, _died_message(proc.returncode, stderr), started_at, time.perf_counter() - t0
+    )
+    keep_only(out, run_id, save_record(record, out))
+    return record
+
+
+(WORKERS,) = specs(LocalOptions)
+KIND = register_executor(
+    ExecutorKind(
+        "local",
+        "processes of this machine",
+        LocalOptions,
+        lambda options: LocalExecutor(options.workers),
+        prefix="",  # --workers
+    )
+)
