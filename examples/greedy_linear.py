@@ -18,10 +18,10 @@ a method in a package instead, declare it in that package's ``pyproject.toml``::
     [project.entry-points."locbench.methods"]
     greedy-linear = "mypkg.greedy_linear:GreedyLinear"
 
-and run it with ``--method greedy-linear``. Only ``locbench`` (its public API) and torch are imported:
-that is the whole contract a method needs (see ``locbench/methods/base.py``). A method file may also
-import modules of its own that sit beside it (``import my_heads`` for ``my_heads.py`` in the
-same folder): the folder is on ``sys.path`` while the file is imported.
+and run it with ``--method greedy-linear``. Only ``locbench`` (its public API) and torch are
+imported: that is the whole contract a method needs (see ``locbench/methods/base.py``). A method
+file may also import modules of its own that sit beside it (``import my_heads`` for
+``my_heads.py`` in the same folder): the folder is on ``sys.path`` while the file is imported.
 
 Hooks see where training is through ``batch.step`` (:class:`~locbench.methods.base.StepContext`:
 ``global_step``, ``epoch``, ``steps_per_epoch``, ``total_steps``, ``lr``), e.g. to anneal a

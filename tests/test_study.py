@@ -33,9 +33,7 @@ def test_a_hyperparameter_sweep_gives_one_bp_row_and_two_labelled_dgl_rows(tmp_p
 
 def test_an_edited_method_file_reruns_and_an_unchanged_one_is_skipped(tmp_path, capsys):
     method = tmp_path / "mine.py"
-    method.write_text(
-        "from locbench import Method\n\n\nclass Mine(Method):\n    pass\n"
-    )
+    method.write_text("from locbench import Method\n\n\nclass Mine(Method):\n    pass\n")
     out = tmp_path / "runs"
     argv = ["sweep", "--methods", f"{method}:Mine", *TINY, "--out", str(out)]
     assert main(argv) == 0
