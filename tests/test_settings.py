@@ -265,6 +265,16 @@ def test_the_executor_docs_show_their_generated_flag_tables(doc, prefix):
     assert block.group(1) == options_markdown(EXECUTORS.get(prefix)), f"{doc}: the table is stale"
 
 
+def test_the_extending_page_shows_the_generated_table_of_executors():
+    from locbench.cli.settings_table import executors_markdown
+
+    text = (REPO / "docs/extending.md").read_text()
+    block = re.search(r"<!-- executors:start -->\n(.*?)\n<!-- executors:end -->", text, re.S)
+    assert block, "docs/extending.md lacks the executors markers"
+    assert block.group(1) == executors_markdown()
+    assert block.group(1).splitlines()[2].startswith("| `local` | processes of this machine |")
+
+
 def test_the_methods_page_shows_each_methods_generated_hyperparameter_table():
     from locbench.cli.settings_table import method_params_markdown
     from locbench.methods import METHODS

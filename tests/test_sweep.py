@@ -304,3 +304,39 @@ def test_a_registered_executor_has_its_flags_checks_and_help(toy_executor, tmp_p
     assert "toy, this process, no training; default local" in help_text
     assert "--toy-fail TOY_FAIL a method whose runs the toy executor fails;" in help_text
     assert not ToyExecutor.made
+
+
+class ToyJobs:
+    """A toy tracker: job 7 of run id aaa is queued, job 8 of run id bbb ended silently."""
+
+    def __init__(self, out: Path) -> None:
+        self.jobs = {"aaa": ("7", "dgl"), "bbb": ("8", "bp")}
+
+    def run_ids(self) -> set[str]:
+        return set(self.jobs)
+
+    def config(self, run_id: str) -> dict:
+        return {"method": self.jobs[run_id][1], "net": "smallnet", "K": 2, "seed": 0}
+
+    def live(self, run_id: str, has_record: bool) -> tuple[str, str] | None:
+        return ("pending", "toy job 7 queued") if run_id == "aaa" else None
+
+    def ended_without_record(self, run_id: str) -> str | None:
+        return f"toy job {self.jobs[run_id][0]} ended without a record"
+
+    def ended(self) -> set[str]:
+        return {"toy:8"}
+
+
+def test_sweep_status_asks_every_registered_tracker(tmp_path, capsys):
+    kind = ExecutorKind("toyjobs", "toy jobs", ToyOptions, ToyExecutor, tracker=ToyJobs)
+    register_executor(kind)
+    try:
+        assert main(["sweep", "--status", "--out", str(tmp_path)]) == 0
+    finally:
+        EXECUTORS.remove("toyjobs")
+    assert capsys.readouterr().out.splitlines() == [
+        "failed   bp         smallnet   K=2 seed=0  bbb  toy job 8 ended without a record",
+        "pending  dgl        smallnet   K=2 seed=0  aaa  toy job 7 queued",
+        f"2 configurations in {tmp_path}: 0 done, 1 failed, 0 running, 1 pending",
+    ]

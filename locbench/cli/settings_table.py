@@ -81,7 +81,7 @@ def executors_markdown() -> str:
     for name in EXECUTORS.names():
         kind = EXECUTORS.get(name)
         flags = ", ".join(f"`{kind.flag(s)}`" for s in specs(kind.options))
-        body.append((name, kind.help, kind.options.__name__, flags))
+        body.append((name, kind.help, f"`{kind.options.__name__}`", flags))
     return _markdown(("executor", "what runs the configurations", "options", "flags"), body, 1)
 
 

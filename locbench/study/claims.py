@@ -239,3 +239,29 @@ class Claims:
             return
         if ours:
             path.unlink(missing_ok=True)
+
+
+class JobClaims(Claims):
+    """Claims that know which jobs ended (an executor's job tags, e.g. a SLURM job's): a claim
+    held by one of them is stale at once (the job may have run on another host, out of reach
+    of the pid check)."""
+
+    def __init__(self, out: Path, ended: set[str]) -> None:
+        super().__init__(out)
+        self.ended = ended
+
+    def stale(self, raw: bytes, mtime: float) -> bool:
+        try:
+            job = json.loads(raw).get("job")
+        except (ValueError, AttributeError):
+            job = None
+        return job in self.ended or super().stale(raw, mtime)
+
+    def held_elsewhere(self, run_id: str) -> bool:
+        """Whether a live claim on ``run_id`` exists (another sweep is running it)."""
+        path = self.path(run_id)
+        try:
+            raw, mtime = path.read_bytes(), path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return not self.stale(raw, mtime)

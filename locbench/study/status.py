@@ -1,5 +1,6 @@
 """``locbench sweep --status --out DIR``: what each configuration known in DIR is doing, from
-its records, the SLURM ledger (:mod:`locbench.study.executors.slurm`) and the claims of running
+its records, the jobs of every registered executor whose runs outlive the sweep (its
+:class:`~locbench.study.executors.base.JobTracker`: the SLURM ledger) and the claims of running
 sweeps.
 
 States: ``done`` (an ok record), ``failed`` (any other record, or a job that ended without
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from locbench.errors import UserError
-from locbench.study.claims import CLAIMS
-from locbench.study.executors.slurm import LIVE, JobClaims, Ledger, LedgerJob, is_live, job_states
+from locbench.study.claims import CLAIMS, JobClaims
+from locbench.study.executors.base import JobTracker
+from locbench.study.executors.builtin import EXECUTORS
 from locbench.study.sweep import existing
 
 STATES = ("done", "failed", "running", "pending")
@@ -54,26 +56,22 @@ def _first_words(message: str, n: int = 12) -> str:
     return " ".join(words[:n]) + (" ..." if len(words) > n else "")
 
 
-def status_of(
-    out: Path, run_id: str, job: LedgerJob | None, states: dict | None, claims: JobClaims | None
-) -> Row:
-    """The state of one run id: its ledger job's if that is live, else a live claim's, else
-    its record's."""
+def status_of(out: Path, run_id: str, trackers: list[JobTracker], claims: JobClaims | None) -> Row:
+    """The state of one run id: a live job's, else a live claim's, else its record's."""
     record = _record(out, run_id)
-    config = (record or {}).get("config") or (job.config if job else {})
+    config = (record or {}).get("config") or next(
+        (c for t in trackers if (c := t.config(run_id))), {}
+    )
     K = (record or {}).get("K")  # the split's: bp's is 1; None in a died row
     row = functools.partial(Row, run_id, config=config, K=config.get("K") if K is None else K)
-    known = states is not None
-    if job is not None and (states.get(job.job_id) in LIVE if known else record is None):
-        state = states.get(job.job_id) if known else None
-        what = "running" if state in ("RUNNING", "COMPLETING") else "pending"
-        return row(what, detail=f"job {job.job_id} {state or 'state unknown: squeue failed'}")
+    for tracker in trackers:
+        if said := tracker.live(run_id, record is not None):
+            return row(said[0], detail=said[1])
     if claims is not None and claims.held_elsewhere(run_id):
         return row("running", detail="claimed by a running sweep")
     if record is None:
-        if job is not None:
-            return row("failed", detail=f"job {job.job_id} ended without a record")
-        return row("failed", detail="a claim left by a sweep that is gone")
+        why = (t.ended_without_record(run_id) for t in trackers)
+        return row("failed", detail=next(filter(None, why), "a claim left by a sweep that is gone"))
     if record.get("status") == "ok":
         return row("done", detail="")
     died = " (worker_died)" if record.get("worker_died") else ""
@@ -88,15 +86,18 @@ def print_status(out: Path) -> int:
         what = "is not a folder" if out.exists() else "does not exist"
         raise UserError(f"--out {out} {what}; give the results folder of a sweep")
     run_ids = {p.stem.rsplit("-", 1)[-1] for p in out.glob("*.json")}
-    ledger = Ledger(out).read()
-    run_ids |= set(ledger)
+    trackers = []
+    for name in EXECUTORS.names():
+        kind = EXECUTORS.get(name)
+        if kind.tracker is not None:
+            trackers.append(kind.tracker(out))
+    for tracker in trackers:
+        run_ids |= tracker.run_ids()
     claims = None  # no claims folder: no sweep ever claimed anything here
     if (out / CLAIMS).is_dir():
         run_ids |= {p.name.removesuffix(".claim") for p in (out / CLAIMS).glob("*.claim")}
-    states = job_states(list(ledger.values())) if ledger else {}
-    if (out / CLAIMS).is_dir():
-        claims = JobClaims(out, {job.tag for job in ledger.values() if not is_live(job, states)})
-    rows = [status_of(out, run_id, ledger.get(run_id), states, claims) for run_id in run_ids]
+        claims = JobClaims(out, set().union(*(t.ended() for t in trackers)))
+    rows = [status_of(out, run_id, trackers, claims) for run_id in run_ids]
     for row in sorted(rows, key=lambda r: (STATES.index(r.state), r.line())):
         print(row.line())
     counts = ", ".join(f"{sum(r.state == s for r in rows)} {s}" for s in STATES)

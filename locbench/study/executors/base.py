@@ -9,9 +9,10 @@ processes, Ray tasks); an executor whose runs outlive the sweep (SLURM jobs) run
 own way and counts with the same :class:`~locbench.study.sweep.SweepResult`.
 
 :data:`EXECUTORS` maps each ``--executor NAME`` to its :class:`ExecutorKind`: its options
-dataclass (:mod:`locbench.study.executors.options`, from which its flags are generated) and its
-factory. Each executor module registers itself; :mod:`locbench.study.executors.builtin` imports
-the built-in ones.
+dataclass (:mod:`locbench.study.executors.options`, from which its flags are generated), its
+factory and, for runs that outlive the sweep, its :class:`JobTracker` (``sweep --status``).
+Each executor module registers itself; :mod:`locbench.study.executors.builtin` imports the
+built-in ones.
 """
 
 from __future__ import annotations
@@ -47,6 +48,31 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what the executor started (called once, after :meth:`execute`)."""
+        ...
+
+
+class JobTracker(Protocol):
+    """What an executor whose runs outlive the sweep (SLURM jobs) knows of them in a results
+    folder, for ``locbench sweep --status``."""
+
+    def run_ids(self) -> set[str]:
+        """The run ids it has a job of."""
+        ...
+
+    def config(self, run_id: str) -> dict:
+        """The configuration its job of ``run_id`` runs ({} without one)."""
+        ...
+
+    def live(self, run_id: str, has_record: bool) -> tuple[str, str] | None:
+        """``("running" | "pending", detail)`` while its job of ``run_id`` may still run."""
+        ...
+
+    def ended_without_record(self, run_id: str) -> str | None:
+        """Why ``run_id``, which has no record and no live job or claim, failed."""
+        ...
+
+    def ended(self) -> set[str]:
+        """The claim owners (job tags) that ended: their claims are stale."""
         ...
 
 
@@ -90,7 +116,7 @@ class RunExecutor(ABC):
 @dataclass(frozen=True)
 class ExecutorKind:
     """One ``--executor NAME``, declared once: ``locbench sweep`` (its choices, its flags and
-    their checks) and the docs' tables read it from :data:`EXECUTORS`."""
+    their checks), ``sweep --status`` and the docs' tables read it from :data:`EXECUTORS`."""
 
     name: str
     help: str  # one line: what runs the configurations
@@ -98,6 +124,8 @@ class ExecutorKind:
     make: Callable[[Any], Executor]  # an ``options`` -> the executor (a missing extra: UserError)
     # The flags' prefix: --PREFIX-FIELD; None: the name; "": --FIELD (local's --workers).
     prefix: str | None = None
+    # Its runs outlive the sweep: what ``sweep --status`` asks about them in a results folder.
+    tracker: Callable[[Path], JobTracker] | None = None
 
     def flag(self, spec: Spec) -> str:
         """The command-line flag of one of its options."""

@@ -44,7 +44,7 @@ from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.records import read_record
 from locbench.settings.run_config import RunConfig
-from locbench.study.claims import Claims
+from locbench.study.claims import Claims, JobClaims
 from locbench.study.executors.base import ExecutorKind, register_executor
 from locbench.study.executors.options import SlurmOptions, import_extra
 from locbench.study.sweep import (
@@ -156,29 +156,47 @@ def is_live(job: LedgerJob, states: dict[str, str] | None) -> bool:
     return states is None or states.get(job.job_id, "") in LIVE
 
 
-class JobClaims(Claims):
-    """Claims that know which ledger jobs ended: a claim held by one of them is stale at once
-    (the job may have run on another host, out of reach of the pid check)."""
+class SlurmJobs:
+    """What ``sweep --status`` learns from the job ledger of ``out``
+    (:class:`~locbench.study.executors.base.JobTracker`): each job's configuration and, from
+    ``squeue``, whether it is pending, running or ended."""
 
-    def __init__(self, out: Path, ended: set[str]) -> None:
-        super().__init__(out)
-        self.ended = ended
+    def __init__(self, out: Path) -> None:
+        self.ledger = Ledger(out).read()
+        # None: squeue cannot be asked (its controller down): nothing is known
+        self.states = job_states(list(self.ledger.values())) if self.ledger else {}
 
-    def stale(self, raw: bytes, mtime: float) -> bool:
-        try:
-            job = json.loads(raw).get("job")
-        except (ValueError, AttributeError):
-            job = None
-        return job in self.ended or super().stale(raw, mtime)
+    def run_ids(self) -> set[str]:
+        return set(self.ledger)
 
-    def held_elsewhere(self, run_id: str) -> bool:
-        """Whether a live claim on ``run_id`` exists (another sweep is running it)."""
-        path = self.path(run_id)
-        try:
-            raw, mtime = path.read_bytes(), path.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return not self.stale(raw, mtime)
+    def config(self, run_id: str) -> dict:
+        job = self.ledger.get(run_id)
+        return job.config if job is not None else {}
+
+    def live(self, run_id: str, has_record: bool) -> tuple[str, str] | None:
+        job = self.ledger.get(run_id)
+        if job is None:
+            return None
+        if self.states is None:  # unknown: a job without a record may still run
+            return (
+                None
+                if has_record
+                else ("pending", f"job {job.job_id} state unknown: squeue failed")
+            )
+        state = self.states.get(job.job_id)
+        if state not in LIVE:
+            return None
+        return (
+            "running" if state in ("RUNNING", "COMPLETING") else "pending",
+            f"job {job.job_id} {state}",
+        )
+
+    def ended_without_record(self, run_id: str) -> str | None:
+        job = self.ledger.get(run_id)
+        return None if job is None else f"job {job.job_id} ended without a record"
+
+    def ended(self) -> set[str]:
+        return {job.tag for job in self.ledger.values() if not is_live(job, self.states)}
 
 
 def run_job(config: dict, out: str, snapshot: frozenset, retry_failed: bool) -> str:
@@ -432,5 +450,11 @@ def _interrupted_line(jobs: list[LedgerJob], out: Path) -> str:
 
 
 register_executor(
-    ExecutorKind("slurm", "SLURM jobs of one array, through submitit", SlurmOptions, SlurmExecutor)
+    ExecutorKind(
+        "slurm",
+        "SLURM jobs of one array, through submitit",
+        SlurmOptions,
+        SlurmExecutor,
+        tracker=SlurmJobs,
+    )
 )
