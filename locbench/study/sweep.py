@@ -90,7 +90,9 @@ def _outcome(path: Path) -> tuple[int, str, bool]:
     return (3 if status == "ok" else 1 if died else 2), status, died
 
 
-def _stat_key(path: Path) -> tuple[str, int, int] | None:
+def stat_key(path: Path) -> tuple[str, int, int] | None:
+    """(name, inode, mtime) of a record file, None once it is gone: a new or replaced file
+    has a new key."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -109,7 +111,7 @@ def existing(
         return Existing()
     ranked = []
     for path in files:
-        key = _stat_key(path)
+        key = stat_key(path)
         if key is not None:
             ranked.append((_outcome(path), key, path))
     if not ranked:

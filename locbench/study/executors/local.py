@@ -26,11 +26,11 @@ from locbench.settings.schema import check, specs
 from locbench.study.executors.base import ExecutorKind, RunExecutor, register_executor
 from locbench.study.executors.options import LocalOptions
 from locbench.study.sweep import (
-    _stat_key,
     died_record,
     keep_only,
     now_utc,
     record_files,
+    stat_key,
 )
 
 _PR_SET_PDEATHSIG = 1
@@ -169,7 +169,7 @@ def run_child(
     children = children or _Children()
     run = resolve(config)
     run_id = run.run_id
-    before = {_stat_key(p) for p in record_files(out, run_id)}
+    before = {stat_key(p) for p in record_files(out, run_id)}
     command = [
         sys.executable,
         "-m",
@@ -186,7 +186,7 @@ def run_child(
         _, stderr = proc.communicate()
     finally:
         stopping = children.done(proc)
-    fresh = [p for p in record_files(out, run_id) if _stat_key(p) not in before]
+    fresh = [p for p in record_files(out, run_id) if stat_key(p) not in before]
     if fresh:  # the worker wrote its record (also if it was stopped right after)
         newest = max(fresh, key=lambda p: (p.stat().st_mtime_ns, p.name))
         keep_only(out, run_id, newest)
