@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -399,3 +401,15 @@ def test_plot_curves_writes_png(curves, tmp_path):
     assert path == tmp_path / "charts" / "c.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.get_fignums()  # the figure was closed
+
+
+def test_records_and_reports_load_without_torch():
+    """Records and reports read JSON only: importing them (and the package's public names
+    lazily) loads no torch, as the import contracts of pyproject.toml say statically."""
+    code = (
+        "import sys, locbench, locbench.records, locbench.reports.page, locbench.reports.charts\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
