@@ -93,6 +93,9 @@ def test_a_run_link_opens_its_details(page):
     target = link.get_attribute("href")
     assert not tab.locator(target).evaluate("d => d.open")
     link.click()
+    # The page opens the target on ``hashchange``, an event the browser fires after the click
+    # returns: wait for it (up to 5 s) rather than racing it.
+    tab.wait_for_function("id => document.getElementById(id).open", arg=target[1:], timeout=5000)
     assert tab.locator(target).evaluate("d => d.open")
     assert tab.locator(f"{target} h4", has_text="Training curve").is_visible()
 
