@@ -4,12 +4,14 @@ updates as the sequential harness; what cannot be pipelined is refused in one li
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from locbench.errors import UserError
 from locbench.harness.optim import set_lr, warmup_cosine
-from locbench.harness.run import prepare
+from locbench.harness.run import execute, prepare
 from locbench.harness.stages import (
     balanced_groups,
     check_stages,
@@ -190,3 +192,38 @@ def test_a_failing_stage_is_an_error_row_not_a_traceback(tmp_path):
     record = json.loads(path.read_text())
     assert record["status"] == "error"
     assert record["message"] == "stage 0 failed: RuntimeError: boom in a stage"
+
+
+NAN_AFTER_FIRST_STEP = """
+from locbench.methods.dgl import DGL
+
+
+class NanIn{where}(DGL):
+    def {hook}(self, *args):
+        loss = super().{hook}(*args)
+        batch = args[-1]
+        return loss * float("nan") if batch.step.global_step >= 1 else loss
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "hook"),
+    [
+        ("Stage1", "output_loss"),
+        pytest.param("Stage0", "local_loss", marks=pytest.mark.integration),
+    ],
+)
+def test_a_nan_loss_in_any_stage_is_diverged_as_in_the_sequential_harness(tmp_path, where, hook):
+    """The stages run fit's loop: a non-finite loss in one stage (stage 1: the output loss;
+    stage 0: module 0's local loss) ends every stage after that epoch, and the record says
+    ``diverged``, as a sequential run's does."""
+    plugin = tmp_path / "nan.py"
+    plugin.write_text(NAN_AFTER_FIRST_STEP.format(where=where, hook=hook))
+    config = dataclasses.replace(
+        _config(f"{plugin}:NanIn{where}", K=2), epochs=3, measure_steps=2, warmup_steps=1
+    )
+    staged = execute_stages(dataclasses.replace(config, stages=2))
+    assert (staged.status, staged.message) == ("diverged", "non-finite training loss in epoch 1")
+    assert len(staged.curve) == 1  # the first epoch, then every stage stopped
+    sequential = execute(config)
+    assert (sequential.status, sequential.message) == (staged.status, staged.message)

@@ -102,7 +102,6 @@ def execute(
     except Exception as e:  # noqa: BLE001 - a failed run is a row, not a crash
         record.status, record.message = "error", f"{type(e).__name__}: {first_line(e)}"
         return finish(record, t0)
-    record.curve = result.curve
     record.__dict__.update(result.step_times.summary(cfg.batch_size))
     if result.cuda is not None:
         record.cuda = vars(result.cuda)
@@ -112,17 +111,25 @@ def execute(
         record.module_times = result.module_times
         bounds = pipeline_bounds(PhaseClock.module_times(result.module_times))
         record.pipeline_bound_speedup, record.pipeline_stages = bounds["speedup"], bounds["stages"]
-    if result.curve:
-        epochs = sum(c["epoch_time_s"] for c in result.curve)
-        waited = sum(c["data_wait_s"] for c in result.curve)
-        record.data_wait_share = waited / epochs if epochs > 0 else None
-        record.final_test_acc = result.curve[-1]["test_acc"]
-        record.best_test_acc = max(c["test_acc"] for c in result.curve)
-        record.final_train_loss = result.curve[-1]["train_loss"]
-    if result.diverged:
-        record.status = "diverged"
-        record.message = f"non-finite training loss in epoch {len(result.curve)}"
+    record_curve(record, result.curve, result.diverged)
     return finish(record, t0)
+
+
+def record_curve(record: RunRecord, curve: list[dict], diverged: bool) -> None:
+    """The curve of :func:`~locbench.harness.trainer.fit` and what the record takes from it
+    (final and best accuracy, final loss, the data-wait share, ``diverged``): the same for a
+    run and for a pipeline run's merged stages."""
+    record.curve = curve
+    if curve:
+        epochs = sum(c["epoch_time_s"] for c in curve)
+        waited = sum(c["data_wait_s"] for c in curve)
+        record.data_wait_share = waited / epochs if epochs > 0 else None
+        record.final_test_acc = curve[-1]["test_acc"]
+        record.best_test_acc = max(c["test_acc"] for c in curve)
+        record.final_train_loss = curve[-1]["train_loss"]
+    if diverged:
+        record.status = "diverged"
+        record.message = f"non-finite training loss in epoch {len(curve)}"
 
 
 def rank_peaks(ranks: Ranks, memory, cuda) -> dict:

@@ -14,6 +14,10 @@ i-1. Each stage is a process on the CPU (gloo; the cores shared out) or on one G
   in flight between two stages: a stage further ahead waits (backpressure).
 * The last stage computes the output loss and accuracy; evaluation runs forward through the
   stages the same way.
+* Each stage runs the one step loop, :func:`~locbench.harness.trainer.fit`, through a
+  :class:`StageSeam` (where its steps' inputs come from and its outputs go): the schedule,
+  the step context, the sums, divergence (agreed by all stages after each epoch), evaluation
+  and the curve are the sequential harness's.
 """
 
 from __future__ import annotations
@@ -24,23 +28,20 @@ import statistics
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
 from locbench.errors import UserError
 from locbench.harness.distributed import free_port
-from locbench.harness.optim import make_sgd, set_lr, warmup_cosine
 from locbench.harness.run import first_line
-from locbench.harness.trainer import LocalTrainer, Windows
+from locbench.harness.trainer import LocalTrainer, fit
 from locbench.measure.meters import PhaseClock, synchronize
 from locbench.measure.pipeline_bound import best_grouping
-from locbench.methods.base import Batch, Method, StepContext
+from locbench.methods.base import Method
 from locbench.nets.split import Split
 from locbench.records import RunRecord
 from locbench.settings.run_config import RunConfig
@@ -103,14 +104,6 @@ def refuse_missing_loss(method: Method) -> None:
     )
 
 
-def own_parameters(trainer: LocalTrainer, group: range) -> list[nn.Parameter]:
-    """The parameters a stage steps: its modules' and their auxiliary networks'."""
-    params = [p for k in group for p in trainer.modules[k].parameters()]
-    params += [p for k in group if k < trainer.split.K - 1 for m in trainer.method.aux_modules(k)
-               for p in m.parameters()]  # fmt: skip
-    return list({id(p): p for p in params}.values())
-
-
 def module_state(trainer: LocalTrainer, group: range) -> dict[str, torch.Tensor]:
     """Parameters and buffers (on the CPU) of modules ``group`` and their auxiliary nets."""
     state = {}
@@ -167,27 +160,59 @@ class Link:
         return time.perf_counter() - t0
 
 
-class Clock:
-    """Busy and idle seconds of one stage over the timed steps, and when each step ended."""
+class StageSeam:
+    """Stage ``rank`` of a pipeline (the :class:`~locbench.harness.trainer.Seam` that
+    :func:`~locbench.harness.trainer.fit` runs it through): its modules, its links to the
+    neighbouring stages, and over the timed steps its busy and idle seconds (idle: waiting for
+    the stage before, or for room in the link to the stage after) and when each step ended."""
 
-    def __init__(self, device: torch.device, timed: range) -> None:
-        self.device, self.timed = device, timed
+    def __init__(self, rank: int, groups: list[range], device: torch.device) -> None:
+        self.modules = groups[rank]
+        self.first, self.last = rank == 0, rank == len(groups) - 1
+        self.prev = Link(rank - 1, device) if not self.first else None
+        self.next = Link(rank + 1, device) if not self.last else None
+        self.device, self.timed = device, range(0)
         self.busy = self.idle = 0.0
         self.ends: list[float] = []
+        self._started = self._idle_before = 0.0
 
-    @contextmanager
-    def idle_in(self, step: int) -> Iterator[None]:
+    def _counts(self, step: int | None) -> bool:
+        return step is not None and step in self.timed
+
+    def recv(self, step: int | None) -> list[torch.Tensor]:
         t0 = time.perf_counter()
-        yield
-        if step in self.timed:
+        message = self.prev.recv()
+        if self._counts(step):
             self.idle += time.perf_counter() - t0
+        return message
 
-    def step_ended(self, step: int, started: float, idle_before: float) -> None:
+    def send(self, tensors: list[torch.Tensor], step: int | None) -> None:
+        waited = self.next.send(tensors)
+        if self._counts(step):
+            self.idle += waited
+
+    def start(self, timed: range) -> None:
+        self.timed = timed
+
+    def begin(self, step: int) -> None:
+        self._started, self._idle_before = time.perf_counter(), self.idle
+
+    def end(self, step: int) -> None:
         synchronize(self.device)  # on CUDA, the step's kernels belong to its time
         now = time.perf_counter()
-        if step in self.timed:
-            self.busy += now - started - (self.idle - idle_before)
+        if self._counts(step):
+            self.busy += now - self._started - (self.idle - self._idle_before)
         self.ends.append(now)
+
+    def any(self, flag: bool) -> bool:
+        votes = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return bool(votes.item())
+
+    def close(self) -> None:
+        """Wait until the last messages to the stage after are delivered."""
+        if self.next is not None:
+            self.next.wait()
 
 
 def stage_main(
@@ -199,11 +224,11 @@ def stage_main(
     max_steps: int | None,
     threads: int,
 ) -> None:
-    """One stage (process ``rank``): trains its modules on every batch, evaluates after each
-    epoch, and saves what it measured (and its state) to ``out_dir/stage{rank}.pt``."""
+    """One stage (process ``rank``): :func:`~locbench.harness.trainer.fit` over its modules,
+    then what it measured (and its state) saved to ``out_dir/stage{rank}.pt``."""
     from locbench.harness.run import prepare
 
-    P, last = len(groups), rank == len(groups) - 1
+    P = len(groups)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = config.device.startswith("cuda")
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
@@ -214,81 +239,23 @@ def stage_main(
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=P)
     try:
         p = prepare(config)  # same seed in every stage: the same initial parameters
-        cfg = p.config
-        trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, device)
+        seam = StageSeam(rank, groups, device)
+        trainer = LocalTrainer(p.backbone, p.split, p.method, p.config, device, seam=seam)
+        result = fit(trainer, p.data.train, p.data.test, max_steps=max_steps)
+        seam.close()
         group = groups[rank]
-        # a stage's own optimizer over its own parameters, with the run's schedule per step
-        trainer.optimizer = make_sgd(
-            own_parameters(trainer, group), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov
-        )
-        prev = Link(rank - 1, device) if rank > 0 else None
-        nxt = Link(rank + 1, device) if not last else None
-        per_epoch = len(p.data.train)
-        total = cfg.epochs * per_epoch
-        if max_steps is not None:
-            total = min(total, max_steps)
-        clock = Clock(device, Windows.plan(total, cfg.warmup_steps, 0, cfg.measure_steps).timed)
-        epochs, step = [], 0
-        for epoch in range(cfg.epochs):
-            if step >= total:
-                break
-            sums = {"loss": 0.0, "correct": 0, "seen": 0, "local": [0.0] * (len(group) - last)}
-            batches = iter(p.data.train) if rank == 0 else None
-            for i in range(per_epoch):
-                if step >= total:
-                    break
-                started, idle_before = time.perf_counter(), clock.idle
-                with clock.idle_in(step):
-                    if prev is None:
-                        x, y = trainer.to_device(*next(batches))
-                        h = x
-                    else:
-                        x, y, h = prev.recv()
-                lr = warmup_cosine(
-                    epoch + i / per_epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs,
-                    cfg.warmup_start_lr,
-                )  # fmt: skip
-                set_lr(trainer.optimizer, lr)
-                batch = Batch(x, y, StepContext(step, epoch, per_epoch, cfg.epochs * per_epoch, lr))
-                trainer.modules.train()
-                trainer.method.train()
-                trainer.optimizer.zero_grad(set_to_none=True)
-                losses = []
-                for k in group:
-                    h, loss = trainer.module_step(k, h, batch)
-                    if loss is None:  # only methods refused before the start get here
-                        refuse_missing_loss(trainer.method)
-                    losses.append(loss)
-                if nxt is not None:
-                    waited = nxt.send([x, y, h])
-                    clock.idle += waited if step in clock.timed else 0.0
-                trainer.amp.step(trainer.optimizer)
-                # sums on the host: the stage syncs anyway at its next send or receive
-                n = len(y)
-                for j, loss in enumerate(losses[: len(group) - last]):
-                    sums["local"][j] += loss.item() * n
-                if last:
-                    sums["loss"] += losses[-1].item() * n
-                    sums["correct"] += int((h.argmax(1) == y).sum())
-                sums["seen"] += n
-                clock.step_ended(step, started, idle_before)
-                step += 1
-            if max_steps is None:
-                sums["test"] = evaluate_stage(trainer, group, p.data.test, prev, nxt)
-            epochs.append(sums)
-        if nxt is not None:
-            nxt.wait()
-        result = {
+        outcome = {
             "rank": rank,
             "group": [group.start, group.stop],
-            "busy_s": clock.busy,
-            "idle_s": clock.idle,
-            "ends": clock.ends,
-            "timed": [clock.timed.start, clock.timed.stop],
-            "epochs": epochs,
+            "busy_s": seam.busy,
+            "idle_s": seam.idle,
+            "ends": seam.ends,
+            "timed": [seam.timed.start, seam.timed.stop],
+            "curve": result.curve,
+            "diverged": result.diverged,
             "state": module_state(trainer, group),
         }
-        torch.save(result, Path(out_dir) / f"stage{rank}.pt")
+        torch.save(outcome, Path(out_dir) / f"stage{rank}.pt")
     except Exception as e:
         # When one stage fails the others fail too (a closed connection): the parent reports
         # the stage that failed first, the cause.
@@ -300,34 +267,19 @@ def stage_main(
         dist.destroy_process_group()
 
 
-@torch.no_grad()
-def evaluate_stage(
-    trainer: LocalTrainer, group: range, loader, prev: Link | None, nxt: Link | None
-) -> dict | None:
-    """Forward only through the stages: the last one returns test accuracy (%) and loss."""
-    trainer.modules.eval()
-    trainer.method.eval()
-    correct = seen = 0
-    loss_sum = 0.0
-    batches = iter(loader) if prev is None else None
-    for _ in range(len(loader)):
-        if prev is None:
-            h, y = trainer.to_device(*next(batches))
-        else:
-            y, h = prev.recv()
-        with trainer.amp.autocast():
-            for k in group:
-                h = trainer.modules[k](h)
-        if nxt is not None:
-            nxt.send([y, h])
-            continue
-        logits = h.to(trainer.dtype)
-        correct += int((logits.argmax(1) == y).sum())
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        seen += len(y)
-    if nxt is not None:
-        return None
-    return {"test_acc": 100.0 * correct / max(seen, 1), "test_loss": loss_sum / max(seen, 1)}
+def merged_curve(results: list[dict]) -> list[dict]:
+    """The run's curve from its stages' curves: every stage's local losses in module order,
+    the data wait of the first stage (the one that reads the data), the rest (losses,
+    accuracy, evaluation, epoch time) from the last."""
+    first, last = results[0]["curve"], results[-1]["curve"]
+    return [
+        {
+            **c,
+            "local_losses": [v for r in results for v in r["curve"][e]["local_losses"]],
+            "data_wait_s": first[e]["data_wait_s"],
+        }
+        for e, c in enumerate(last)
+    ]
 
 
 def cores() -> int:
@@ -367,29 +319,20 @@ class StageFailed(RuntimeError):
     """A stage of a pipeline run failed; the message names the first to fail and why."""
 
 
-def sequential_times(trainer: LocalTrainer, loader, warmup: int, steps: int) -> dict:
-    """The sequential harness on the same batches: median step time and median per-module
-    time (forward + local loss + backward) over ``steps`` steps after ``warmup``. Refuses a
-    method with no local loss for some module (checked on the first step)."""
-    step_times, module_times = [], []
-    batches = (b for _ in range(warmup + steps) for b in loader)  # loops over short loaders
-    for i, (x, y) in zip(range(warmup + steps), batches):
-        x, y = trainer.to_device(x, y)
-        clock = PhaseClock(trainer.split.K, trainer.device)
-        t0 = time.perf_counter()
-        losses = trainer.train_step(x, y, clock=clock)
-        synchronize(trainer.device)  # the clock's CUDA events are complete
-        parts = clock.end_step()
-        if i == 0 and len(losses.local) < trainer.split.K - 1:
-            refuse_missing_loss(trainer.method)
-        if i >= warmup:
-            step_times.append(time.perf_counter() - t0)
-            module_times.append(
-                [sum(parts[name][k] for name in ("forward_s", "local_s", "backward_s"))
-                 for k in range(trainer.split.K)]
-            )  # fmt: skip
-    per_module = [statistics.median(col) for col in zip(*module_times)]
-    return {"step_time_s": statistics.median(step_times), "module_times_s": per_module}
+def sequential_times(p, trainer: LocalTrainer, steps: int) -> dict:
+    """The sequential harness's own timed window (:func:`~locbench.harness.trainer.fit`, the
+    one step loop) over ``steps`` steps after the warm-up: the median step time and each
+    module's forward + local loss + backward (medians). Refuses first, after one step, a
+    method with no local loss for some module before the last."""
+    x, y = trainer.to_device(*next(iter(p.data.train)))
+    if len(trainer.train_step(x, y).local) < trainer.split.K - 1:
+        refuse_missing_loss(trainer.method)
+    config = trainer.config
+    result = fit(trainer, p.data.train, p.data.test, max_steps=config.warmup_steps + steps)
+    return {
+        "step_time_s": statistics.median(result.step_times.times),
+        "module_times_s": PhaseClock.module_times(result.module_times),
+    }
 
 
 def speedup_bound(module_times: list[float], groups: list[range]) -> float:
@@ -412,18 +355,22 @@ def sequential_baseline(p, P: int, device: torch.device) -> dict:
     stages' total thread count and at one stage's, keeping the faster. On cores shared with
     other work, more intra-op threads than free cores can stall every op (seen: 40x), and a
     sequential run would not be configured that way."""
-    cfg = p.config
+    steps = max(p.config.measure_steps, 1)
+    # The baseline's windows: the warm-up, then the timed steps (no tracked ones), as many
+    # epochs as they take.
+    per_epoch = len(p.data.train)
+    epochs = max(p.config.epochs, -(-(p.config.warmup_steps + steps) // per_epoch))
+    cfg = dataclasses.replace(p.config, track_steps=0, measure_steps=steps, epochs=epochs)
     on = torch.device("cuda", 0) if device.type == "cuda" else device
     trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, on)
-    steps = max(cfg.measure_steps, 1)
     if device.type == "cuda":
-        return sequential_times(trainer, p.data.train, cfg.warmup_steps, steps)
+        return sequential_times(p, trainer, steps)
     before = torch.get_num_threads()
     runs = {}
     try:
         for threads in sorted({stage_threads(P) * P, stage_threads(P)}, reverse=True):
             torch.set_num_threads(threads)
-            runs[threads] = sequential_times(trainer, p.data.train, cfg.warmup_steps, steps)
+            runs[threads] = sequential_times(p, trainer, steps)
     finally:
         torch.set_num_threads(before)
     threads = min(runs, key=lambda t: runs[t]["step_time_s"])
@@ -437,7 +384,7 @@ def execute_stages(
     """``locbench run --stages P``: the sequential harness first (its step time, per-module
     times, and the check that every module has a local loss), then the P stages; one record.
     ``grouping(weights, P)`` makes the groups from each module's unit count."""
-    from locbench.harness.run import finish, prepare, start_record
+    from locbench.harness.run import finish, prepare, record_curve, start_record
     from locbench.measure.meters import StepTimer
 
     p = prepared or prepare(config)
@@ -465,22 +412,7 @@ def execute_stages(
     timer = StepTimer(device)
     timer.times = pipeline_step_times(results)
     record.__dict__.update(timer.summary(cfg.batch_size))
-    curve = []
-    for e, last in enumerate(results[-1]["epochs"]):
-        seen = max(last["seen"], 1)
-        local = [v / seen for r in results for v in r["epochs"][e]["local"]]
-        curve.append({
-            "epoch": e + 1,
-            "train_loss": last["loss"] / seen,
-            "train_acc": 100.0 * last["correct"] / seen,
-            "local_losses": local,
-            **(last.get("test") or {}),
-        })  # fmt: skip
-    record.curve = curve
-    if curve:
-        record.final_test_acc = curve[-1].get("test_acc")
-        record.best_test_acc = max(c.get("test_acc", 0.0) for c in curve)
-        record.final_train_loss = curve[-1]["train_loss"]
+    record_curve(record, merged_curve(results), any(r["diverged"] for r in results))
     pipelined = record.step_time_median_s
     record.stages = {
         "P": P,

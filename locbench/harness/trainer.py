@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -48,11 +49,11 @@ class StepLosses:
     output loss."""
 
     local: list[torch.Tensor]
-    output: torch.Tensor
-    correct: torch.Tensor
+    output: torch.Tensor | None  # None in a pipeline stage without the output head
+    correct: torch.Tensor | None
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.local, self.output, self.correct]
+        return [t for t in (*self.local, self.output, self.correct) if t is not None]
 
 
 @contextlib.contextmanager
@@ -80,6 +81,38 @@ def build_modules(backbone: Backbone, split: Split) -> nn.ModuleList:
     return nn.ModuleList(modules)
 
 
+class Seam(Protocol):
+    """Where a pipeline stage's steps meet the other stages (:mod:`locbench.harness.stages`):
+    the stage runs only modules ``modules`` of the split, receives each step's ``[x, y, h]``
+    from the stage before (unless ``first``) and sends its output to the stage after (unless
+    ``last``). The sequential harness has no seam: every module, the input from the batch. The
+    step, the schedule, the sums, divergence, evaluation and the curve are the same either
+    way: :func:`fit` and :class:`LocalTrainer` run both."""
+
+    modules: range
+    first: bool
+    last: bool
+
+    def recv(self, step: int | None) -> list[torch.Tensor]:
+        """The next message from the stage before (``step``: the training step it is for, or
+        ``None`` in evaluation)."""
+
+    def send(self, tensors: list[torch.Tensor], step: int | None) -> None:
+        """Start sending to the stage after."""
+
+    def start(self, timed: range) -> None:
+        """Training starts; ``timed``: the steps of the timed window."""
+
+    def begin(self, step: int) -> None:
+        """Training step ``step`` starts (its input has arrived)."""
+
+    def end(self, step: int) -> None:
+        """Training step ``step`` has ended."""
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in any stage (every stage calls it at the same point)."""
+
+
 class LocalTrainer:
     """Owns the device, the optimizer and the step; the method only supplies losses.
 
@@ -97,11 +130,15 @@ class LocalTrainer:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         ranks: Ranks | None = None,
+        seam: Seam | None = None,
     ) -> None:
         if config.lr is None or config.epochs is None:
             raise UserError("a trainer needs a configuration with lr and epochs set (resolved)")
         self.split, self.method, self.config = split, method, config
         self.device, self.dtype = device, dtype
+        # A pipeline stage trains (and its optimizer steps) only its own modules.
+        self.seam = seam
+        self.own = seam.modules if seam is not None else range(split.K)
         self.modules = place(build_modules(backbone, split), device, dtype)
         place(self.method, device, dtype)
         # A data-parallel rank (locbench.harness.distributed): its share of each batch, gradients
@@ -131,9 +168,14 @@ class LocalTrainer:
         tracker: MemoryTracker | None = None,
         step: StepContext | None = None,
         clock: PhaseClock | None = None,
+        h: torch.Tensor | None = None,
     ) -> StepLosses:
         """One training step on a batch already on the device; the method sees ``step`` as
         ``batch.step`` (default: step 0 of 1 at the configuration's learning rate).
+
+        In a pipeline stage (a :class:`Seam`), the step runs the stage's modules from ``h``
+        (the stage before's output; ``x`` itself in the first stage) and sends its output on
+        before its optimizer step.
 
         With a ``tracker`` (entered by the caller), each part of the step is labelled for the
         memory breakdown; the computation is the same either way. With ``config.precision``
@@ -156,12 +198,21 @@ class LocalTrainer:
         batch = Batch(x, y, self.default_step if step is None else step)
         last = self.split.K - 1
         local: list[torch.Tensor] = []
-        h = x
-        for k in range(self.split.K):
+        h = x if h is None else h
+        loss = None
+        for k in self.own:
             h, loss = self.module_step(k, h, batch, phase)
             if k < last and loss is not None:
                 local.append(loss)
-        correct = (h.argmax(1) == y).sum()
+            elif k < last and self.seam is not None:
+                raise UserError(  # its gradient would have to cross to the stage before
+                    f"--stages: module {k} has no local loss (local_loss returned None)"
+                )
+        with_head = self.own.stop == self.split.K
+        correct = (h.argmax(1) == y).sum() if with_head else None
+        if not with_head:
+            loss = None
+            self.seam.send([x, y, h], step.global_step if step is not None else 0)
         if self.grad_sync is not None:
             with phase("backward", last):
                 self.grad_sync.finish()
@@ -198,7 +249,15 @@ class LocalTrainer:
         return out.detach(), loss.detach()
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.modules.parameters()) + list(self.method.parameters())
+        """What the optimizer steps: every parameter, or a pipeline stage's own (its modules'
+        and their auxiliary nets')."""
+        if self.seam is None:
+            return list(self.modules.parameters()) + list(self.method.parameters())
+        K = self.split.K
+        params = [p for k in self.own for p in self.modules[k].parameters()]
+        params += [p for k in self.own if k < K - 1 for m in self.method.aux_modules(k)
+                   for p in m.parameters()]  # fmt: skip
+        return list({id(p): p for p in params}.values())
 
     def state_tensors(self) -> dict[str, list[torch.Tensor]]:
         """What is resident between steps, by memory category."""
@@ -225,8 +284,11 @@ class LocalTrainer:
         return h.to(self.dtype)
 
     @torch.no_grad()
-    def evaluate(self, loader: Loader) -> tuple[float, float]:
-        """Top-1 accuracy (%) and mean cross entropy of the output head on ``loader``."""
+    def evaluate(self, loader: Loader) -> tuple[float | None, float | None]:
+        """Top-1 accuracy (%) and mean cross entropy of the output head on ``loader``; in a
+        pipeline stage, the forward through the stages (``None`` but in the last)."""
+        if self.seam is not None:
+            return self._evaluate_stage(loader, self.seam)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         n = torch.zeros((), device=self.device, dtype=torch.long)
@@ -246,6 +308,30 @@ class LocalTrainer:
             self.ranks.sum_(correct, loss_sum, n)
         total = max(int(n.item()), 1)
         return 100.0 * correct.item() / total, loss_sum.item() / total
+
+    def _evaluate_stage(self, loader: Loader, seam: Seam) -> tuple[float | None, float | None]:
+        self.modules.eval()
+        correct = seen = 0
+        loss_sum = 0.0
+        batches = iter(loader) if seam.first else None
+        for _ in range(len(loader)):
+            if seam.first:
+                h, y = self.to_device(*next(batches))
+            else:
+                y, h = seam.recv(None)
+            with self.amp.autocast():
+                for k in self.own:
+                    h = self.modules[k](h)
+            if not seam.last:
+                seam.send([y, h], None)
+                continue
+            logits = h.to(self.dtype)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            seen += len(y)
+        if not seam.last:
+            return None, None
+        return 100.0 * correct / max(seen, 1), loss_sum / max(seen, 1)
 
     def share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of a global batch (the batch itself outside a data-parallel run);
@@ -322,11 +408,14 @@ class Windows:
         return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
 
     @classmethod
-    def for_run(cls, config: RunConfig, total: int) -> Windows:
+    def for_run(cls, config: RunConfig, total: int, track: bool = True) -> Windows:
         """The windows of a run of ``total`` steps: tracked steps only when ``config.memory``
-        asks for tracked memory ("tracked" or "both")."""
-        track = config.track_steps if config.memory in ("tracked", "both") else 0
-        return cls.plan(total, config.warmup_steps, track, config.measure_steps)
+        asks for tracked memory ("tracked" or "both") and ``track`` (not in pipeline stages,
+        whose memory is not recorded)."""
+        tracked = track and config.memory in ("tracked", "both")
+        return cls.plan(
+            total, config.warmup_steps, config.track_steps * tracked, config.measure_steps
+        )
 
 
 class MeasuredSteps:
@@ -345,7 +434,9 @@ class MeasuredSteps:
         # The last step's losses: the caller still holds them while the next step runs.
         self._previous: StepLosses | None = None
 
-    def measured_step(self, step: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
+    def measured_step(
+        self, step: StepContext, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor | None = None
+    ) -> StepLosses:
         i, tracked, timed = step.global_step, self.windows.tracked, self.windows.timed
         if i in tracked:
             if i == tracked.start:
@@ -357,13 +448,13 @@ class MeasuredSteps:
             if i == timed.start and self.cuda_window is not None:
                 self.cuda_window.open()
             self.timer.start()
-            losses = self.trainer.train_step(x, y, step=step, clock=self.clock)
+            losses = self.trainer.train_step(x, y, step=step, clock=self.clock, h=h)
             self.timer.stop()  # synchronises: the clock's CUDA events are complete
             self.clock.end_step(self.timer.times[-1])
             if i == timed[-1] and self.cuda_window is not None:
                 self.cuda = self.cuda_window.close()
         else:
-            losses = self.trainer.train_step(x, y, step=step)
+            losses = self.trainer.train_step(x, y, step=step, h=h)
         self._previous = losses
         return losses
 
@@ -379,11 +470,12 @@ class EpochSums:
         self.seen = 0
 
     def add(self, losses: StepLosses, n: int) -> None:
-        self.loss += losses.output.double() * n
+        if losses.output is not None:  # a pipeline stage without the head has none
+            self.loss += losses.output.double() * n
+            self.correct += losses.correct
         if losses.local:
             # sized on first use: end-to-end methods report no local losses
             self.local = self.local + torch.stack(losses.local).double() * n
-        self.correct += losses.correct
         self.seen += n
 
     def reduce(self, ranks: Ranks) -> None:
@@ -416,6 +508,7 @@ def fit(
     train: Loader,
     test: Loader,
     on_step: Callable[[int, dict], None] | None = None,
+    max_steps: int | None = None,
 ) -> FitResult:
     """Train for ``config.epochs`` epochs of the trainer's configuration, evaluating after each.
 
@@ -423,24 +516,37 @@ def fit(
     (``config.memory`` "tracked" or "both"), then ``config.measure_steps`` steps are timed (and
     on CUDA, with ``config.memory`` "cuda" or "both", the allocator peaks cover exactly them);
     both windows are clipped to the run (:class:`Windows`). Every step's method sees its
-    :class:`~locbench.methods.base.StepContext`."""
-    config, device = trainer.config, trainer.device
+    :class:`~locbench.methods.base.StepContext`. A non-finite loss ends the run after its
+    epoch (``diverged``).
+
+    The one step loop: a pipeline stage (the trainer's :class:`Seam`) runs it too, over its
+    own modules, its input received from the stage before (only the first stage reads
+    ``train``); the stages agree on divergence, and only the last evaluates. ``max_steps``:
+    stop after that many steps, without evaluating (the stages' equality test)."""
+    config, device, seam = trainer.config, trainer.device, trainer.seam
     if config.memory not in ("tracked", "cuda", "both"):
         raise UserError(f"fit needs a resolved configuration; memory is {config.memory!r}")
     steps_per_epoch = len(train)
     total = config.epochs * steps_per_epoch
-    steps = MeasuredSteps(
-        trainer, Windows.for_run(config, total), cuda_peaks=config.memory in ("cuda", "both")
-    )
+    if max_steps is not None:
+        total = min(total, max_steps)
+    windows = Windows.for_run(config, total, track=seam is None)
+    steps = MeasuredSteps(trainer, windows, cuda_peaks=config.memory in ("cuda", "both"))
     result = FitResult(step_times=steps.timer)
+    if seam is not None:
+        seam.start(windows.timed)
     global_step = 0
     for epoch in range(config.epochs):
+        if global_step >= total:
+            break
         epoch_timer = StepTimer(device)
         epoch_timer.start()
         sums = EpochSums(device)
         lr = config.lr
         data = DataWait(train, lambda x, y: trainer.to_device(*trainer.share(x, y)))
-        for i, (x, y) in enumerate(data):
+        later_stage = seam is not None and not seam.first
+        batches = received(seam, steps_per_epoch, global_step) if later_stage else data
+        for i, (x, y, *h) in enumerate(batches):
             lr = warmup_cosine(
                 epoch + i / steps_per_epoch,
                 config.lr,
@@ -449,15 +555,23 @@ def fit(
                 config.warmup_start_lr,
             )
             set_lr(trainer.optimizer, lr)
-            context = StepContext(global_step, epoch, steps_per_epoch, total, lr)
-            sums.add(steps.measured_step(context, x, y), len(y))
+            context = StepContext(
+                global_step, epoch, steps_per_epoch, config.epochs * steps_per_epoch, lr
+            )
+            if seam is not None:
+                seam.begin(global_step)
+            sums.add(steps.measured_step(context, x, y, *h), len(y))
+            if seam is not None:
+                seam.end(global_step)
             global_step += 1
             if on_step is not None:
                 on_step(global_step, {"epoch": epoch + 1})
+            if global_step >= total:
+                break
         epoch_timer.stop()
         if trainer.ranks is not None:
             sums.reduce(trainer.ranks)
-        test_acc, test_loss = trainer.evaluate(test)
+        test_acc, test_loss = trainer.evaluate(test) if max_steps is None else (None, None)
         result.curve.append(
             {
                 "epoch": epoch + 1,
@@ -476,9 +590,18 @@ def fit(
                 "data_wait_s": data.seconds,
             }
         )
-        if not sums.finite():
+        diverged = not sums.finite()
+        if seam is not None:  # every stage stops after the same epoch
+            diverged = seam.any(diverged)
+        if diverged:
             result.diverged = True
             break
     result.memory, result.cuda = steps.memory, steps.cuda
     result.module_times = steps.clock.summary()
     return result
+
+
+def received(seam: Seam, steps: int, first_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """A later pipeline stage's batches: ``(x, y, h)`` from the stage before, ``steps`` times."""
+    for i in range(steps):
+        yield tuple(seam.recv(first_step + i))
