@@ -27,7 +27,8 @@ def make_trainer(method_cls, K, net=None, seed=0, **settings):
     params = make_params(method_cls, {}) if method_cls is not Method else None
     split = method_cls.plan_split(Split.uniform(net.n_hidden, K), params)
     method = method_cls(net, split, INFO, params)
-    return LocalTrainer(net, split, method, RunConfig(lr=0.1, epochs=1, **settings), CPU)
+    config = RunConfig(lr=0.1, epochs=1, **settings)
+    return LocalTrainer.for_config(config, net, split, method, CPU)
 
 
 def batch(seed=1, n=16):

@@ -57,8 +57,9 @@ def estimate(
     check(BY_NAME["batch_size"], batch_size, "--batch-size")  # the run setting's rule
     with FakeTensorMode(allow_non_fake_inputs=True), KernelDtypes():
         backbone, method = build(run, num_classes=num_classes, image_size=image_size)
-        trainer = LocalTrainer(
-            backbone, method.split, method, probe_config(run.config), torch.device("cpu")
+        config = probe_config(run.config)
+        trainer = LocalTrainer.for_config(
+            config, backbone, method.split, method, torch.device("cpu")
         )
         x = torch.empty(batch_size, *backbone.input_shape)
         y = torch.zeros(batch_size, dtype=torch.long)

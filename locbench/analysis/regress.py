@@ -63,7 +63,7 @@ def small_run(method: str, precision: str = "fp32") -> Resolved:
 def small_trainer(method: str, precision: str = "fp32") -> LocalTrainer:
     run = small_run(method, precision)
     backbone, m = build(run)
-    return LocalTrainer(backbone, m.split, m, run.config, torch.device("cpu"))
+    return LocalTrainer.for_config(run.config, backbone, m.split, m, torch.device("cpu"))
 
 
 def small_batch() -> tuple[torch.Tensor, torch.Tensor]:

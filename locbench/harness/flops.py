@@ -40,7 +40,7 @@ def step_flops(
     cut's shape; what remains of the step is the backbone's (incl. the output head). A
     ``per_module`` list receives each module's forward + local loss + backward FLOPs, read at
     the step's phase points as a run's :class:`~locbench.measure.meters.PhaseClock` reads time."""
-    trainer = LocalTrainer(backbone, method.split, method, probe_config(config), META)
+    trainer = LocalTrainer.for_config(probe_config(config), backbone, method.split, method, META)
     x = torch.empty(batch_size, *backbone.input_shape, device=META)
     y = torch.zeros(batch_size, dtype=torch.long, device=META)
     with FlopCounterMode(display=False) as total:

@@ -24,7 +24,7 @@ from locbench.methods import Method
 from locbench.nets.backbone import Backbone, get_backbone
 from locbench.nets.split import Split
 from locbench.records import RunRecord
-from locbench.settings.run_config import RunConfig
+from locbench.settings.run_config import MeasureSettings, RunConfig
 
 
 @dataclass
@@ -90,8 +90,8 @@ def execute(
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     t0 = time.perf_counter()
     try:
-        trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, device, ranks=ranks)
-        result = fit(trainer, p.data.train, p.data.test, on_step)
+        trainer = LocalTrainer.for_config(cfg, p.backbone, p.split, p.method, device, ranks=ranks)
+        result = fit(trainer, p.data.train, p.data.test, cfg.section(MeasureSettings), on_step)
         if trainer.ranks is not None:
             record.distributed = rank_peaks(trainer.ranks, result.memory, result.cuda)
     except torch.cuda.OutOfMemoryError as e:

@@ -44,7 +44,7 @@ from locbench.measure.pipeline_bound import best_grouping
 from locbench.methods.base import Method
 from locbench.nets.split import Split
 from locbench.records import RunRecord
-from locbench.settings.run_config import RunConfig
+from locbench.settings.run_config import MeasureSettings, RunConfig
 
 #: Batches in flight between two neighbouring stages (sent, not yet received).
 DEPTH = 2
@@ -240,8 +240,11 @@ def stage_main(
     try:
         p = prepare(config)  # same seed in every stage: the same initial parameters
         seam = StageSeam(rank, groups, device)
-        trainer = LocalTrainer(p.backbone, p.split, p.method, p.config, device, seam=seam)
-        result = fit(trainer, p.data.train, p.data.test, max_steps=max_steps)
+        trainer = LocalTrainer.for_config(
+            p.config, p.backbone, p.split, p.method, device, seam=seam
+        )
+        measure = p.config.section(MeasureSettings)
+        result = fit(trainer, p.data.train, p.data.test, measure, max_steps=max_steps)
         seam.close()
         group = groups[rank]
         outcome = {
@@ -319,7 +322,7 @@ class StageFailed(RuntimeError):
     """A stage of a pipeline run failed; the message names the first to fail and why."""
 
 
-def sequential_times(p, trainer: LocalTrainer, steps: int) -> dict:
+def sequential_times(p, trainer: LocalTrainer, measure: MeasureSettings) -> dict:
     """The sequential harness's own timed window (:func:`~locbench.harness.trainer.fit`, the
     one step loop) over ``steps`` steps after the warm-up: the median step time and each
     module's forward + local loss + backward (medians). Refuses first, after one step, a
@@ -327,8 +330,8 @@ def sequential_times(p, trainer: LocalTrainer, steps: int) -> dict:
     x, y = trainer.to_device(*next(iter(p.data.train)))
     if len(trainer.train_step(x, y).local) < trainer.split.K - 1:
         refuse_missing_loss(trainer.method)
-    config = trainer.config
-    result = fit(trainer, p.data.train, p.data.test, max_steps=config.warmup_steps + steps)
+    steps = measure.warmup_steps + measure.measure_steps
+    result = fit(trainer, p.data.train, p.data.test, measure, max_steps=steps)
     return {
         "step_time_s": statistics.median(result.step_times.times),
         "module_times_s": PhaseClock.module_times(result.module_times),
@@ -361,16 +364,17 @@ def sequential_baseline(p, P: int, device: torch.device) -> dict:
     per_epoch = len(p.data.train)
     epochs = max(p.config.epochs, -(-(p.config.warmup_steps + steps) // per_epoch))
     cfg = dataclasses.replace(p.config, track_steps=0, measure_steps=steps, epochs=epochs)
+    measure = cfg.section(MeasureSettings)
     on = torch.device("cuda", 0) if device.type == "cuda" else device
-    trainer = LocalTrainer(p.backbone, p.split, p.method, cfg, on)
+    trainer = LocalTrainer.for_config(cfg, p.backbone, p.split, p.method, on)
     if device.type == "cuda":
-        return sequential_times(p, trainer, steps)
+        return sequential_times(p, trainer, measure)
     before = torch.get_num_threads()
     runs = {}
     try:
         for threads in sorted({stage_threads(P) * P, stage_threads(P)}, reverse=True):
             torch.set_num_threads(threads)
-            runs[threads] = sequential_times(p, trainer, steps)
+            runs[threads] = sequential_times(p, trainer, measure)
     finally:
         torch.set_num_threads(before)
     threads = min(runs, key=lambda t: runs[t]["step_time_s"])

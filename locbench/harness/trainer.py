@@ -28,7 +28,7 @@ from locbench.measure.meters import CudaPeaks, CudaWindow, DataWait, PhaseClock,
 from locbench.methods.base import Batch, Method, StepContext
 from locbench.nets.backbone import Backbone
 from locbench.nets.split import Split
-from locbench.settings.run_config import RunConfig
+from locbench.settings.run_config import MeasureSettings, RunConfig, TrainSettings
 
 #: Learning rate of a trainer built outside a run for a configuration that sets none.
 PROBE_LR = 0.1
@@ -116,26 +116,30 @@ class Seam(Protocol):
 class LocalTrainer:
     """Owns the device, the optimizer and the step; the method only supplies losses.
 
-    ``config`` is a run's configuration with ``lr`` and ``epochs`` set (resolved, or see
-    :func:`probe_config`); its optimizer fields (``lr``, ``momentum``, ``weight_decay``,
-    ``nesterov``) make the optimizer, and :func:`fit` reads the schedule and the measurement
-    windows from it."""
+    It takes the run's train section (``lr`` and ``epochs`` set: resolved, or see
+    :func:`probe_config`): its optimizer fields (``lr``, ``momentum``, ``weight_decay``,
+    ``nesterov``) make the optimizer, and :func:`fit` reads the schedule from it. Device,
+    dtype, precision and memory layout are passed in; :meth:`for_config` takes them all from a
+    :class:`RunConfig`."""
 
     def __init__(
         self,
         backbone: Backbone,
         split: Split,
         method: Method,
-        config: RunConfig,
+        train: TrainSettings,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        *,
+        precision: str = "fp32",
+        channels_last: bool = False,
         ranks: Ranks | None = None,
         seam: Seam | None = None,
     ) -> None:
-        if config.lr is None or config.epochs is None:
+        if train.lr is None or train.epochs is None:
             raise UserError("a trainer needs a configuration with lr and epochs set (resolved)")
-        self.split, self.method, self.config = split, method, config
-        self.device, self.dtype = device, dtype
+        self.split, self.method, self.train = split, method, train
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
         # A pipeline stage trains (and its optimizer steps) only its own modules.
         self.seam = seam
         self.own = seam.modules if seam is not None else range(split.K)
@@ -144,22 +148,37 @@ class LocalTrainer:
         # A data-parallel rank (locbench.harness.distributed): its share of each batch, gradients
         # averaged module by module, BatchNorm over the global batch with sync_bn.
         self.ranks = ranks if ranks is not None and ranks.world > 1 else None
-        if self.ranks is not None and config.sync_bn:
+        if self.ranks is not None and train.sync_bn:
             self.modules = global_batchnorm(self.modules, device)
             self.method = global_batchnorm(self.method, device)
-        if config.channels_last:
+        if channels_last:
             to_channels_last(self.modules)
             to_channels_last(self.method)
         # Autocast and the fp16 loss scaler; a trainer built under FakeTensorMode has fake
         # parameters, whose overflow check has no value to read.
         fake = any(isinstance(p, FakeTensor) for p in self.modules.parameters())
-        self.amp = MixedPrecision(config.precision, device, fake)
+        self.amp = MixedPrecision(precision, device, fake)
         self.optimizer = make_sgd(
-            self.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
+            self.parameters(), train.lr, train.momentum, train.weight_decay, train.nesterov
         )
         # What a step outside a run (describe, estimate, a test's own step) shows the method.
-        self.default_step = StepContext(lr=config.lr)
+        self.default_step = StepContext(lr=train.lr)
         self.grad_sync = GradSync(self.parameters(), self.ranks) if self.ranks else None
+
+    @classmethod
+    def for_config(
+        cls,
+        config: RunConfig,
+        backbone: Backbone,
+        split: Split,
+        method: Method,
+        device: torch.device,
+        **kwargs,
+    ) -> LocalTrainer:
+        """A trainer of ``config``: its train section, its precision and memory layout."""
+        train = config.section(TrainSettings)
+        env = {"precision": config.precision, "channels_last": config.channels_last}
+        return cls(backbone, split, method, train, device, **env, **kwargs)
 
     def train_step(
         self,
@@ -178,7 +197,7 @@ class LocalTrainer:
         before its optimizer step.
 
         With a ``tracker`` (entered by the caller), each part of the step is labelled for the
-        memory breakdown; the computation is the same either way. With ``config.precision``
+        memory breakdown; the computation is the same either way. With ``precision``
         bf16/fp16, each forward and each loss runs under autocast, and fp16 losses are scaled by one
         loss scaler for the whole step (:mod:`locbench.harness.precision`).
 
@@ -193,7 +212,7 @@ class LocalTrainer:
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
         amp = self.amp
-        if self.config.channels_last:
+        if self.channels_last:
             x = channels_last_input(x)
         batch = Batch(x, y, self.default_step if step is None else step)
         last = self.split.K - 1
@@ -276,7 +295,7 @@ class LocalTrainer:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.modules.eval()
-        h = channels_last_input(x) if self.config.channels_last else x
+        h = channels_last_input(x) if self.channels_last else x
         with self.amp.autocast():
             for module in self.modules:
                 h = module(h)
@@ -345,7 +364,7 @@ class LocalTrainer:
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # channels-last in the same copy, so that train_step finds the layout it wants
-        cl = self.config.channels_last and x.dim() == 4
+        cl = self.channels_last and x.dim() == 4
         layout = torch.channels_last if cl else torch.preserve_format
         return (
             x.to(self.device, self.dtype, non_blocking=True, memory_format=layout),
@@ -408,13 +427,13 @@ class Windows:
         return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
 
     @classmethod
-    def for_run(cls, config: RunConfig, total: int, track: bool = True) -> Windows:
-        """The windows of a run of ``total`` steps: tracked steps only when ``config.memory``
+    def for_run(cls, measure: MeasureSettings, total: int, track: bool = True) -> Windows:
+        """The windows of a run of ``total`` steps: tracked steps only when ``measure.memory``
         asks for tracked memory ("tracked" or "both") and ``track`` (not in pipeline stages,
         whose memory is not recorded)."""
-        tracked = track and config.memory in ("tracked", "both")
+        tracked = track and measure.memory in ("tracked", "both")
         return cls.plan(
-            total, config.warmup_steps, config.track_steps * tracked, config.measure_steps
+            total, measure.warmup_steps, measure.track_steps * tracked, measure.measure_steps
         )
 
 
@@ -507,14 +526,15 @@ def fit(
     trainer: LocalTrainer,
     train: Loader,
     test: Loader,
+    measure: MeasureSettings,
     on_step: Callable[[int, dict], None] | None = None,
     max_steps: int | None = None,
 ) -> FitResult:
-    """Train for ``config.epochs`` epochs of the trainer's configuration, evaluating after each.
+    """Train for the epochs of the trainer's train section, evaluating after each.
 
-    After ``config.warmup_steps``, ``config.track_steps`` steps run under the memory tracker
-    (``config.memory`` "tracked" or "both"), then ``config.measure_steps`` steps are timed (and
-    on CUDA, with ``config.memory`` "cuda" or "both", the allocator peaks cover exactly them);
+    The measure section places the windows: after ``warmup_steps``, ``track_steps`` steps run
+    under the memory tracker (``memory`` "tracked" or "both"), then ``measure_steps`` steps are
+    timed (and on CUDA, with ``memory`` "cuda" or "both", the allocator peaks cover exactly them);
     both windows are clipped to the run (:class:`Windows`). Every step's method sees its
     :class:`~locbench.methods.base.StepContext`. A non-finite loss ends the run after its
     epoch (``diverged``).
@@ -523,40 +543,40 @@ def fit(
     own modules, its input received from the stage before (only the first stage reads
     ``train``); the stages agree on divergence, and only the last evaluates. ``max_steps``:
     stop after that many steps, without evaluating (the stages' equality test)."""
-    config, device, seam = trainer.config, trainer.device, trainer.seam
-    if config.memory not in ("tracked", "cuda", "both"):
-        raise UserError(f"fit needs a resolved configuration; memory is {config.memory!r}")
+    schedule, device, seam = trainer.train, trainer.device, trainer.seam
+    if measure.memory not in ("tracked", "cuda", "both"):
+        raise UserError(f"fit needs a resolved configuration; memory is {measure.memory!r}")
     steps_per_epoch = len(train)
-    total = config.epochs * steps_per_epoch
+    total = schedule.epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
-    windows = Windows.for_run(config, total, track=seam is None)
-    steps = MeasuredSteps(trainer, windows, cuda_peaks=config.memory in ("cuda", "both"))
+    windows = Windows.for_run(measure, total, track=seam is None)
+    steps = MeasuredSteps(trainer, windows, cuda_peaks=measure.memory in ("cuda", "both"))
     result = FitResult(step_times=steps.timer)
     if seam is not None:
         seam.start(windows.timed)
     global_step = 0
-    for epoch in range(config.epochs):
+    for epoch in range(schedule.epochs):
         if global_step >= total:
             break
         epoch_timer = StepTimer(device)
         epoch_timer.start()
         sums = EpochSums(device)
-        lr = config.lr
+        lr = schedule.lr
         data = DataWait(train, lambda x, y: trainer.to_device(*trainer.share(x, y)))
         later_stage = seam is not None and not seam.first
         batches = received(seam, steps_per_epoch, global_step) if later_stage else data
         for i, (x, y, *h) in enumerate(batches):
             lr = warmup_cosine(
                 epoch + i / steps_per_epoch,
-                config.lr,
-                config.epochs,
-                config.warmup_epochs,
-                config.warmup_start_lr,
+                schedule.lr,
+                schedule.epochs,
+                schedule.warmup_epochs,
+                schedule.warmup_start_lr,
             )
             set_lr(trainer.optimizer, lr)
             context = StepContext(
-                global_step, epoch, steps_per_epoch, config.epochs * steps_per_epoch, lr
+                global_step, epoch, steps_per_epoch, schedule.epochs * steps_per_epoch, lr
             )
             if seam is not None:
                 seam.begin(global_step)

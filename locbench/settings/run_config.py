@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TypeVar
 
 from locbench.errors import UserError
 from locbench.settings.schema import SECTIONS, Spec, coerce_typed, convert, setting, specs
@@ -25,20 +26,15 @@ class TrainPreset:
 
 
 PRESET = "the dataset's preset"
+S = TypeVar("S")
 MEMORY_MODES = ("auto", "tracked", "cuda", "both")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run. ``None`` fields are filled when the run is resolved
-    (:func:`locbench.harness.build.resolve`).
+class ModelSettings:
+    """Section ``model``: the backbone and its split."""
 
-    Each field is a setting of :mod:`locbench.settings.schema`: the flags of ``run``/``sweep``/
-    ``estimate``/``describe``, the TOML keys, the sweep axes and ``locbench config --list``
-    are generated from these declarations. Values are checked when the config is made."""
-
-    # model
     net: str = setting("smallnet", "backbone (see `locbench list`)", section="model")
     K: int | None = setting(
         None,
@@ -50,14 +46,25 @@ class RunConfig:
     cuts: tuple[int, ...] | None = setting(
         None, "cut after these hidden units (0-based), e.g. 3,7,11", section="model", low=0
     )
-    # method
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Section ``method``: the training method and its hyperparameters."""
+
     method: str = setting(
         "bp", "a method name (see `locbench list`) or path/to/file.py:ClassName", section="method"
     )
     method_params: dict = setting(
         {}, "the method's hyperparameters (--hp KEY=VALUE)", section="method", cli=False
     )
-    # train
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Section ``train``: the schedule, the optimizer, BatchNorm across ranks (what the
+    trainer takes)."""
+
     epochs: int | None = setting(None, PRESET, section="train", low=1, high=100_000)
     batch_size: int | None = setting(None, PRESET, section="train", low=1, high=2**20)
     lr: float | None = setting(None, f"peak learning rate ({PRESET})", section="train", above=0)
@@ -75,7 +82,12 @@ class RunConfig:
         "with nproc > 1: BatchNorm statistics of the global batch, not of each rank's share",
         section="train",
     )
-    # data
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Section ``data``: the dataset and its loader (what the data loader takes)."""
+
     dataset: str = setting("digits", "dataset (see `locbench list`)", section="data")
     data_root: str | None = setting(
         None,
@@ -92,7 +104,13 @@ class RunConfig:
         section="data",
         choices=("tensor", "torchvision"),
     )
-    # measure
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Section ``measure``: the measured windows and the memory source (what the step loop's
+    measurement takes)."""
+
     warmup_steps: int = setting(3, "steps before the measured windows", section="measure", low=0)
     track_steps: int = setting(
         2, "steps under the memory tracker", section="measure", low=0, high=1000
@@ -104,7 +122,13 @@ class RunConfig:
         section="measure",
         choices=MEMORY_MODES,
     )
-    # env
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Section ``env``: where and how the step computes (device, precision, layout, seed,
+    processes)."""
+
     device: str = setting("auto", "auto (CUDA if available), cpu, cuda, cuda:N", section="env")
     dtype: str = setting(
         "float32", "parameter and activation dtype", section="env", choices=("float32",)
@@ -137,6 +161,22 @@ class RunConfig:
         high=4096,
     )
 
+
+@dataclass(frozen=True)
+class RunConfig(
+    EnvSettings, MeasureSettings, DataSettings, TrainSettings, MethodSettings, ModelSettings
+):
+    """Everything that determines a run. ``None`` fields are filled when the run is resolved
+    (:func:`locbench.harness.build.resolve`).
+
+    Each field is a setting of :mod:`locbench.settings.schema`: the flags of ``run``/``sweep``/
+    ``estimate``/``describe``, the TOML keys, the sweep axes and ``locbench config --list``
+    are generated from these declarations. Values are checked when the config is made.
+
+    The fields are declared by section (:class:`ModelSettings`, ..., :class:`EnvSettings`; a
+    dataclass inherits its bases' fields, models first): each part of the harness takes its
+    own section (:meth:`section`), and a ``RunConfig`` is one of each."""
+
     def __post_init__(self) -> None:
         # Typed and checked however the config was made (flags, TOML, Python): 1 and 1.0
         # must not give two run ids, and nothing out of range reaches a run.
@@ -149,6 +189,10 @@ class RunConfig:
             raise UserError("give either --K or --cuts, not both")
         if self.stages > 1 and self.nproc > 1:
             raise UserError("give either --stages (pipeline) or --nproc (data-parallel), not both")
+
+    def section(self, cls: type[S]) -> S:
+        """This configuration's section ``cls`` (e.g. :class:`TrainSettings`) on its own."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
