@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from locbench.errors import UserError
 from locbench.registry import Registry
-from locbench.settings.run_config import TrainPreset
+from locbench.settings.run_config import DataSettings, TrainPreset
 
 Shape = tuple[int, ...]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -76,6 +76,23 @@ class DataRequest:
     # synthetic are in-memory tensors either way, imagenet a DataLoader either way.
     loader: str = "tensor"
     device: torch.device = torch.device("cpu")  # where the loaders' batches land
+
+    @classmethod
+    def of(
+        cls,
+        data: DataSettings,
+        image_shape: Shape,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+    ) -> DataRequest:
+        """A run's request: its data section, and what the other sections fix (the backbone's
+        input shape, the batch size, the seed, the device)."""
+        root = Path(data.data_root) if data.data_root else None
+        return cls(
+            image_shape, batch_size, seed, root, data.download, data.augment,
+            data.num_workers, data.loader, device,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -24,7 +23,7 @@ from locbench.methods import Method
 from locbench.nets.backbone import Backbone, get_backbone
 from locbench.nets.split import Split
 from locbench.records import RunRecord
-from locbench.settings.run_config import MeasureSettings, RunConfig
+from locbench.settings.run_config import DataSettings, MeasureSettings, RunConfig
 
 
 @dataclass
@@ -53,16 +52,12 @@ def prepare(config: RunConfig, net: Callable[[int], Backbone] | None = None) -> 
     check_device(config.device)
     # The backbone fixes the input shape, the dataset the number of classes: the shape is read
     # from a meta build, so the one real build happens after the data (seeded, in build).
-    request = DataRequest(
-        image_shape=input_shape(net or (lambda n: get_backbone(config.net, n))),
-        batch_size=config.batch_size,
-        seed=config.seed,
-        data_root=Path(config.data_root) if config.data_root else None,
-        download=config.download,
-        augment=config.augment,
-        num_workers=config.num_workers,
-        loader=config.loader,
-        device=torch.device(config.device),
+    request = DataRequest.of(
+        config.section(DataSettings),
+        input_shape(net or (lambda n: get_backbone(config.net, n))),
+        config.batch_size,
+        config.seed,
+        torch.device(config.device),
     )
     data = load_dataset(config.dataset, request)
     backbone, method = build(run, data.info, net=net)
