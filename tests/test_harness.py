@@ -113,7 +113,7 @@ def test_two_runs_with_the_same_seed_are_bitwise_identical():
 
 
 def test_measured_windows_are_clipped_to_the_run():
-    from locbench.harness.trainer import Windows
+    from locbench.harness.windows import Windows
 
     assert Windows.plan(total=30, warmup=3, track=2, measure=20) == Windows(
         range(3, 5), range(5, 25)

@@ -33,7 +33,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from locbench.data.base import DataInfo
-from locbench.harness.trainer import LocalTrainer, MemoryWindow
+from locbench.harness.trainer import LocalTrainer
+from locbench.harness.windows import MemoryWindow
 from locbench.measure.memory import CUDA_BLOCK, MemoryTracker, round_up
 from locbench.methods.base import Method
 from locbench.methods.bp import BP

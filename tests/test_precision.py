@@ -9,7 +9,8 @@ from locbench.data.base import DataInfo
 from locbench.errors import UserError
 from locbench.harness.precision import MixedPrecision, check_autocast
 from locbench.harness.run import execute
-from locbench.harness.trainer import LocalTrainer, steady_state_peak
+from locbench.harness.trainer import LocalTrainer
+from locbench.harness.windows import steady_state_peak
 from locbench.methods import METHODS, Method, make_params
 from locbench.methods.dgl import DGL
 from locbench.nets.backbone import Backbone, get_backbone

@@ -16,7 +16,7 @@ from locbench.analysis.regress import small_batch, small_trainer
 from locbench.cli.main import main
 from locbench.harness.build import resolve
 from locbench.harness.run import execute
-from locbench.harness.trainer import steady_state_peak
+from locbench.harness.windows import steady_state_peak
 from locbench.measure.memory import PHASE_CODES, TIMELINE_POINTS, MemoryTracker, downsample
 from locbench.records import RunRecord, load_results, save_record
 from locbench.reports import charts

@@ -20,7 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, resolve
-from locbench.harness.trainer import LocalTrainer, probe_config, steady_state_peak
+from locbench.harness.trainer import LocalTrainer, probe_config
+from locbench.harness.windows import steady_state_peak
 from locbench.measure.memory import TrackedPeak
 from locbench.settings.run_config import BY_NAME, RunConfig
 from locbench.settings.schema import check

@@ -31,7 +31,8 @@ from locbench.analysis.estimate import estimate
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, resolve
 from locbench.harness.flops import config_flops
-from locbench.harness.trainer import LocalTrainer, probe_config, steady_state_peak
+from locbench.harness.trainer import LocalTrainer, probe_config
+from locbench.harness.windows import steady_state_peak
 from locbench.settings.run_config import RunConfig
 
 SMALL = {"net": "smallnet", "K": 4}

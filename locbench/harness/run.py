@@ -16,7 +16,8 @@ from locbench.harness.build import Resolved, build, input_shape, resolve
 from locbench.harness.distributed import Ranks
 from locbench.harness.environment import check_device
 from locbench.harness.flops import config_flops, meta_backbone
-from locbench.harness.trainer import LocalTrainer, fit
+from locbench.harness.loop import fit
+from locbench.harness.trainer import LocalTrainer
 from locbench.measure.meters import PhaseClock
 from locbench.measure.pipeline_bound import pipeline_bounds
 from locbench.methods import Method
@@ -111,7 +112,7 @@ def execute(
 
 
 def record_curve(record: RunRecord, curve: list[dict], diverged: bool) -> None:
-    """The curve of :func:`~locbench.harness.trainer.fit` and what the record takes from it
+    """The curve of :func:`~locbench.harness.loop.fit` and what the record takes from it
     (final and best accuracy, final loss, the data-wait share, ``diverged``): the same for a
     run and for a pipeline run's merged stages."""
     record.curve = curve

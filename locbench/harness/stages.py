@@ -14,7 +14,7 @@ i-1. Each stage is a process on the CPU (gloo; the cores shared out) or on one G
   in flight between two stages: a stage further ahead waits (backpressure).
 * The last stage computes the output loss and accuracy; evaluation runs forward through the
   stages the same way.
-* Each stage runs the one step loop, :func:`~locbench.harness.trainer.fit`, through a
+* Each stage runs the one step loop, :func:`~locbench.harness.loop.fit`, through a
   :class:`StageSeam` (where its steps' inputs come from and its outputs go): the schedule,
   the step context, the sums, divergence (agreed by all stages after each epoch), evaluation
   and the curve are the sequential harness's.
@@ -37,8 +37,9 @@ import torch.multiprocessing as mp
 
 from locbench.errors import UserError
 from locbench.harness.distributed import free_port
+from locbench.harness.loop import fit
 from locbench.harness.run import first_line
-from locbench.harness.trainer import LocalTrainer, fit
+from locbench.harness.trainer import LocalTrainer
 from locbench.measure.meters import PhaseClock, synchronize
 from locbench.measure.pipeline_bound import best_grouping
 from locbench.methods.base import Method
@@ -162,7 +163,7 @@ class Link:
 
 class StageSeam:
     """Stage ``rank`` of a pipeline (the :class:`~locbench.harness.trainer.Seam` that
-    :func:`~locbench.harness.trainer.fit` runs it through): its modules, its links to the
+    :func:`~locbench.harness.loop.fit` runs it through): its modules, its links to the
     neighbouring stages, and over the timed steps its busy and idle seconds (idle: waiting for
     the stage before, or for room in the link to the stage after) and when each step ended."""
 
@@ -224,7 +225,7 @@ def stage_main(
     max_steps: int | None,
     threads: int,
 ) -> None:
-    """One stage (process ``rank``): :func:`~locbench.harness.trainer.fit` over its modules,
+    """One stage (process ``rank``): :func:`~locbench.harness.loop.fit` over its modules,
     then what it measured (and its state) saved to ``out_dir/stage{rank}.pt``."""
     from locbench.harness.run import prepare
 
@@ -323,7 +324,7 @@ class StageFailed(RuntimeError):
 
 
 def sequential_times(p, trainer: LocalTrainer, measure: MeasureSettings) -> dict:
-    """The sequential harness's own timed window (:func:`~locbench.harness.trainer.fit`, the
+    """The sequential harness's own timed window (:func:`~locbench.harness.loop.fit`, the
     one step loop) over ``steps`` steps after the warm-up: the median step time and each
     module's forward + local loss + backward (medians). Refuses first, after one step, a
     method with no local loss for some module before the last."""

@@ -3,7 +3,8 @@
 The harness, never the model's ``forward``, calls ``backward()``: module k runs forward, its
 local loss is backpropagated at once (freeing its graph), and a detached output feeds module
 k+1. The last module ends in the output head and trains on the task loss. With K = 1 this is
-plain end-to-end backpropagation.
+plain end-to-end backpropagation. The step is :meth:`LocalTrainer.train_step`; the loop that
+runs it is :func:`locbench.harness.loop.fit`, the measured windows :mod:`locbench.harness.windows`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -21,14 +22,14 @@ from torch._subclasses.fake_tensor import FakeTensor
 from locbench.data.base import Loader
 from locbench.errors import UserError
 from locbench.harness.distributed import GradSync, Ranks, global_batchnorm
-from locbench.harness.optim import make_sgd, set_lr, warmup_cosine
+from locbench.harness.optim import make_sgd
 from locbench.harness.precision import MixedPrecision, channels_last_input, to_channels_last
-from locbench.measure.memory import MemoryTracker, TrackedPeak, storage_bytes
-from locbench.measure.meters import CudaPeaks, CudaWindow, DataWait, PhaseClock, StepTimer
+from locbench.measure.memory import MemoryTracker
+from locbench.measure.meters import PhaseClock
 from locbench.methods.base import Batch, Method, StepContext
 from locbench.nets.backbone import Backbone
 from locbench.nets.split import Split
-from locbench.settings.run_config import MeasureSettings, RunConfig, TrainSettings
+from locbench.settings.run_config import RunConfig, TrainSettings
 
 #: Learning rate of a trainer built outside a run for a configuration that sets none.
 PROBE_LR = 0.1
@@ -370,258 +371,3 @@ class LocalTrainer:
             x.to(self.device, self.dtype, non_blocking=True, memory_format=layout),
             y.to(self.device, non_blocking=True),
         )
-
-
-class MemoryWindow:
-    """Tracked steps: the peak of live tensor bytes over consecutive training steps.
-
-    Opened between steps, it first counts what is resident then: parameters, buffers,
-    gradients, optimizer state and ``previous`` (the last step's losses, still referenced by
-    the caller); each :meth:`step` also counts its batch. This is the one measurement that
-    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make."""
-
-    def __init__(self, trainer: LocalTrainer, previous: StepLosses | None = None) -> None:
-        self.trainer = trainer
-        self.tracker = MemoryTracker()
-        for tag, tensors in trainer.state_tensors().items():
-            self.tracker.register(tensors, tag)
-        if previous is not None:
-            self.tracker.register(previous.tensors(), "other")
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, step: StepContext | None = None) -> StepLosses:
-        self.tracker.begin_step()
-        self.tracker.register([x, y], "other")
-        with self.tracker:
-            return self.trainer.train_step(x, y, self.tracker, step)
-
-    def close(self) -> TrackedPeak:
-        trainer = self.trainer
-        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
-        return self.tracker.result(resident, trainer.split.K)
-
-
-def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -> TrackedPeak:
-    """Tracked peak of one steady-state step on ``(x, y)``: a first, untracked step makes the
-    gradients and optimizer state, whose losses stay referenced through the tracked second
-    step, as in a run's tracked window after its warm-up."""
-    previous = trainer.train_step(x, y)
-    window = MemoryWindow(trainer, previous)
-    window.step(x, y)
-    return window.close()
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Global step indices measured for memory (tracked) and for time and CUDA peaks (timed).
-
-    Both follow the warm-up; the tracked steps come first and are never timed, since the
-    tracker slows a step."""
-
-    tracked: range
-    timed: range
-
-    @classmethod
-    def plan(cls, total: int, warmup: int, track: int, measure: int) -> Windows:
-        start = min(warmup, max(total - 1, 0))
-        tracked = range(start, min(start + track, total))
-        return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
-
-    @classmethod
-    def for_run(cls, measure: MeasureSettings, total: int, track: bool = True) -> Windows:
-        """The windows of a run of ``total`` steps: tracked steps only when ``measure.memory``
-        asks for tracked memory ("tracked" or "both") and ``track`` (not in pipeline stages,
-        whose memory is not recorded)."""
-        tracked = track and measure.memory in ("tracked", "both")
-        return cls.plan(
-            total, measure.warmup_steps, measure.track_steps * tracked, measure.measure_steps
-        )
-
-
-class MeasuredSteps:
-    """Runs every training step of a run as the :class:`Windows` plan says: tracked (memory),
-    timed (wall time, and on CUDA the allocator's peaks over exactly these steps) or plain."""
-
-    def __init__(self, trainer: LocalTrainer, windows: Windows, cuda_peaks: bool) -> None:
-        self.trainer, self.windows = trainer, windows
-        device = trainer.device
-        self.timer = StepTimer(device)
-        self.clock = PhaseClock(trainer.split.K, device)
-        self.cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
-        self.memory: TrackedPeak | None = None
-        self.cuda: CudaPeaks | None = None
-        self._memory_window: MemoryWindow | None = None
-        # The last step's losses: the caller still holds them while the next step runs.
-        self._previous: StepLosses | None = None
-
-    def measured_step(
-        self, step: StepContext, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor | None = None
-    ) -> StepLosses:
-        i, tracked, timed = step.global_step, self.windows.tracked, self.windows.timed
-        if i in tracked:
-            if i == tracked.start:
-                self._memory_window = MemoryWindow(self.trainer, self._previous)
-            losses = self._memory_window.step(x, y, step)
-            if i == tracked[-1]:
-                self.memory, self._memory_window = self._memory_window.close(), None
-        elif i in timed:
-            if i == timed.start and self.cuda_window is not None:
-                self.cuda_window.open()
-            self.timer.start()
-            losses = self.trainer.train_step(x, y, step=step, clock=self.clock, h=h)
-            self.timer.stop()  # synchronises: the clock's CUDA events are complete
-            self.clock.end_step(self.timer.times[-1])
-            if i == timed[-1] and self.cuda_window is not None:
-                self.cuda = self.cuda_window.close()
-        else:
-            losses = self.trainer.train_step(x, y, step=step, h=h)
-        self._previous = losses
-        return losses
-
-
-class EpochSums:
-    """Training loss, local losses and accuracy of one epoch, summed on the device (no sync
-    per step)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.local: torch.Tensor | float = 0.0  # a tensor once a method reports local losses
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.seen = 0
-
-    def add(self, losses: StepLosses, n: int) -> None:
-        if losses.output is not None:  # a pipeline stage without the head has none
-            self.loss += losses.output.double() * n
-            self.correct += losses.correct
-        if losses.local:
-            # sized on first use: end-to-end methods report no local losses
-            self.local = self.local + torch.stack(losses.local).double() * n
-        self.seen += n
-
-    def reduce(self, ranks: Ranks) -> None:
-        """The sums of every rank's share: the epoch's figures for the global batches."""
-        seen = torch.tensor(self.seen, device=self.loss.device)
-        self.local = torch.as_tensor(self.local, device=self.loss.device, dtype=torch.float64)
-        ranks.sum_(self.loss, self.correct, seen, self.local)
-        self.seen = int(seen.item())
-        if not self.local.dim():  # no local losses on any rank
-            self.local = 0.0
-
-    def finite(self) -> bool:
-        return bool(torch.isfinite(self.loss)) and bool(
-            torch.isfinite(torch.as_tensor(self.local)).all()
-        )
-
-
-@dataclass
-class FitResult:
-    curve: list[dict] = field(default_factory=list)
-    step_times: StepTimer | None = None
-    module_times: dict | None = None  # PhaseClock.summary of the timed steps
-    cuda: CudaPeaks | None = None
-    memory: TrackedPeak | None = None
-    diverged: bool = False
-
-
-def fit(
-    trainer: LocalTrainer,
-    train: Loader,
-    test: Loader,
-    measure: MeasureSettings,
-    on_step: Callable[[int, dict], None] | None = None,
-    max_steps: int | None = None,
-) -> FitResult:
-    """Train for the epochs of the trainer's train section, evaluating after each.
-
-    The measure section places the windows: after ``warmup_steps``, ``track_steps`` steps run
-    under the memory tracker (``memory`` "tracked" or "both"), then ``measure_steps`` steps are
-    timed (and on CUDA, with ``memory`` "cuda" or "both", the allocator peaks cover exactly them);
-    both windows are clipped to the run (:class:`Windows`). Every step's method sees its
-    :class:`~locbench.methods.base.StepContext`. A non-finite loss ends the run after its
-    epoch (``diverged``).
-
-    The one step loop: a pipeline stage (the trainer's :class:`Seam`) runs it too, over its
-    own modules, its input received from the stage before (only the first stage reads
-    ``train``); the stages agree on divergence, and only the last evaluates. ``max_steps``:
-    stop after that many steps, without evaluating (the stages' equality test)."""
-    schedule, device, seam = trainer.train, trainer.device, trainer.seam
-    if measure.memory not in ("tracked", "cuda", "both"):
-        raise UserError(f"fit needs a resolved configuration; memory is {measure.memory!r}")
-    steps_per_epoch = len(train)
-    total = schedule.epochs * steps_per_epoch
-    if max_steps is not None:
-        total = min(total, max_steps)
-    windows = Windows.for_run(measure, total, track=seam is None)
-    steps = MeasuredSteps(trainer, windows, cuda_peaks=measure.memory in ("cuda", "both"))
-    result = FitResult(step_times=steps.timer)
-    if seam is not None:
-        seam.start(windows.timed)
-    global_step = 0
-    for epoch in range(schedule.epochs):
-        if global_step >= total:
-            break
-        epoch_timer = StepTimer(device)
-        epoch_timer.start()
-        sums = EpochSums(device)
-        lr = schedule.lr
-        data = DataWait(train, lambda x, y: trainer.to_device(*trainer.share(x, y)))
-        later_stage = seam is not None and not seam.first
-        batches = received(seam, steps_per_epoch, global_step) if later_stage else data
-        for i, (x, y, *h) in enumerate(batches):
-            lr = warmup_cosine(
-                epoch + i / steps_per_epoch,
-                schedule.lr,
-                schedule.epochs,
-                schedule.warmup_epochs,
-                schedule.warmup_start_lr,
-            )
-            set_lr(trainer.optimizer, lr)
-            context = StepContext(
-                global_step, epoch, steps_per_epoch, schedule.epochs * steps_per_epoch, lr
-            )
-            if seam is not None:
-                seam.begin(global_step)
-            sums.add(steps.measured_step(context, x, y, *h), len(y))
-            if seam is not None:
-                seam.end(global_step)
-            global_step += 1
-            if on_step is not None:
-                on_step(global_step, {"epoch": epoch + 1})
-            if global_step >= total:
-                break
-        epoch_timer.stop()
-        if trainer.ranks is not None:
-            sums.reduce(trainer.ranks)
-        test_acc, test_loss = trainer.evaluate(test) if max_steps is None else (None, None)
-        result.curve.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": sums.loss.item() / sums.seen,
-                "train_acc": 100.0 * sums.correct.item() / sums.seen,
-                "local_losses": (
-                    (sums.local / sums.seen).tolist()
-                    if isinstance(sums.local, torch.Tensor)
-                    else []
-                ),
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "epoch_time_s": epoch_timer.times[-1],
-                # the part of the epoch the loop waited for data; the rest is training
-                "data_wait_s": data.seconds,
-            }
-        )
-        diverged = not sums.finite()
-        if seam is not None:  # every stage stops after the same epoch
-            diverged = seam.any(diverged)
-        if diverged:
-            result.diverged = True
-            break
-    result.memory, result.cuda = steps.memory, steps.cuda
-    result.module_times = steps.clock.summary()
-    return result
-
-
-def received(seam: Seam, steps: int, first_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """A later pipeline stage's batches: ``(x, y, h)`` from the stage before, ``steps`` times."""
-    for i in range(steps):
-        yield tuple(seam.recv(first_step + i))

@@ -1,0 +1,122 @@
+"""The measured windows of a run: which steps are tracked for memory and which timed
+(:class:`Windows`), and the steps run under each (:class:`MeasuredSteps`, :class:`MemoryWindow`:
+the one memory measurement that runs, ``locbench estimate`` and the regression figures make).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from locbench.harness.trainer import LocalTrainer, StepLosses
+from locbench.measure.memory import MemoryTracker, TrackedPeak, storage_bytes
+from locbench.measure.meters import CudaPeaks, CudaWindow, PhaseClock, StepTimer
+from locbench.methods.base import StepContext
+from locbench.settings.run_config import MeasureSettings
+
+
+class MemoryWindow:
+    """Tracked steps: the peak of live tensor bytes over consecutive training steps.
+
+    Opened between steps, it first counts what is resident then: parameters, buffers,
+    gradients, optimizer state and ``previous`` (the last step's losses, still referenced by
+    the caller); each :meth:`step` also counts its batch. This is the one measurement that
+    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make."""
+
+    def __init__(self, trainer: LocalTrainer, previous: StepLosses | None = None) -> None:
+        self.trainer = trainer
+        self.tracker = MemoryTracker()
+        for tag, tensors in trainer.state_tensors().items():
+            self.tracker.register(tensors, tag)
+        if previous is not None:
+            self.tracker.register(previous.tensors(), "other")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: StepContext | None = None) -> StepLosses:
+        self.tracker.begin_step()
+        self.tracker.register([x, y], "other")
+        with self.tracker:
+            return self.trainer.train_step(x, y, self.tracker, step)
+
+    def close(self) -> TrackedPeak:
+        trainer = self.trainer
+        resident = storage_bytes(t for ts in trainer.state_tensors().values() for t in ts)
+        return self.tracker.result(resident, trainer.split.K)
+
+
+def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -> TrackedPeak:
+    """Tracked peak of one steady-state step on ``(x, y)``: a first, untracked step makes the
+    gradients and optimizer state, whose losses stay referenced through the tracked second
+    step, as in a run's tracked window after its warm-up."""
+    previous = trainer.train_step(x, y)
+    window = MemoryWindow(trainer, previous)
+    window.step(x, y)
+    return window.close()
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Global step indices measured for memory (tracked) and for time and CUDA peaks (timed).
+
+    Both follow the warm-up; the tracked steps come first and are never timed, since the
+    tracker slows a step."""
+
+    tracked: range
+    timed: range
+
+    @classmethod
+    def plan(cls, total: int, warmup: int, track: int, measure: int) -> Windows:
+        start = min(warmup, max(total - 1, 0))
+        tracked = range(start, min(start + track, total))
+        return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
+
+    @classmethod
+    def for_run(cls, measure: MeasureSettings, total: int, track: bool = True) -> Windows:
+        """The windows of a run of ``total`` steps: tracked steps only when ``measure.memory``
+        asks for tracked memory ("tracked" or "both") and ``track`` (not in pipeline stages,
+        whose memory is not recorded)."""
+        tracked = track and measure.memory in ("tracked", "both")
+        return cls.plan(
+            total, measure.warmup_steps, measure.track_steps * tracked, measure.measure_steps
+        )
+
+
+class MeasuredSteps:
+    """Runs every training step of a run as the :class:`Windows` plan says: tracked (memory),
+    timed (wall time, and on CUDA the allocator's peaks over exactly these steps) or plain."""
+
+    def __init__(self, trainer: LocalTrainer, windows: Windows, cuda_peaks: bool) -> None:
+        self.trainer, self.windows = trainer, windows
+        device = trainer.device
+        self.timer = StepTimer(device)
+        self.clock = PhaseClock(trainer.split.K, device)
+        self.cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
+        self.memory: TrackedPeak | None = None
+        self.cuda: CudaPeaks | None = None
+        self._memory_window: MemoryWindow | None = None
+        # The last step's losses: the caller still holds them while the next step runs.
+        self._previous: StepLosses | None = None
+
+    def measured_step(
+        self, step: StepContext, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor | None = None
+    ) -> StepLosses:
+        i, tracked, timed = step.global_step, self.windows.tracked, self.windows.timed
+        if i in tracked:
+            if i == tracked.start:
+                self._memory_window = MemoryWindow(self.trainer, self._previous)
+            losses = self._memory_window.step(x, y, step)
+            if i == tracked[-1]:
+                self.memory, self._memory_window = self._memory_window.close(), None
+        elif i in timed:
+            if i == timed.start and self.cuda_window is not None:
+                self.cuda_window.open()
+            self.timer.start()
+            losses = self.trainer.train_step(x, y, step=step, clock=self.clock, h=h)
+            self.timer.stop()  # synchronises: the clock's CUDA events are complete
+            self.clock.end_step(self.timer.times[-1])
+            if i == timed[-1] and self.cuda_window is not None:
+                self.cuda = self.cuda_window.close()
+        else:
+            losses = self.trainer.train_step(x, y, step=step, h=h)
+        self._previous = losses
+        return losses
