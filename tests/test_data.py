@@ -67,7 +67,7 @@ def test_unknown_dataset_lists_known():
 
 
 def test_a_new_dataset_is_one_registration_carrying_classes_shape_and_preset(monkeypatch, tmp_path):
-    """The worked example of docs/architecture.md: a dataset is one ``register_dataset`` call
+    """The worked example of docs/extending.md: a dataset is one ``register_dataset`` call
     (in a module imported by locbench.data.catalog); a run of it gets its classes and preset."""
     from locbench.data.base import DATASETS, in_memory_bundle, register_dataset
     from locbench.harness.run import execute
