@@ -14,6 +14,21 @@ from pathlib import Path
 
 from locbench.errors import UserError
 
+#: The tracked peak's categories: the keys of a record's ``memory.breakdown``, in the order
+#: the charts stack them (the tracker, locbench.measure.memory, counts into them).
+CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "backbone_activations",
+    "aux_activations",
+    "other",
+)
+#: The phase codes of a record's ``memory.timeline``, one letter per tracker phase: forward (a
+#: backbone module), local loss (its auxiliary net), backward, optimizer step, and other (the
+#: batch arriving, the last module's output loss, the gaps between phases).
+PHASE_CODES = {"backbone": "F", "aux": "L", "backward": "B", "optimizer_state": "O", "other": "-"}
+
 SCHEMA = "locbench.run/2"  # /2: full identity (every hyperparameter, method source hash)
 STATUSES = ("ok", "oom", "diverged", "error")
 

@@ -90,10 +90,6 @@ def overlaps(fig, legend, artists) -> list:
     return [a for a in artists if box.overlaps(a.get_window_extent())]
 
 
-def test_chart_categories_are_the_trackers():
-    assert charts.CATEGORIES == locbench.measure.memory.CATEGORIES
-
-
 # ---------------------------------------------------------------- breakdown
 
 

@@ -182,7 +182,7 @@ def test_timeline_chart_peaks_at_the_records_peak(runs_dir, tmp_path):
 
 
 def test_chart_phase_codes_are_the_trackers():
-    assert set(charts.PHASES) == set(PHASE_CODES.values())
+    assert set(charts.PHASES) == set(PHASE_CODES.values())  # every phase has a shade
 
 
 def test_estimate_cli_writes_the_timeline(tmp_path, capsys):

@@ -41,19 +41,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-CATEGORIES = (
-    "parameters",
-    "gradients",
-    "optimizer_state",
-    "backbone_activations",
-    "aux_activations",
-    "other",
-)
+from locbench.records import CATEGORIES, PHASE_CODES  # what the records hold, said once
+
 CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to 512 bytes
-#: The timeline's phase codes, one letter per tag of :meth:`MemoryTracker.phase`: forward
-#: (a backbone module), local loss (its auxiliary net), backward, optimizer step, and other
-#: (the batch arriving, the last module's output loss, the gaps between phases).
-PHASE_CODES = {"backbone": "F", "aux": "L", "backward": "B", "optimizer_state": "O", "other": "-"}
 #: At most this many points of a timeline are kept (records stay a few tens of KB).
 TIMELINE_POINTS = 2000
 

@@ -38,6 +38,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from locbench.errors import UserError  # noqa: E402
+from locbench.records import CATEGORIES, PHASE_CODES  # noqa: E402
 from locbench.reports.tables import (  # noqa: E402
     MIB,
     aux_depth,
@@ -56,17 +57,8 @@ TRACKED_LABEL = "tracked peak memory (MiB)"
 MODULE_LABEL = "module k"
 # Room for the legend, which stands right of each panel: it never covers data.
 PANEL_WIDTH, PANEL_HEIGHT = 6.2, 3.8
-# locbench.measure.memory.CATEGORIES (importing it would import torch); tests/test_memory_charts.py
-# checks they agree. Each category keeps its colour in every panel; Set2 is muted beside the
-# methods' tab10, which colours the tick labels naming the bars.
-CATEGORIES = (
-    "parameters",
-    "gradients",
-    "optimizer_state",
-    "backbone_activations",
-    "aux_activations",
-    "other",
-)
+# Each category keeps its colour in every panel; Set2 is muted beside the methods' tab10, which
+# colours the tick labels naming the bars.
 CATEGORY_COLORS = dict(zip(CATEGORIES, plt.get_cmap("Set2").colors))
 # The n-th variant of a method (sorted labels) gets the n-th of each; "--" is left out: it
 # marks estimates and the Pareto front.
@@ -514,15 +506,14 @@ def _mean(values: pd.Series):
 
 # ---------------------------------------------------------------- one step over time
 
-# locbench.measure.memory.PHASE_CODES' codes (importing it would import torch;
-# tests/test_timeline.py checks they agree): each phase's name and its shade behind the line, light
-# beside the methods' tab10 lines; "other" (the batch arriving, the output loss) stays unshaded.
+# Each timeline phase's name and its shade behind the line, light beside the methods' tab10
+# lines; "other" (the batch arriving, the output loss) stays unshaded.
 PHASES = {
-    "F": ("forward", "#dbe9f6"),
-    "L": ("local loss", "#fde4c8"),
-    "B": ("backward", "#f6d3d3"),
-    "O": ("optimizer", "#d9eed5"),
-    "-": ("other", None),
+    PHASE_CODES["backbone"]: ("forward", "#dbe9f6"),
+    PHASE_CODES["aux"]: ("local loss", "#fde4c8"),
+    PHASE_CODES["backward"]: ("backward", "#f6d3d3"),
+    PHASE_CODES["optimizer_state"]: ("optimizer", "#d9eed5"),
+    PHASE_CODES["other"]: ("other", None),
 }
 TIMELINE_LABEL = "live tracked memory (MiB)"
 EVENT_LABEL = "allocations and releases, in op order"
