@@ -54,6 +54,11 @@ class RunRecord:
     step_time_p10_s: float | None = None
     step_time_p90_s: float | None = None
     images_per_s: float | None = None
+    # What the timed window ran under (locbench.measure.isolation.WindowTiming): intra-op
+    # threads, whether it had the machine to itself (``exclusive``), its wall-clock start and
+    # end, this process's CPU use, every other process's CPU share (the contention figure)
+    # and the load average.
+    timing: dict | None = None
     # Share of the training epochs' wall time spent waiting for data
     # (locbench.measure.meters.DataWait).
     data_wait_share: float | None = None

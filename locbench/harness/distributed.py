@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from locbench.errors import UserError
+from locbench.harness.environment import MACHINE_HELD_ENV
+from locbench.measure.isolation import TimingLock
 
 #: The environment every rank reads (set by torchrun, or by :func:`launch`).
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -242,14 +244,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(argv: list[str], nproc: int) -> int:
+def launch(argv: list[str], nproc: int, lock: TimingLock | None = None) -> int:
     """Run ``python -m locbench ARGV`` as ``nproc`` ranks on this machine and wait for them.
 
     Rank 0 keeps the terminal (progress bar, summary); the others' error output is shown only
     when a rank fails. When one rank fails the others are stopped, so none waits forever in a
-    collective. The CPU cores are shared out (``OMP_NUM_THREADS``) unless already set."""
+    collective. The CPU cores are shared out (``OMP_NUM_THREADS``) unless already set. With a
+    timing ``lock``, the ranks run with the machine to themselves: the lock is held
+    (exclusively) from their start to their end, and they know it (``MACHINE_HELD_ENV``)."""
+    if lock is None:
+        return _launch(argv, nproc, held=False)
+    with lock.window():
+        return _launch(argv, nproc, held=True)
+
+
+def _launch(argv: list[str], nproc: int, held: bool) -> int:
     base = {
         **os.environ,
+        MACHINE_HELD_ENV: "1" if held else "0",
         "WORLD_SIZE": str(nproc),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),

@@ -3,6 +3,7 @@ every record carries (versions, device and CPU names, the git commit)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -73,3 +74,25 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+#: Set by a launcher that shares the cores out among its processes (the local sweep's workers):
+#: the intra-op thread count of a serial run here, which their timed windows use.
+TIMED_THREADS_ENV = "LOCBENCH_TIMED_THREADS"
+
+
+def timed_threads() -> int:
+    """Intra-op threads of a run's timed window: a serial run's count, as the launcher that
+    shared the cores out says (:data:`TIMED_THREADS_ENV`), else this process's own."""
+    given = os.environ.get(TIMED_THREADS_ENV, "")
+    return int(given) if given.isdigit() and int(given) > 0 else torch.get_num_threads()
+
+
+#: Set by a launcher that holds the machine-wide timing lock for the processes it starts
+#: (data-parallel ranks, pipeline stages): they run, and time, with the machine to themselves.
+MACHINE_HELD_ENV = "LOCBENCH_MACHINE_HELD"
+
+
+def machine_held() -> bool:
+    """Whether this process's launcher holds the timing lock for it (:data:`MACHINE_HELD_ENV`)."""
+    return os.environ.get(MACHINE_HELD_ENV) == "1"

@@ -15,6 +15,7 @@ from locbench.harness.distributed import Ranks
 from locbench.harness.optim import set_lr, warmup_cosine
 from locbench.harness.trainer import LocalTrainer, Seam, StepLosses
 from locbench.harness.windows import MeasuredSteps, Windows
+from locbench.measure.isolation import TimingLock, WindowTiming, paused
 from locbench.measure.memory import TrackedPeak
 from locbench.measure.meters import CudaPeaks, DataWait, StepTimer
 from locbench.methods.base import StepContext
@@ -62,6 +63,7 @@ class FitResult:
     module_times: dict | None = None  # PhaseClock.summary of the timed steps
     cuda: CudaPeaks | None = None
     memory: TrackedPeak | None = None
+    timing: WindowTiming | None = None  # what the timed window ran under
     diverged: bool = False
 
 
@@ -72,6 +74,9 @@ def fit(
     measure: MeasureSettings,
     on_step: Callable[[int, dict], None] | None = None,
     max_steps: int | None = None,
+    lock: TimingLock | None = None,
+    timed_threads: int | None = None,
+    held: bool = False,
 ) -> FitResult:
     """Train for the epochs of the trainer's train section, evaluating after each.
 
@@ -85,19 +90,44 @@ def fit(
     The one step loop: a pipeline stage (the trainer's :class:`Seam`) runs it too, over its
     own modules, its input received from the stage before (only the first stage reads
     ``train``); the stages agree on divergence, and only the last evaluates. ``max_steps``:
-    stop after that many steps, without evaluating (the stages' equality test)."""
-    schedule, device, seam = trainer.train, trainer.device, trainer.seam
+    stop after that many steps, without evaluating (the stages' equality test).
+
+    ``lock`` and ``timed_threads``: the timed window has the machine to itself and runs with
+    that many threads (:class:`~locbench.harness.windows.MeasuredSteps`); ``held``: a launcher
+    holds the machine for this process already. What the window ran under is the result's
+    ``timing``."""
+    seam = trainer.seam
     if measure.memory not in ("tracked", "cuda", "both"):
         raise UserError(f"fit needs a resolved configuration; memory is {measure.memory!r}")
-    steps_per_epoch = len(train)
-    total = schedule.epochs * steps_per_epoch
+    total = trainer.train.epochs * len(train)
     if max_steps is not None:
         total = min(total, max_steps)
     windows = Windows.for_run(measure, total, track=seam is None)
-    steps = MeasuredSteps(trainer, windows, cuda_peaks=measure.memory in ("cuda", "both"))
+    cuda_peaks = measure.memory in ("cuda", "both")
+    steps = MeasuredSteps(trainer, windows, cuda_peaks, lock, timed_threads, held)
+    try:
+        result = _fit_steps(trainer, train, test, on_step, total, steps, max_steps)
+    finally:
+        steps.close()
+    result.memory, result.cuda, result.timing = steps.memory, steps.cuda, steps.timing
+    result.module_times = steps.clock.summary()
+    return result
+
+
+def _fit_steps(
+    trainer: LocalTrainer,
+    train: Loader,
+    test: Loader,
+    on_step: Callable[[int, dict], None] | None,
+    total: int,
+    steps: MeasuredSteps,
+    max_steps: int | None,
+) -> FitResult:
+    schedule, device, seam = trainer.train, trainer.device, trainer.seam
+    steps_per_epoch = len(train)
     result = FitResult(step_times=steps.timer)
     if seam is not None:
-        seam.start(windows.timed)
+        seam.start(steps.windows.timed)
     global_step = 0
     for epoch in range(schedule.epochs):
         if global_step >= total:
@@ -134,7 +164,9 @@ def fit(
         epoch_timer.stop()
         if trainer.ranks is not None:
             sums.reduce(trainer.ranks)
-        test_acc, test_loss = trainer.evaluate(test) if max_steps is None else (None, None)
+        test_acc, test_loss = (None, None)
+        if max_steps is None:
+            test_acc, test_loss = trainer.evaluate(paused(test, steps.lock) if steps.lock else test)
         result.curve.append(
             {
                 "epoch": epoch + 1,
@@ -159,8 +191,6 @@ def fit(
         if diverged:
             result.diverged = True
             break
-    result.memory, result.cuda = steps.memory, steps.cuda
-    result.module_times = steps.clock.summary()
     return result
 
 

@@ -14,10 +14,11 @@ from locbench.data.catalog import load_dataset
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, input_shape, resolve
 from locbench.harness.distributed import Ranks
-from locbench.harness.environment import check_device
+from locbench.harness.environment import check_device, machine_held, timed_threads
 from locbench.harness.flops import config_flops, meta_backbone
 from locbench.harness.loop import fit
 from locbench.harness.trainer import LocalTrainer
+from locbench.measure.isolation import TimingLock
 from locbench.measure.meters import PhaseClock
 from locbench.measure.pipeline_bound import pipeline_bounds
 from locbench.methods import Method
@@ -70,12 +71,33 @@ def execute(
     on_step: Callable[[int, dict], None] | None = None,
     prepared: Prepared | None = None,
     ranks: Ranks | None = None,
+    lock: TimingLock | None = None,
 ) -> RunRecord:
     """Train and evaluate one configuration. User errors raise; failures during training
     (out of memory, NaN loss, anything else) come back as a record with that status.
 
     ``ranks``: this process is one rank of a data-parallel run (:mod:`locbench.harness.distributed`,
-    process group started); the record then also holds every rank's peaks."""
+    process group started); the record then also holds every rank's peaks. ``lock``: this
+    process's timing lock (:mod:`locbench.measure.isolation`), when its caller took it early;
+    otherwise the run takes its own (with ``exclusive_timing``; a rank runs inside its
+    launcher's exclusive window instead)."""
+    own = lock is None and ranks is None and config.exclusive_timing
+    if own:
+        lock = TimingLock.available()
+    try:
+        return _execute(config, on_step, prepared, ranks, lock)
+    finally:
+        if own and lock is not None:
+            lock.close()
+
+
+def _execute(
+    config: RunConfig,
+    on_step: Callable[[int, dict], None] | None,
+    prepared: Prepared | None,
+    ranks: Ranks | None,
+    lock: TimingLock | None,
+) -> RunRecord:
     p = prepared or prepare(config)
     cfg = p.config
     record = start_record(p)
@@ -87,7 +109,9 @@ def execute(
     t0 = time.perf_counter()
     try:
         trainer = LocalTrainer.for_config(cfg, p.backbone, p.split, p.method, device, ranks=ranks)
-        result = fit(trainer, p.data.train, p.data.test, cfg.section(MeasureSettings), on_step)
+        measure = cfg.section(MeasureSettings)
+        isolation = {"lock": lock, "timed_threads": timed_threads(), "held": machine_held()}
+        result = fit(trainer, p.data.train, p.data.test, measure, on_step, **isolation)
         if trainer.ranks is not None:
             record.distributed = rank_peaks(trainer.ranks, result.memory, result.cuda)
     except torch.cuda.OutOfMemoryError as e:
@@ -99,6 +123,8 @@ def execute(
         record.status, record.message = "error", f"{type(e).__name__}: {first_line(e)}"
         return finish(record, t0)
     record.__dict__.update(result.step_times.summary(cfg.batch_size))
+    if result.timing is not None:
+        record.timing = result.timing.as_dict()
     if result.cuda is not None:
         record.cuda = vars(result.cuda)
     if result.memory is not None:
@@ -109,6 +135,12 @@ def execute(
         record.pipeline_bound_speedup, record.pipeline_stages = bounds["speedup"], bounds["stages"]
     record_curve(record, result.curve, result.diverged)
     return finish(record, t0)
+
+
+def timing_lock(config: RunConfig) -> TimingLock | None:
+    """The machine-wide timing lock when ``config`` asks for exclusive timing (and this
+    platform has one)."""
+    return TimingLock.available() if config.exclusive_timing else None
 
 
 def record_curve(record: RunRecord, curve: list[dict], diverged: bool) -> None:

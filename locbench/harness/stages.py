@@ -22,6 +22,7 @@ i-1. Each stage is a process on the CPU (gloo; the cores shared out) or on one G
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -40,6 +41,7 @@ from locbench.harness.distributed import free_port
 from locbench.harness.loop import fit
 from locbench.harness.run import first_line
 from locbench.harness.trainer import LocalTrainer
+from locbench.measure.isolation import TimingLock
 from locbench.measure.meters import PhaseClock, synchronize
 from locbench.measure.pipeline_bound import best_grouping
 from locbench.methods.base import Method
@@ -224,6 +226,7 @@ def stage_main(
     out_dir: str,
     max_steps: int | None,
     threads: int,
+    held: bool = False,
 ) -> None:
     """One stage (process ``rank``): :func:`~locbench.harness.loop.fit` over its modules,
     then what it measured (and its state) saved to ``out_dir/stage{rank}.pt``."""
@@ -245,7 +248,7 @@ def stage_main(
             p.config, p.backbone, p.split, p.method, device, seam=seam
         )
         measure = p.config.section(MeasureSettings)
-        result = fit(trainer, p.data.train, p.data.test, measure, max_steps=max_steps)
+        result = fit(trainer, p.data.train, p.data.test, measure, max_steps=max_steps, held=held)
         seam.close()
         group = groups[rank]
         outcome = {
@@ -295,15 +298,23 @@ def stage_threads(P: int) -> int:
     return max(1, cores() // P)
 
 
-def run_stages(config: RunConfig, groups: list[range], max_steps: int | None = None) -> list[dict]:
+def run_stages(
+    config: RunConfig,
+    groups: list[range],
+    max_steps: int | None = None,
+    lock: TimingLock | None = None,
+) -> list[dict]:
     """Run the P stages as processes (resolved ``config``); every stage's result, in order.
-    ``max_steps``: stop after that many training steps, without evaluation (tests)."""
+    ``max_steps``: stop after that many training steps, without evaluation (tests). With this
+    process's timing ``lock``, the stages run with the machine to themselves: it is held
+    exclusively from their start to their end."""
     P = len(groups)
     threads = stage_threads(P)
     with tempfile.TemporaryDirectory(prefix="locbench-stages-") as tmp:
-        args = (config, groups, free_port(), tmp, max_steps, threads)
+        args = (config, groups, free_port(), tmp, max_steps, threads, lock is not None)
         try:
-            mp.spawn(stage_main, args=args, nprocs=P, join=True)
+            with lock.window() if lock is not None else contextlib.nullcontext():
+                mp.spawn(stage_main, args=args, nprocs=P, join=True)
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             errors = sorted(
                 (float(when), rank, text)
@@ -323,7 +334,9 @@ class StageFailed(RuntimeError):
     """A stage of a pipeline run failed; the message names the first to fail and why."""
 
 
-def sequential_times(p, trainer: LocalTrainer, measure: MeasureSettings) -> dict:
+def sequential_times(
+    p, trainer: LocalTrainer, measure: MeasureSettings, lock: TimingLock | None = None
+) -> dict:
     """The sequential harness's own timed window (:func:`~locbench.harness.loop.fit`, the
     one step loop) over ``steps`` steps after the warm-up: the median step time and each
     module's forward + local loss + backward (medians). Refuses first, after one step, a
@@ -332,7 +345,12 @@ def sequential_times(p, trainer: LocalTrainer, measure: MeasureSettings) -> dict
     if len(trainer.train_step(x, y).local) < trainer.split.K - 1:
         refuse_missing_loss(trainer.method)
     steps = measure.warmup_steps + measure.measure_steps
-    result = fit(trainer, p.data.train, p.data.test, measure, max_steps=steps)
+    # timed alone (the process's timing lock), at the threads the caller set
+    threads = torch.get_num_threads()
+    result = fit(
+        trainer, p.data.train, p.data.test, measure, max_steps=steps, lock=lock,
+        timed_threads=threads,
+    )  # fmt: skip
     return {
         "step_time_s": statistics.median(result.step_times.times),
         "module_times_s": PhaseClock.module_times(result.module_times),
@@ -354,7 +372,7 @@ def pipeline_step_times(results: list[dict]) -> list[float]:
     return [ends[i] - ends[i - 1] for i in range(max(start, 1), stop)]
 
 
-def sequential_baseline(p, P: int, device: torch.device) -> dict:
+def sequential_baseline(p, P: int, device: torch.device, lock: TimingLock | None = None) -> dict:
     """The sequential harness on the cores (or the one GPU) the stages get: on the CPU at the
     stages' total thread count and at one stage's, keeping the faster. On cores shared with
     other work, more intra-op threads than free cores can stall every op (seen: 40x), and a
@@ -369,13 +387,13 @@ def sequential_baseline(p, P: int, device: torch.device) -> dict:
     on = torch.device("cuda", 0) if device.type == "cuda" else device
     trainer = LocalTrainer.for_config(cfg, p.backbone, p.split, p.method, on)
     if device.type == "cuda":
-        return sequential_times(p, trainer, measure)
+        return sequential_times(p, trainer, measure, lock)
     before = torch.get_num_threads()
     runs = {}
     try:
         for threads in sorted({stage_threads(P) * P, stage_threads(P)}, reverse=True):
             torch.set_num_threads(threads)
-            runs[threads] = sequential_times(p, trainer, measure)
+            runs[threads] = sequential_times(p, trainer, measure, lock)
     finally:
         torch.set_num_threads(before)
     threads = min(runs, key=lambda t: runs[t]["step_time_s"])
@@ -400,9 +418,10 @@ def execute_stages(
     groups = grouping(unit_counts(p.split), P)
     started = time.perf_counter()
     record = start_record(p)
+    lock = TimingLock.available() if cfg.exclusive_timing else None
     try:
-        seq = sequential_baseline(p, P, device)
-        results = run_stages(dataclasses.replace(cfg, stages=P), groups)
+        seq = sequential_baseline(p, P, device, lock)
+        results = run_stages(dataclasses.replace(cfg, stages=P), groups, lock=lock)
     except torch.cuda.OutOfMemoryError as e:
         record.status, record.message = "oom", first_line(e)
         return finish(record, started)
@@ -414,6 +433,9 @@ def execute_stages(
     except Exception as e:  # noqa: BLE001 - a failed run is a row, not a crash (locbench.harness.run)
         record.status, record.message = "error", f"{type(e).__name__}: {first_line(e)}"
         return finish(record, started)
+    finally:
+        if lock is not None:
+            lock.close()
     timer = StepTimer(device)
     timer.times = pipeline_step_times(results)
     record.__dict__.update(timer.summary(cfg.batch_size))
@@ -429,6 +451,7 @@ def execute_stages(
         "sequential_by_threads": seq.get("by_threads"),
         "pipeline_step_time_s": pipelined,
         "speedup": seq["step_time_s"] / pipelined if pipelined else None,
+        "exclusive": lock is not None,  # baseline and stages timed with the machine to themselves
         "bound": speedup_bound(seq["module_times_s"], groups),
         "module_times_s": seq["module_times_s"],
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from locbench.harness.trainer import LocalTrainer, StepLosses
+from locbench.measure.isolation import TimingLock, WindowLoad, WindowTiming
 from locbench.measure.memory import MemoryTracker, TrackedPeak, storage_bytes
 from locbench.measure.meters import CudaPeaks, CudaWindow, PhaseClock, StepTimer
 from locbench.methods.base import StepContext
@@ -83,40 +84,95 @@ class Windows:
 
 class MeasuredSteps:
     """Runs every training step of a run as the :class:`Windows` plan says: tracked (memory),
-    timed (wall time, and on CUDA the allocator's peaks over exactly these steps) or plain."""
+    timed (wall time, and on CUDA the allocator's peaks over exactly these steps) or plain.
 
-    def __init__(self, trainer: LocalTrainer, windows: Windows, cuda_peaks: bool) -> None:
-        self.trainer, self.windows = trainer, windows
+    With a ``lock`` (:class:`~locbench.measure.isolation.TimingLock`), the timed window has
+    the machine to itself: it waits until every other locbench run is at a pause point and
+    keeps them there until its last step; before every other step is a pause point. The timed steps
+    run with ``timed_threads`` intra-op threads (the count a serial run uses; default: the
+    process's own), and what the window ran under is :attr:`timing`; ``held``: the launcher of
+    this process holds the machine for it (its ranks or stages run at once). Call :meth:`close` when
+    the loop ends, however it ends."""
+
+    def __init__(
+        self,
+        trainer: LocalTrainer,
+        windows: Windows,
+        cuda_peaks: bool,
+        lock: TimingLock | None = None,
+        timed_threads: int | None = None,
+        held: bool = False,
+    ) -> None:
+        self.trainer, self.windows, self.lock, self.held = trainer, windows, lock, held
         device = trainer.device
         self.timer = StepTimer(device)
         self.clock = PhaseClock(trainer.split.K, device)
         self.cuda_window = CudaWindow(device) if device.type == "cuda" and cuda_peaks else None
         self.memory: TrackedPeak | None = None
         self.cuda: CudaPeaks | None = None
+        self.timing: WindowTiming | None = None
         self._memory_window: MemoryWindow | None = None
+        self._timed_threads = timed_threads or torch.get_num_threads()
+        self._load: WindowLoad | None = None  # set while the timed window is open
+        self._threads_before = 0
         # The last step's losses: the caller still holds them while the next step runs.
         self._previous: StepLosses | None = None
 
     def measured_step(
         self, step: StepContext, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor | None = None
     ) -> StepLosses:
-        i, tracked, timed = step.global_step, self.windows.tracked, self.windows.timed
-        if i in tracked:
-            if i == tracked.start:
-                self._memory_window = MemoryWindow(self.trainer, self._previous)
-            losses = self._memory_window.step(x, y, step)
-            if i == tracked[-1]:
-                self.memory, self._memory_window = self._memory_window.close(), None
-        elif i in timed:
-            if i == timed.start and self.cuda_window is not None:
-                self.cuda_window.open()
+        i, timed = step.global_step, self.windows.timed
+        if i in timed:
+            if i == timed.start:
+                self._open_timed()
             self.timer.start()
             losses = self.trainer.train_step(x, y, step=step, clock=self.clock, h=h)
             self.timer.stop()  # synchronises: the clock's CUDA events are complete
             self.clock.end_step(self.timer.times[-1])
-            if i == timed[-1] and self.cuda_window is not None:
-                self.cuda = self.cuda_window.close()
+            if i == timed[-1]:
+                self._close_timed()
         else:
-            losses = self.trainer.train_step(x, y, step=step, h=h)
+            if self.lock is not None:
+                self.lock.pause()
+            losses = self._untimed_step(i, step, x, y, h)
         self._previous = losses
         return losses
+
+    def _untimed_step(self, i: int, step: StepContext, x, y, h) -> StepLosses:
+        tracked = self.windows.tracked
+        if i not in tracked:
+            return self.trainer.train_step(x, y, step=step, h=h)
+        if i == tracked.start:
+            self._memory_window = MemoryWindow(self.trainer, self._previous)
+        losses = self._memory_window.step(x, y, step)
+        if i == tracked[-1]:
+            self.memory, self._memory_window = self._memory_window.close(), None
+        return losses
+
+    def _open_timed(self) -> None:
+        if self.lock is not None:
+            self.lock.acquire_window()  # may wait: another process is timing
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(self._timed_threads)
+        self._load = WindowLoad(self._timed_threads, exclusive=self.lock is not None or self.held)
+        self._load.start()
+        if self.cuda_window is not None:
+            self.cuda_window.open()
+
+    def _close_timed(self) -> None:
+        if self.cuda_window is not None:
+            self.cuda = self.cuda_window.close()
+        self.timing = self._load.stop()
+        self._release()
+
+    def _release(self) -> None:
+        if self._load is None:
+            return
+        self._load = None
+        torch.set_num_threads(self._threads_before)
+        if self.lock is not None:
+            self.lock.release_window()
+
+    def close(self) -> None:
+        """The loop has ended (or failed): a timed window still open gives the machine back."""
+        self._release()

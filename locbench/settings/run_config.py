@@ -122,6 +122,12 @@ class MeasureSettings:
         section="measure",
         choices=MEMORY_MODES,
     )
+    exclusive_timing: bool = setting(
+        True,
+        "timed windows have the machine to themselves: other locbench processes on it pause "
+        "between steps meanwhile",
+        section="measure",
+    )
 
 
 @dataclass(frozen=True)

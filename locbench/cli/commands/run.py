@@ -62,11 +62,13 @@ def run(args: argparse.Namespace) -> int:
     if config.stages > 1:
         return run_stages(config, args.out)
     if ranks is None and config.nproc > 1:
+        from locbench.harness.run import timing_lock
         from locbench.records import check_out_dir
 
-        check_nproc(resolve(config).config)  # bad input fails here, once, not in every rank
+        resolved = resolve(config).config
+        check_nproc(resolved)  # bad input fails here, once, not in every rank
         check_out_dir(args.out)
-        return launch(args.argv, config.nproc)
+        return launch(args.argv, config.nproc, timing_lock(resolved))
     if ranks is None:
         record, path = run_one(config, args.out, not args.no_progress)
         print(summary_line(record, path))

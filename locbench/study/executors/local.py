@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from locbench.harness.build import resolve
+from locbench.harness.environment import TIMED_THREADS_ENV
 from locbench.records import RunRecord, read_record, save_record
 from locbench.settings.run_config import RunConfig
 from locbench.settings.schema import check, specs
@@ -52,13 +53,17 @@ def _load_prctl() -> Any:
 _PRCTL = _load_prctl()
 
 
-def worker_slots(workers: int, gpus: int) -> list[dict[str, str]]:
+def worker_slots(workers: int, gpus: int, serial_threads: int) -> list[dict[str, str]]:
     """The environment of each worker slot: one GPU each on a GPU machine; else the CPU cores
-    shared out (torch's thread count) so N processes don't oversubscribe them."""
+    shared out (torch's thread count) so N processes don't oversubscribe them while they
+    train side by side. Their timed windows, which have the machine to themselves (the timing
+    lock), run at ``serial_threads``: a serial run's count, so that step times do not depend
+    on ``--workers``."""
     if gpus:
         return [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(min(workers, gpus))]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(workers)]
+    slot = {"OMP_NUM_THREADS": str(threads), TIMED_THREADS_ENV: str(serial_threads)}
+    return [dict(slot) for _ in range(workers)]
 
 
 def _child_setup(parent: int) -> None:
@@ -145,7 +150,8 @@ class LocalExecutor(RunExecutor):
     def slots(self, todo: int) -> list[dict[str, str]]:
         import torch
 
-        return worker_slots(self.workers, torch.cuda.device_count())[: max(1, todo)]
+        slots = worker_slots(self.workers, torch.cuda.device_count(), torch.get_num_threads())
+        return slots[: max(1, todo)]
 
     def run(self, config: RunConfig, out: Path, slot: dict[str, str]) -> RunRecord | None:
         return run_child(config, out, slot, self.children)

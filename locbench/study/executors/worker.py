@@ -15,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from locbench.measure.isolation import TimingLock
     from locbench.records import RunRecord
     from locbench.settings.run_config import RunConfig
 
@@ -46,15 +47,16 @@ def hold_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def run_config(config: RunConfig) -> RunRecord:
+def run_config(config: RunConfig, lock: TimingLock | None = None) -> RunRecord:
     """Run one configuration and return its record; a bad configuration is an ``error`` row
-    of the sweep, not a crash. Shared by this worker and the SLURM jobs."""
+    of the sweep, not a crash. Shared by this worker and the SLURM jobs. ``lock``: the
+    process's timing lock, if it took it already."""
     from locbench.errors import UserError
     from locbench.harness.build import resolve
     from locbench.harness.run import execute
 
     try:
-        return execute(config)
+        return execute(config, lock=lock)
     except UserError as e:
         # K None: the split was never built (a bp run asked for K = 4 trains one module).
         return resolve(config).record(status="error", message=str(e), K=None)
@@ -65,9 +67,22 @@ def main(argv: list[str]) -> int:
     try:
         from pathlib import Path
 
+        settings = json.loads(argv[0])
+        # Before the slow imports: loading torch is work another run's timed window must not
+        # share the cores with (locbench.measure.isolation; standard library only).
+        lock = None
+        if not isinstance(settings, dict) or settings.get("exclusive_timing", True) is not False:
+            from locbench.measure.isolation import TimingLock
+
+            lock = TimingLock.available()
+
         from locbench.settings.run_config import RunConfig
 
-        record = run_config(RunConfig.from_dict(json.loads(argv[0])))
+        config = RunConfig.from_dict(settings)
+        if lock is not None and not config.exclusive_timing:
+            lock.close()  # e.g. "false" as text: this run opts out
+            lock = None
+        record = run_config(config, lock)
         out = Path(argv[1])
         hold_stop_signals()
     except Interrupted as e:
