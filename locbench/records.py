@@ -114,10 +114,11 @@ class RunRecord:
 
     def row(self) -> dict:
         """One flat row: top-level fields and ``config.*``, ``env.*``, ``cuda.*``,
-        ``memory.*`` (``memory.breakdown.*``) and ``flops.*`` columns; no curve."""
+        ``memory.*`` (``memory.breakdown.*``), ``flops.*`` and ``timing.*`` columns; no
+        curve."""
         d = asdict(self)
         d.pop("curve")
-        nested = ("config", "env", "cuda", "memory", "flops", "distributed")
+        nested = ("config", "env", "cuda", "memory", "flops", "distributed", "timing")
         for group in (*nested, "module_times", "stages"):
             d.update(flatten(d.pop(group) or {}, group))
         return d

@@ -171,6 +171,7 @@ def test_comparison_table_rows_and_order(table):
         "pipeline bound",
         "step (ms)",
         "step overhead vs BP (%)",
+        "timing",
         "data wait (%)",
         "GFLOP / step",
         "FLOPs overhead vs BP (%)",
@@ -345,8 +346,10 @@ def test_csv_round_trips(table, tmp_path):
     assert md.read_text() == to_markdown(table) + "\n"
     back = pd.read_csv(csv)
     assert list(back.columns) == list(table.columns)
+    # a column of nothing but missing values (no timing caveat) reads back as floats
+    empty = [c for c in table if table[c].isna().all()]
     pd.testing.assert_frame_equal(
-        back, table.astype({c: float for c in ("K", "aux depth")}), check_dtype=False
+        back, table.astype(dict.fromkeys(["K", "aux depth", *empty], float)), check_dtype=False
     )
 
 
@@ -826,3 +829,33 @@ def test_report_without_a_valid_record_is_one_line_user_error(tmp_path):
     message = str(exc.value)
     assert "2 of 2 *.json files skipped" in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def timed(record: RunRecord, threads: int, others: float) -> RunRecord:
+    record.measured_steps = record.config["measure_steps"]
+    record.timing = {"threads": threads, "exclusive": True, "others_cpu_share": others}
+    return record
+
+
+def test_step_times_measured_unlike_are_not_compared_and_say_why(tmp_path):
+    """Rows timed at other thread counts than BP's, or contended, get no step overhead but a
+    ``timing`` note; the contended run is flagged even though its p90 / p10 is tidy."""
+    bp = timed(make_record(one_run("bp", K=1, step=0.01)), threads=2, others=0.02)
+    alike = timed(make_record(one_run("predsim", step=0.02)), threads=2, others=0.05)
+    fewer = timed(make_record(one_run("dgl", step=0.02)), threads=1, others=0.0)
+    busy = timed(make_record(one_run("infopro", step=0.03)), threads=2, others=0.40)
+    results = frame([bp, alike, fewer, busy], tmp_path)
+    table = comparison_table(results).set_index("method")
+    assert table.loc["predsim", "step overhead vs BP (%)"] == pytest.approx(100.0)
+    assert pd.isna(table.loc["predsim", "timing"])
+    assert math.isnan(table.loc["dgl", "step overhead vs BP (%)"])
+    assert table.loc["dgl", "timing"] == "threads differ (1/2)"
+    assert math.isnan(table.loc["infopro", "step overhead vs BP (%)"])
+    assert table.loc["infopro", "timing"] == "contended 1/1"
+    # FLOPs do not depend on how the step was timed
+    assert table.loc["dgl", "FLOPs overhead vs BP (%)"] == pytest.approx(0.0)
+    from locbench.reports.runs import flag_texts
+
+    flags = dict(zip(results["config.method"], flag_texts(results)))
+    assert flags["infopro"] == "contended (others 40% of the CPU)"
+    assert flags["dgl"] == flags["bp"] == flags["predsim"] == ""

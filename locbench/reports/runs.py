@@ -9,7 +9,7 @@ import numbers
 
 import pandas as pd
 
-from locbench.reports.tables import MIB, aux_depth, variant_labels
+from locbench.reports.tables import CONTENDED_SHARE, MIB, aux_depth, contended, variant_labels
 
 # A run's step-time median is flagged as noisy when its 90th percentile step is more than
 # this many times its 10th: the median of such a window moves by tens of percent between
@@ -17,12 +17,16 @@ from locbench.reports.tables import MIB, aux_depth, variant_labels
 NOISY_SPREAD = 1.5
 NOISY_FLAG = "noisy"
 SHORT_FLAG = "short"
+CONTENDED_FLAG = "contended"
 FLAG_NOTES = {
     NOISY_FLAG: f"step time p90 / p10 above {NOISY_SPREAD}: the median is not a stable figure, "
     "nor an overhead built on it.",
     SHORT_FLAG: "the run measured fewer steps than its configuration asked "
     "(<code>measured_steps &lt; config.measure_steps</code>): too short an epoch or a "
     "failed window; its step time rests on fewer samples.",
+    CONTENDED_FLAG: f"other processes used more than {CONTENDED_SHARE:.0%} of the machine's "
+    "CPU during the timed window (<code>timing.others_cpu_share</code>): the step time is "
+    "not the method's alone, however tidy its p90 / p10.",
 }
 RATIO_COLUMN = "tracked / CUDA"
 
@@ -45,16 +49,18 @@ def tracked_cuda_ratio(results: pd.DataFrame) -> pd.Series:
 
 
 def step_flags(results: pd.DataFrame) -> pd.Series:
-    """The flags (:data:`NOISY_FLAG`, :data:`SHORT_FLAG`) of every run, a list each; only runs
-    with status ``ok`` are flagged (a failed run has no step time to doubt)."""
+    """The flags (:data:`NOISY_FLAG`, :data:`SHORT_FLAG`, :data:`CONTENDED_FLAG`) of every
+    run, a list each; only runs with status ``ok`` are flagged (a failed run has no step time
+    to doubt)."""
     ok = results["status"].eq("ok") if "status" in results else pd.Series(True, results.index)
     noisy = step_spread(results) > NOISY_SPREAD
     measured, asked = numeric(results, "measured_steps"), numeric(results, "config.measure_steps")
     short = measured < asked
+    hits = zip(noisy, short, contended(results))
     return pd.Series(
         [
-            [flag for flag, hit in ((NOISY_FLAG, n), (SHORT_FLAG, s)) if hit] if o else []
-            for o, n, s in zip(ok, noisy, short)
+            [f for f, hit in zip((NOISY_FLAG, SHORT_FLAG, CONTENDED_FLAG), h) if hit] if o else []
+            for o, h in zip(ok, hits)
         ],
         index=results.index,
         dtype=object,
@@ -65,9 +71,11 @@ def flag_texts(results: pd.DataFrame) -> pd.Series:
     """Every run's flags as short cell text: ``noisy (p90/p10 2.2)``, ``short (7 of 20)``."""
     spread = step_spread(results)
     measured, asked = numeric(results, "measured_steps"), numeric(results, "config.measure_steps")
+    others = numeric(results, "timing.others_cpu_share")
     texts = {
         NOISY_FLAG: [f"{NOISY_FLAG} (p90/p10 {v:.1f})" for v in spread],
         SHORT_FLAG: [f"{SHORT_FLAG} ({m:.0f} of {a:.0f} steps)" for m, a in zip(measured, asked)],
+        CONTENDED_FLAG: [f"{CONTENDED_FLAG} (others {v:.0%} of the CPU)" for v in others],
     }
     return pd.Series(
         ["; ".join(texts[f][i] for f in flags) for i, flags in enumerate(step_flags(results))],
@@ -193,8 +201,10 @@ def step_sentence(results: pd.DataFrame) -> str:
         text += f" (asked for {_range(asked, 0)})"
     text += (
         f". Of the {len(ok)} finished runs, {counts[NOISY_FLAG]} are flagged <i>{NOISY_FLAG}</i>"
-        f" (p90 / p10 step time above {NOISY_SPREAD}) and {counts[SHORT_FLAG]} "
-        f"<i>{SHORT_FLAG}</i> (fewer steps measured than asked); the tables mark them."
+        f" (p90 / p10 step time above {NOISY_SPREAD}), {counts[SHORT_FLAG]} "
+        f"<i>{SHORT_FLAG}</i> (fewer steps measured than asked) and {counts[CONTENDED_FLAG]} "
+        f"<i>{CONTENDED_FLAG}</i> (other processes used over {CONTENDED_SHARE:.0%} of the CPU "
+        "while they timed); the tables mark them."
     )
     return text
 

@@ -75,6 +75,7 @@ COMPARISON_COLUMNS = [
     "pipeline bound",
     "step (ms)",
     "step overhead vs BP (%)",
+    "timing",
     "data wait (%)",
     "GFLOP / step",
     "FLOPs overhead vs BP (%)",
@@ -123,7 +124,11 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
       source: the row's own if BP has it, else the other one if both rows have it, else NaN.
     * ``step overhead vs BP (%)`` and ``FLOPs overhead vs BP (%)``: ``100 * (x / x of BP - 1)``
       for the median step time and the FLOPs of one training step (forward + backward,
-      backbone and auxiliary nets), against the same BP row.
+      backbone and auxiliary nets), against the same BP row. Step times are compared only when
+      measured alike: the step overhead is NaN when the row's runs and BP's timed at different
+      thread counts (``timing.threads``), or when any of them was *contended* (other
+      processes used more than :data:`CONTENDED_SHARE` of the machine's CPU during its timed
+      window, ``timing.others_cpu_share``); ``timing`` says which (missing when comparable).
     * ``pipeline bound``: the mean over seeds of each run's ``pipeline_bound_speedup``, the
       speed-up a pipeline of one stage per module could reach at best from the run's measured module
       times (sum / max; :mod:`locbench.measure.pipeline_bound`); NaN for runs recorded without.
@@ -155,6 +160,9 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
                 "GFLOP / step": ok["flops"].mean() / 1e9,
                 "_peaks": peaks,
                 "_settings": group["_settings"].iloc[0],
+                "_threads": frozenset(ok["threads"].dropna()),
+                "_contended": int(ok["contended"].sum()),
+                "_timed": len(ok),
             }
         )
     baselines: dict[tuple, list[dict]] = {}
@@ -169,6 +177,9 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
             row[f"{name} overhead vs BP (%)"] = (
                 _overhead(row[column], bp[column]) if bp else math.nan
             )
+        row["timing"] = timing_caveat(row, bp) or None
+        if row["timing"]:
+            row["step overhead vs BP (%)"] = math.nan
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     for col in INTEGER_COLUMNS:
         table[col] = table[col].astype("Int64")
@@ -179,6 +190,31 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
         kind="stable",
     )
     return table.drop(columns="_bp_first").reset_index(drop=True)
+
+
+#: A timed window is *contended* when other processes used more than this share of the
+#: machine's CPU time during it (``timing.others_cpu_share``): its step time is not the
+#: method's alone, however tidy its p90 / p10.
+CONTENDED_SHARE = 0.10
+
+
+def contended(results: pd.DataFrame) -> pd.Series:
+    """Whether each run's timed window was contended (False when not recorded)."""
+    return _numeric(results, "timing.others_cpu_share") > CONTENDED_SHARE
+
+
+def timing_caveat(row: dict, bp: dict | None) -> str:
+    """Why ``row``'s step time cannot be set against ``bp``'s (empty when it can): mixed or
+    different thread counts, or contended windows."""
+    notes = []
+    threads = row["_threads"] | (bp["_threads"] if bp else frozenset())
+    if len(threads) > 1:
+        shown = "/".join(str(int(t)) for t in sorted(threads))
+        notes.append(f"threads differ ({shown})")
+    for who, r in (("", row), ("BP ", bp)):
+        if r is not None and r["_contended"] and (who == "" or r is not row):
+            notes.append(f"{who}contended {r['_contended']}/{r['_timed']}")
+    return "; ".join(notes)
 
 
 def variant_labels(results: pd.DataFrame) -> pd.Series:
@@ -203,6 +239,8 @@ def _runs(results: pd.DataFrame) -> pd.DataFrame:
             "ok": _column(results, "status") == "ok",
             "acc": _numeric(results, "final_test_acc"),
             "step": _numeric(results, "step_time_median_s"),
+            "threads": _numeric(results, "timing.threads"),
+            "contended": contended(results),
             "data_wait": _numeric(results, "data_wait_share"),
             "pipeline_bound": _numeric(results, "pipeline_bound_speedup"),
             "flops": _numeric(results, "flops.total"),
