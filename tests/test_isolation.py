@@ -19,13 +19,17 @@ from locbench.study.sweep import sweep
 FAST = {"dataset": "synthetic", "epochs": 1, "warmup_steps": 1, "measure_steps": 4}
 
 
-def _worker(folder: str, role: str, rounds: int, log) -> None:
+def _worker(folder: str, role: str, rounds: int, log, ready) -> None:
     lock = TimingLock(Path(folder))
+    lock.pause()  # not holding the lock while the others start
+    ready.wait()
     for _ in range(rounds):
         if role == "window":
             with lock.window():
                 start = time.time()
-                time.sleep(0.03)
+                time.sleep(0.015)
+                lock.pause()  # a pause point inside the window (an evaluation it spans)
+                time.sleep(0.015)
                 log.put(("window", start, time.time()))
         else:  # work between two pause points, as training steps are
             lock.pause()
@@ -39,10 +43,11 @@ def test_no_step_of_another_process_runs_during_a_timed_window(tmp_path):
     """Two processes timing and two stepping at once, on one lock: no window overlaps another
     window or any step (the work between two pause points); steps overlap each other freely
     (they hold the lock shared)."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # the children use no torch
     log = ctx.Queue()
     roles = [("window", 6), ("window", 6), ("step", 40), ("step", 40)]
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path), r, n, log)) for r, n in roles]
+    ready = ctx.Barrier(len(roles))
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), r, n, log, ready)) for r, n in roles]
     for p in procs:
         p.start()
     events = [log.get(timeout=60) for _ in range(sum(n for _, n in roles))]

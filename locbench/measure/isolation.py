@@ -54,6 +54,7 @@ class TimingLock:
             raise OSError("no fcntl on this platform")
         self._gate = _open_shared(folder / f"{name}.gate")
         self._lock = _open_shared(folder / f"{name}.lock")
+        self._in_window = False
         self._take_shared()
 
     @classmethod
@@ -73,7 +74,10 @@ class TimingLock:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
 
     def pause(self) -> None:
-        """A pause point: if another process is waiting to time (or timing), wait for it."""
+        """A pause point: if another process is waiting to time (or timing), wait for it.
+        Inside this process's own window (e.g. an evaluation the window spans), nothing."""
+        if self._in_window:
+            return
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._take_shared()
 
@@ -82,9 +86,11 @@ class TimingLock:
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         fcntl.flock(self._gate, fcntl.LOCK_EX)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._in_window = True
 
     def release_window(self) -> None:
         """The timed window has ended: the others go on, and so does this process, shared."""
+        self._in_window = False
         fcntl.flock(self._lock, fcntl.LOCK_SH)  # a conversion: never unlocked in between
         fcntl.flock(self._gate, fcntl.LOCK_UN)
 
