@@ -15,6 +15,7 @@ from locbench.settings.run_config import RunConfig
 METHODS_K = [
     ("bp", None),
     ("bp-ckpt", 4),
+    ("bp-accum", None),
     ("dgl", 4),
     ("infopro", 4),
     ("predsim", 4),

@@ -5,13 +5,14 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from locbench.data.base import DataInfo
 from locbench.errors import UserError
 from locbench.harness.trainer import LocalTrainer
 from locbench.methods import METHODS, Method, make_params
 from locbench.methods.predsim import pool_to_fit, similarity_matrix
-from locbench.nets.backbone import get_backbone
+from locbench.nets.backbone import Backbone, get_backbone
 from locbench.nets.split import Split
 from locbench.settings.run_config import RunConfig
 
@@ -192,9 +193,9 @@ def test_predsim_similarity_of_one_hot_labels():
 # --- every method: isolation, learning, bp-ckpt equals bp
 
 
-def trainer_for(method_cls, K=4, **params):
+def trainer_for(method_cls, K=4, net=None, **params):
     torch.manual_seed(0)
-    net = get_backbone("smallnet")
+    net = get_backbone("smallnet") if net is None else net()
     p = make_params(method_cls, params)
     split = method_cls.plan_split(Split.uniform(net.n_hidden, K), p)
     return LocalTrainer(
@@ -254,6 +255,56 @@ def test_bp_ckpt_gives_the_gradients_and_running_stats_of_bp():
     assert not torch.equal(
         before["0.0.1.running_mean"], ckpt.modules.state_dict()["0.0.1.running_mean"]
     )
+
+
+def without_batchnorm() -> Backbone:
+    seq = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)),
+    )
+    return Backbone.from_sequential(seq, (3, 16, 16), name="plain")
+
+
+@pytest.mark.parametrize("micro_batches, sizes", [(2, [4, 4]), (3, [3, 3, 2]), (8, [1] * 8)])
+def test_bp_accum_gives_the_gradients_of_bp_on_the_same_batch(micro_batches, sizes):
+    """Without BatchNorm, M micro-batches (uneven ones too) give BP's gradients, losses and
+    correct count on the same global batch of 8, and one optimizer update."""
+    bp = trainer_for(METHODS.get("bp"), K=1, net=without_batchnorm)
+    accum = trainer_for(METHODS.get("bp-accum"), K=1, net=without_batchnorm,
+                        micro_batches=micro_batches)  # fmt: skip
+    seen = []
+    first = accum.modules[0][0][0]
+    first.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    out_bp, out_accum = bp.train_step(x, y), accum.train_step(x, y)
+    assert seen == sizes
+    assert torch.allclose(out_accum.output, out_bp.output, atol=1e-6)
+    assert torch.equal(out_accum.correct, out_bp.correct)
+    got, want = grads(accum.modules), grads(bp.modules)
+    assert len(got) == len(want) == 6
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(got, want))
+    params = zip(accum.modules.parameters(), bp.modules.parameters())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in params)  # one identical update
+
+
+def test_bp_accum_with_batchnorm_normalises_each_micro_batch():
+    """With BatchNorm, the gradients are close to BP's but not equal (statistics per
+    micro-batch), and the running statistics move once per micro-batch."""
+    bp = trainer_for(METHODS.get("bp"))
+    accum = trainer_for(METHODS.get("bp-accum"), micro_batches=2)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 10, (32,), generator=g)
+    bp.train_step(x, y), accum.train_step(x, y)
+    got, want = grads(accum.modules), grads(bp.modules)
+    differences = [(a - b).norm() / b.norm() for a, b in zip(got, want)]
+    assert max(differences) > 1e-4  # not BP's gradients ...
+    cosine = torch.nn.functional.cosine_similarity(
+        torch.cat([a.flatten() for a in got]), torch.cat([b.flatten() for b in want]), dim=0
+    )
+    assert cosine > 0.9  # ... but close to them
+    assert accum.modules.state_dict()["0.0.1.num_batches_tracked"] == 2
 
 
 def test_registry_has_every_seed_method():

@@ -56,6 +56,19 @@ class StepLosses:
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (*self.local, self.output, self.correct) if t is not None]
 
+    @classmethod
+    def weighted(cls, parts: list[StepLosses], weights: list[float]) -> StepLosses:
+        """The step's losses from its micro-batches' (mean losses weighted by their shares of
+        the batch, correct predictions summed): what one pass over the whole batch reports."""
+
+        def mean(values: list[torch.Tensor]) -> torch.Tensor:
+            return sum(v * w for v, w in zip(values, weights))
+
+        local = [mean([p.local[i] for p in parts]) for i in range(len(parts[0].local))]
+        output = None if parts[0].output is None else mean([p.output for p in parts])
+        correct = None if parts[0].correct is None else sum(p.correct for p in parts)
+        return cls(local, output, correct)
+
 
 @contextlib.contextmanager
 def _no_phase(tag: str, module: int | None = None) -> Iterator[None]:
@@ -212,16 +225,52 @@ class LocalTrainer:
         self.modules.train()
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
-        amp = self.amp
         if self.channels_last:
             x = channels_last_input(x)
-        batch = Batch(x, y, self.default_step if step is None else step)
+        context = self.default_step if step is None else step
+        # Gradient accumulation (Method.micro_batches): a short last batch has fewer parts.
+        parts = min(self.method.micro_batches(), len(y))
+        if parts > 1 and self.seam is not None:
+            raise UserError(f"--stages: method {self.method.name!r} runs micro-batches")
+        if parts <= 1:
+            h, losses = self._pass(x, y, h, context, phase)
+        else:  # views of the batch: no copy
+            xs, ys = x.tensor_split(parts), y.tensor_split(parts)
+            weights = [len(yj) / len(y) for yj in ys]
+            passes = [
+                self._pass(xj, yj, None, context, phase, w)[1] for xj, yj, w in zip(xs, ys, weights)
+            ]
+            losses = StepLosses.weighted(passes, weights)
+        if self.seam is not None and self.own.stop < self.split.K:
+            self.seam.send([x, y, h], context.global_step if step is not None else 0)
+        if self.grad_sync is not None:
+            with phase("backward", self.split.K - 1):
+                self.grad_sync.finish()
+        with phase("optimizer_state"):
+            self.amp.step(self.optimizer)
+        if tracker is not None:
+            tracker.end_step(self.parameters(), self.optimizer)
+        return losses
+
+    def _pass(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        h: torch.Tensor | None,
+        step: StepContext,
+        phase: Callable,
+        weight: float = 1.0,
+    ) -> tuple[torch.Tensor, StepLosses]:
+        """Forward and backward of the trainer's modules on one (micro-)batch: gradients
+        accumulate, weighted by ``weight``, its share of the step's batch. Returns the last
+        module's output and the pass's losses."""
+        batch = Batch(x, y, step)
         last = self.split.K - 1
         local: list[torch.Tensor] = []
         h = x if h is None else h
         loss = None
         for k in self.own:
-            h, loss = self.module_step(k, h, batch, phase)
+            h, loss = self.module_step(k, h, batch, phase, weight)
             if k < last and loss is not None:
                 local.append(loss)
             elif k < last and self.seam is not None:
@@ -230,26 +279,21 @@ class LocalTrainer:
                 )
         with_head = self.own.stop == self.split.K
         correct = (h.argmax(1) == y).sum() if with_head else None
-        if not with_head:
-            loss = None
-            self.seam.send([x, y, h], step.global_step if step is not None else 0)
-        if self.grad_sync is not None:
-            with phase("backward", last):
-                self.grad_sync.finish()
-        with phase("optimizer_state"):
-            amp.step(self.optimizer)
-        if tracker is not None:
-            tracker.end_step(self.parameters(), self.optimizer)
-        return StepLosses(local, loss, correct)
+        return h, StepLosses(local, loss if with_head else None, correct)
 
     def module_step(
-        self, k: int, h: torch.Tensor, batch: Batch, phase: Callable = _no_phase
+        self,
+        k: int,
+        h: torch.Tensor,
+        batch: Batch,
+        phase: Callable = _no_phase,
+        weight: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Module k's part of a training step: forward, its loss (local, or the output loss
-        for the last module) and that loss's backward. Returns module k+1's input (the boundary; for
-        the last module its detached logits) and the detached loss (None when the method has no
-        local loss there). Pipeline stages (locbench.harness.stages) run the
-        same."""
+        for the last module) and that loss's backward (of ``weight`` x the loss: a
+        micro-batch's share). Returns module k+1's input (the boundary; for the last module
+        its detached logits) and the detached, unweighted loss (None when the method has no
+        local loss there). Pipeline stages (locbench.harness.stages) run the same."""
         amp, module = self.amp, self.modules[k]
         with phase("backbone", k), amp.autocast():
             out = self.method.forward_module(k, module, h, batch)
@@ -258,14 +302,14 @@ class LocalTrainer:
                 loss = self.method.local_loss(k, out, batch)
             if loss is not None:
                 with phase("backward", k):
-                    amp.backward(loss)
+                    amp.backward(loss if weight == 1.0 else loss * weight)
                     if self.grad_sync is not None:
                         self.grad_sync.after_backward()
             return self.method.boundary(k, out), None if loss is None else loss.detach()
         with phase("other", k), amp.autocast():
             loss = self.method.output_loss(out, batch)
         with phase("backward", k):
-            amp.backward(loss)
+            amp.backward(loss if weight == 1.0 else loss * weight)
         return out.detach(), loss.detach()
 
     def parameters(self) -> list[nn.Parameter]:

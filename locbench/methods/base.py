@@ -68,6 +68,19 @@ Precision (the ``precision`` setting) belongs to the harness, like the device:
   * With ``channels_last``, 4-D parameters of the backbone and of the method (convolution
     weights) and the 4-D input are in channels-last memory format; the shapes are unchanged.
 
+Micro-batches (``micro_batches()`` > 1, gradient accumulation; e.g. ``bp-accum``):
+  * The harness splits each training batch into M = ``micro_batches()`` consecutive parts
+    (``tensor_split``: sizes differ by at most one; a batch smaller than M has one part per
+    example) and runs the whole loop above on each part in turn, every hook seeing the part as
+    ``batch`` (the same ``batch.step``). Each returned loss is backpropagated multiplied by its
+    part's share of the batch, so gradients accumulate to those of the mean loss over the whole
+    batch; the optimizer steps once, after the last part. Reported losses are the same
+    weighted means.
+  * Only one part's activations are alive at a time: that is the memory it saves. Layers that
+    look at the batch see a part: BatchNorm normalises each part with its own statistics, and
+    its running statistics are updated once per part.
+  * Not in pipeline stages (``--stages``).
+
 The step context (``batch.step``, a :class:`StepContext`) of a training run:
   * ``global_step`` runs 0, 1, ..., ``total_steps`` - 1: every training step exactly once, in
     order, across epochs. A run that diverges stops early and never reaches the end.
@@ -219,6 +232,11 @@ class Method(nn.Module):
     def output_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Loss of the last module, which ends in the backbone's output head."""
         return F.cross_entropy(logits, batch.y)
+
+    def micro_batches(self) -> int:
+        """Micro-batches per training step (gradient accumulation; see "Micro-batches" in the
+        module docstring). Default: 1, the whole batch in one pass."""
+        return 1
 
 
 METHODS: Registry[type[Method]] = Registry("method")
