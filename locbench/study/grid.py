@@ -13,6 +13,8 @@ from locbench.errors import UserError
 from locbench.harness.build import check_split, resolve
 from locbench.settings.run_config import BY_NAME, RunConfig, flatten_sections
 
+BASELINES = ("none", "equal-memory")
+
 # Grid fields that are axes of one run setting each (the rest go in ``axes``).
 NAMED_AXES = {
     "methods": "method",
@@ -41,6 +43,15 @@ class Grid:
     hp: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
     method_params: dict = field(default_factory=dict)
+    #: "equal-memory": every local method's configuration brings BP baselines configured to
+    #: at most its estimated peak (bp-ckpt, bp-accum: locbench.analysis.equal_memory).
+    baselines: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.baselines not in BASELINES:
+            raise UserError(
+                f"unknown baselines {self.baselines!r}; accepted: {', '.join(BASELINES)}"
+            )
 
     def setting_axes(self) -> dict[str, tuple]:
         """Run setting -> values, every axis of the grid."""
@@ -77,6 +88,10 @@ class Grid:
                 if key not in seen:
                     seen.add(key)
                     out.append(config)
+        if self.baselines == "equal-memory":
+            from locbench.analysis.equal_memory import equal_memory_baselines
+
+            out += equal_memory_baselines(out)
         return out
 
     def hyperparameters(self, methods: tuple[str, ...]) -> dict[str, dict[str, tuple]]:
@@ -121,7 +136,7 @@ class Grid:
         replace = {
             k: v
             for k, v in changes.items()
-            if (k in NAMED_AXES or k == "aux_depth") and v is not None
+            if (k in NAMED_AXES or k in ("aux_depth", "baselines")) and v is not None
         }
         axes = dict(self.axes)
         for setting, values in dict(changes.get("axes") or {}).items():
@@ -150,7 +165,8 @@ def config_label(settings: dict, params: dict) -> str:
 def load_grid(path: str | Path) -> Grid:
     """A grid from TOML: ``[grid]`` with axes (lists: ``methods``, ``nets``, ``K``,
     ``aux_depth``, ``batch_size``, ``seeds`` or any run setting; a ``[grid.hp]`` table of
-    hyperparameter axes, keys ``KEY`` or ``"METHOD.KEY"``), ``[run]`` with fixed settings and
+    hyperparameter axes, keys ``KEY`` or ``"METHOD.KEY"``; ``baselines``, one of
+    :data:`BASELINES`), ``[run]`` with fixed settings and
     ``[method.NAME]`` tables with fixed hyperparameters of one method."""
     try:
         import tomllib
@@ -172,6 +188,9 @@ def load_grid(path: str | Path) -> Grid:
             raise UserError(f"{path}: {table} must be a table ([{table}])")
     grid = dict(data.get("grid", {}))
     hp = grid.pop("hp", {})
+    baselines = grid.pop("baselines", "none")
+    if not isinstance(baselines, str):
+        raise UserError(f"{path}: [grid] baselines must be one of {', '.join(BASELINES)}")
     grid = flatten_sections(grid, f"{path} [grid]")
     if not isinstance(hp, dict):
         raise UserError(f"{path}: [grid] hp must be a table ([grid.hp])")
@@ -195,4 +214,9 @@ def load_grid(path: str | Path) -> Grid:
     named = {k: tuple(v) for k, v in grid.items() if k in names}
     axes = {k: tuple(v) for k, v in grid.items() if k not in names}
     hp_axes = {k: tuple(v) for k, v in hp.items()}
-    return Grid(**named, axes=axes, hp=hp_axes, run=run, method_params=methods)
+    try:
+        return Grid(
+            **named, axes=axes, hp=hp_axes, run=run, method_params=methods, baselines=baselines
+        )
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None

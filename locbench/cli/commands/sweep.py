@@ -17,6 +17,7 @@ from locbench.cli.flags import add_setting_flags, axes_from_args, depth_axis, hp
 from locbench.errors import UserError
 from locbench.settings.schema import SECTIONS
 from locbench.study.executors.builtin import EXECUTORS
+from locbench.study.grid import BASELINES
 
 DEFAULT_EXECUTOR = "local"
 
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the runs execute: "
         + "; ".join(f"{kind.name}, {kind.help}" for kind in kinds)
         + f"; default {DEFAULT_EXECUTOR}",
+    )
+    parser.add_argument(
+        "--baselines",
+        choices=BASELINES,
+        default=None,
+        help="equal-memory: with every local method's configuration, bp-ckpt and bp-accum "
+        "configured to at most its estimated peak (fewest segments / micro-batches that fit)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
     parser.add_argument(
@@ -75,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         grid = Grid()
     grid = grid.override(
-        axes=axes_from_args(args), hp=hp_axes_from_args(args), aux_depth=depth_axis(args)
+        axes=axes_from_args(args),
+        hp=hp_axes_from_args(args),
+        aux_depth=depth_axis(args),
+        baselines=args.baselines,
     )
     result = sweep(
         grid,
