@@ -859,3 +859,37 @@ def test_step_times_measured_unlike_are_not_compared_and_say_why(tmp_path):
     flags = dict(zip(results["config.method"], flag_texts(results)))
     assert flags["infopro"] == "contended (others 40% of the CPU)"
     assert flags["dgl"] == flags["bp"] == flags["predsim"] == ""
+
+
+def test_equal_memory_view_sets_each_local_row_beside_the_bp_variants_that_fit(tmp_path):
+    """dgl at 6 MiB: bp-ckpt K=2 (7 MiB) does not fit, K=3 (5.5) and K=6 (4) do: K=3, the
+    largest peak that fits; bp-accum M=2 (5.8) fits. predsim at 5 MiB: bp-ckpt K=6 only, no
+    bp-accum. The page shows the section and the files are written."""
+    records = [
+        make_record(one_run("bp", K=1, tracked=10.0)),
+        make_record(one_run("dgl", tracked=6.0, acc=78.0, step=0.02)),
+        make_record(one_run("predsim", tracked=5.0)),
+        make_record(one_run("bp-ckpt", K=2, tracked=7.0)),
+        make_record(one_run("bp-ckpt", K=3, tracked=5.5, acc=81.0, step=0.03)),
+        make_record(one_run("bp-ckpt", K=6, tracked=4.0)),
+        make_record(
+            one_run("bp-accum", K=1, tracked=5.8, acc=82.0, step=0.04), params={"micro_batches": 2}
+        ),  # fmt: skip
+    ]
+    for r in records:
+        save_record(r, tmp_path / "runs")
+    from locbench.reports.tables import equal_memory_table
+
+    equal = equal_memory_table(load_results(tmp_path / "runs")).set_index("variant")
+    assert list(equal.index) == ["dgl", "predsim"]
+    assert equal.loc["dgl", "bp-ckpt setting"] == "K=3"
+    assert equal.loc["dgl", "bp-accum setting"] == "micro_batches=2"
+    assert equal.loc["dgl", "bp-ckpt peak (MiB)"] == pytest.approx(5.5)
+    assert equal.loc["dgl", "bp-ckpt test acc (%)"] == "81.00"
+    assert equal.loc["dgl", "bp-ckpt step (ms)"] == pytest.approx(30.0)
+    assert equal.loc["dgl", "bp-accum peak (MiB)"] == pytest.approx(5.8)
+    assert equal.loc["predsim", "bp-ckpt peak (MiB)"] == pytest.approx(4.0)
+    assert pd.isna(equal.loc["predsim", "bp-accum peak (MiB)"])
+    build_report(tmp_path / "runs", tmp_path / "report")
+    assert (tmp_path / "report" / "equal_memory.csv").is_file()
+    assert 'id="equal-memory"' in (tmp_path / "report" / "report.html").read_text()

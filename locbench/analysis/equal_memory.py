@@ -79,6 +79,7 @@ def bp_baselines(
 
     base = dataclasses.replace(config, K=None, cuts=None, method_params={})
     out = []
+
     def ckpt(K: int) -> RunConfig:
         return dataclasses.replace(base, method="bp-ckpt", K=K)
 

@@ -29,6 +29,7 @@ from locbench.reports.runs import (
 from locbench.reports.tables import (
     MIB,
     comparison_table,
+    equal_memory_table,
     format_cell,
     is_missing,
     variant_labels,
@@ -145,7 +146,8 @@ class Report:
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> Report:
     """Write the report of the run records in ``runs_dir`` into ``out_dir``: ``comparison.csv``,
-    ``comparison.md``, every chart of :data:`charts.CHARTS` that has data as ``<name>.png`` and
+    ``comparison.md`` (and ``equal_memory.csv``/``.md`` when local methods have BP baselines at
+    equal memory), every chart of :data:`charts.CHARTS` that has data as ``<name>.png`` and
     ``<name>.svg``, and ``report.html`` (self-contained). ``estimates``: optional rows of
     :func:`locbench.analysis.estimate.estimate_methods` (a DataFrame or a list of dicts) drawn
     dashed in the memory vs batch size chart. Files that are not valid records (truncated, another
@@ -165,6 +167,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(results)
     write_table(table, out_dir / "comparison")
+    equal = equal_memory_table(results)
+    if not equal.empty:
+        write_table(equal, out_dir / "equal_memory")
 
     written = {}
     for chart in charts.CHARTS:
@@ -182,7 +187,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
             pngs = section_charts(runs.reset_index(drop=True), part, _estimates_for(estimates, key))
         sections.append(Section(key, runs, pngs))
 
-    page = render_page(runs_dir, results, curves, table, sections, written, skipped, estimates)
+    page = render_page(
+        runs_dir, results, curves, table, sections, written, skipped, estimates, equal
+    )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return Report(path, tuple(skipped))
@@ -281,8 +288,10 @@ def render_page(
     written: dict[str, list[Path]],
     skipped: list[tuple[Path, str]] = (),
     estimates: pd.DataFrame | None = None,
+    equal: pd.DataFrame | None = None,
 ) -> str:
-    """The whole page as HTML text (see :func:`build_report`)."""
+    """The whole page as HTML text (see :func:`build_report`); ``equal``: the equal-memory view
+    (:func:`~locbench.reports.tables.equal_memory_table`), a section when it has rows."""
     statuses = results["status"].value_counts().sort_index()
     status_text = ", ".join(f"{n} {s}" for s, n in statuses.items())
     if skipped:
@@ -290,6 +299,7 @@ def render_page(
         status_text += f"; {len(skipped)} {files} skipped, listed below"
     failed = failed_runs(results)
     contents = [("how", "How measured"), ("comparison", "Comparison")]
+    contents += [("equal-memory", "At equal memory")] if equal is not None and len(equal) else []
     contents += [(s.anchor, s.title) for s in sections]
     contents += [("failed", "Failed runs")] if not failed.empty else []
     contents += [("skipped", "Skipped files")] if skipped else []
@@ -335,6 +345,17 @@ def render_page(
         "column: here, columns empty in every row are left out, and the accuracy's mean and "
         "standard deviation share a cell.</p>",
     ]
+    if equal is not None and len(equal):
+        parts += [
+            '<h2 id="equal-memory">At equal memory</h2>',
+            "<p>Each local method's row beside BP's memory-saving variants configured to at "
+            "most its peak: activation checkpointing (<i>bp-ckpt</i>, K segments) and gradient "
+            "accumulation (<i>bp-accum</i>, micro-batches), each the one with the largest peak "
+            "that fits (the fewest segments or micro-batches: the fastest at that memory). "
+            "<code>locbench sweep --baselines equal-memory</code> runs them. Also written as "
+            "<code>equal_memory.csv</code> and <code>equal_memory.md</code>.</p>",
+            html_table(equal),
+        ]
     for section in sections:
         parts.append(render_section(section, curves, written, len(sections) > 1))
     if not failed.empty:

@@ -467,3 +467,58 @@ def write_table(table: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]
     table.to_csv(csv, index=False)
     md.write_text(to_markdown(table) + "\n")
     return csv, md
+
+
+# ---------------------------------------------------------------- equal-memory view
+
+#: End-to-end BP variants that cut BP's memory: the baselines of the equal-memory view.
+MEMORY_BASELINES = ("bp-ckpt", "bp-accum")
+END_TO_END = ("bp", *MEMORY_BASELINES)
+_EQUAL_MEMORY_FIGURES = ["peak (MiB)", "test acc (%)", "step (ms)", "GFLOP / step"]
+
+
+def equal_memory_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The equal-memory view of the runs' :func:`comparison_table`: one row per local method's
+    row (any method but BP and its memory-saving variants), with, for each of
+    :data:`MEMORY_BASELINES`, the row of that method (same net, dataset, batch size and memory
+    source) whose peak is at most the local row's and the largest such (the fewest segments or
+    micro-batches that fit: the fastest baseline at that memory): its setting (``K=3``
+    segments, ``micro_batches=2``), peak, accuracy, step time and FLOPs beside the local
+    row's; missing where none fits (``locbench sweep --baselines equal-memory`` runs them).
+    Empty when no local row has a baseline."""
+    table = comparison_table(results)
+    runs = _runs(results) if not results.empty else None
+    columns = ["net", "dataset", "batch size", "variant", *_EQUAL_MEMORY_FIGURES]
+    shown = ["setting", *_EQUAL_MEMORY_FIGURES]
+    wide = columns + [f"{b} {c}" for b in MEMORY_BASELINES for c in shown]
+    rows = []
+    same = ["net", "dataset", "batch size", "memory source"]
+    for _, row in table[~table["method"].isin(END_TO_END)].iterrows():
+        if pd.isna(row["peak (MiB)"]):
+            continue
+        line = {c: row[c] for c in columns}
+        for baseline in MEMORY_BASELINES:
+            candidates = table[
+                (table["method"] == baseline)
+                & (table["peak (MiB)"] <= row["peak (MiB)"])
+                & (table[same] == row[same]).all(axis=1)
+            ]
+            if candidates.empty:
+                continue
+            best = candidates.loc[candidates["peak (MiB)"].idxmax()]
+            line[f"{baseline} setting"] = _baseline_setting(best, runs)
+            line |= {f"{baseline} {c}": best[c] for c in _EQUAL_MEMORY_FIGURES}
+        if len(line) > len(columns):
+            rows.append(line)
+    return pd.DataFrame(rows, columns=wide)
+
+
+def _baseline_setting(row: pd.Series, runs: pd.DataFrame) -> str:
+    """What a memory baseline's row is configured to: its segments or micro-batches (read
+    from the settings of its runs)."""
+    if row["method"] == "bp-ckpt":
+        return f"K={int(row['K'])}"
+    keys = ["net", "dataset", "method", "variant", "batch size"]
+    mine = runs[(runs[keys] == row[keys]).all(axis=1)]
+    values = {s.get(f"{PARAMS_PREFIX}micro_batches") for s in mine["_settings"]}
+    return f"micro_batches={values.pop()}" if len(values) == 1 else ""
