@@ -82,6 +82,17 @@ def test_estimates_timeline_peaks_at_the_estimate_and_is_bounded():
     assert all(start in kept and start - 1 in kept for start, _, _ in timeline["phases"][1:])
 
 
+def test_a_step_with_more_phases_than_timeline_points_still_has_a_timeline():
+    """bp-accum with 512 micro-batches: over 2000 phase changes. The timeline keeps the
+    phases whole and the peak, and stays bounded (before: the estimate failed)."""
+    config = RunConfig(method="bp-accum", net="smallnet", method_params={"micro_batches": 512})
+    peak = estimate(resolve(config), batch_size=512)
+    timeline = peak.timeline
+    assert len(timeline["phases"]) * 2 > TIMELINE_POINTS
+    assert len(timeline["bytes"]) <= TIMELINE_POINTS
+    assert max(timeline["bytes"]) == peak.peak_bytes
+
+
 def test_downsample_keeps_the_peak_the_changes_and_the_shape():
     rng = np.random.default_rng(0)
     values = np.cumsum(rng.integers(-100, 101, 50_000))

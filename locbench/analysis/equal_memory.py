@@ -32,30 +32,40 @@ from locbench.settings.run_config import RunConfig
 END_TO_END = ("bp", "bp-ckpt", "bp-accum")
 
 
-def peak_of(config: RunConfig, known: dict[str, int] | None = None) -> int:
-    """Estimated tracked peak (bytes) of one steady-state step of ``config``; ``known``: the
-    peaks estimated so far, by run id (the searches ask for the same ones again and again)."""
+def peak_of(
+    config: RunConfig,
+    known: dict[str, int] | None = None,
+    num_classes: int | None = None,
+    rounded: bool = False,
+) -> int:
+    """Estimated tracked peak (bytes) of one steady-state step of ``config`` at its batch size,
+    with ``num_classes`` classes (default: its dataset's); ``rounded``: with CUDA's 512-byte
+    rounding of every storage (a GPU budget), else as tracked. ``known``: the peaks estimated
+    so far (the searches ask for the same ones again and again)."""
     run = resolve(config)
-    if known is not None and run.run_id in known:
-        return known[run.run_id]
-    classes = DATASETS.get(run.config.dataset).num_classes
-    peak = estimate(run, run.config.batch_size, num_classes=classes).peak_bytes
+    classes = num_classes or DATASETS.get(run.config.dataset).num_classes
+    key = f"{run.run_id}/{classes}/{rounded}"
+    if known is not None and key in known:
+        return known[key]
+    peak = estimate(run, run.config.batch_size, num_classes=classes)
+    bytes_ = peak.peak_bytes_rounded if rounded else peak.peak_bytes
     if known is not None:
-        known[run.run_id] = peak
-    return peak
+        known[key] = bytes_
+    return bytes_
 
 
 def fewest(values: list[int], fits: Callable[[int], bool]) -> int | None:
     """The first of the increasing ``values`` for which ``fits`` holds, assuming it keeps
-    holding after (memory falls as segments or micro-batches grow): a widening scan, then
-    bisection. None when not even the last fits."""
-    if not values or not fits(values[-1]):
+    holding after (memory falls as micro-batches grow): a widening scan from the smallest
+    (the cheap ones: a step of many micro-batches takes long to trace), then bisection. None
+    when not even the last fits."""
+    lo, i, step = -1, 0, 1  # values[lo] does not fit (lo = -1: none tried)
+    while i < len(values) and not fits(values[i]):
+        lo = i
+        i = len(values) if i == len(values) - 1 else min(i + step, len(values) - 1)
+        step *= 2
+    if i >= len(values):
         return None
-    lo, i = -1, 0  # values[lo] does not fit (lo = -1: none tried)
-    step = 1
-    while not fits(values[i]):
-        lo, step = i, step * 2
-        i = min(i + step, len(values) - 1)
     hi = i
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -64,16 +74,21 @@ def fewest(values: list[int], fits: Callable[[int], bool]) -> int | None:
 
 
 def bp_baselines(
-    config: RunConfig, budget: int, known: dict[str, int] | None = None
+    config: RunConfig,
+    budget: int,
+    known: dict[str, int] | None = None,
+    num_classes: int | None = None,
+    rounded: bool = False,
 ) -> list[RunConfig]:
     """``bp-ckpt`` and ``bp-accum`` configurations of ``config``'s net, data, batch and
     settings whose estimated peaks are at most ``budget`` bytes (each at its fewest segments
-    or micro-batches); those that cannot fit are left out. ``known``: see :func:`peak_of`."""
+    or micro-batches); those that cannot fit are left out. ``known``, ``num_classes``,
+    ``rounded``: see :func:`peak_of`."""
     known = {} if known is None else known
 
     def fits(candidate: RunConfig) -> bool:
         try:
-            return peak_of(candidate, known) <= budget
+            return peak_of(candidate, known, num_classes, rounded) <= budget
         except StepFails:  # e.g. a micro-batch of one through BatchNorm1d
             return False
 

@@ -208,7 +208,8 @@ class MemoryTracker(TorchDispatchMode):
         When the window's peak was reached only in an earlier step, it starts at that step
         instead, so that its maximum is always the tracked peak; without :meth:`begin_step`,
         it covers every event. At most ``max_points`` events are kept (:func:`downsample`):
-        the global maximum, the first event of each phase and the one before it among them.
+        the global maximum, the first event of each phase and the one before it among them
+        (only the first when that is too many; neither when even that is).
 
         A dict: ``steps`` covered, ``events`` in them; ``event`` (kept event indices, the
         first event 0) and ``bytes`` (live bytes after each); ``phases``, run-length encoded
@@ -232,6 +233,8 @@ class MemoryTracker(TorchDispatchMode):
                 previous = key
         values = totals[lo:]
         changes = [i for start, _, _ in phases for i in (start - 1, start)]
+        if len(changes) + 3 > max_points:  # many phases (many modules or micro-batches)
+            changes = changes[1::2] if len(changes) // 2 + 3 <= max_points else []
         kept = downsample(values, changes, max_points)
         return {
             "steps": steps,
