@@ -111,12 +111,14 @@ class AuxCosts:
     """The local loss after a cut: ``profile`` from its forward to the gradient of the cut's
     output (gradients of its parameters and its kept loss included), ``resident`` its
     parameters, buffers, momentum and the previous step's loss, ``grads`` its parameters'
-    gradients, ``opt_excess`` the optimizer step's temporaries for its largest parameter."""
+    gradients, ``opt_excess`` the optimizer step's temporaries for its largest parameter;
+    ``after``: what the module's backward frees once through all its units."""
 
     profile: Profile
     resident: int
     grads: int
     opt_excess: int
+    after: Profile = Profile()
 
 
 @dataclass
@@ -128,6 +130,7 @@ class CostModel:
     units: list[UnitCosts]  # hidden units 0..n-1, then the head
     aux: Callable[[int, int], AuxCosts]  # (last unit of module k, k) -> its local loss
     output: Profile  # the output loss and its backward to the logits' gradient
+    output_after: Profile  # what the last module's backward frees once through
     tail: Profile  # after the last module: the accuracy count
     base: int  # resident backbone and method state, the batch, the last step's output loss
     backbone_grads: int
@@ -146,10 +149,13 @@ class CostModel:
             fwd = fwd.then(u[self.n].forward[False]).then(self.output)
             back = [u[self.n].backward[False, True]]
             back += [u[i].backward[i == a, False] for i in range(b, a - 1, -1)]
+            back.append(self.output_after)
         else:
-            fwd = fwd.then(self.aux(b, k).profile)
+            aux = self.aux(b, k)
+            fwd = fwd.then(aux.profile)
             back = [u[b].backward[b == a, True]]
             back += [u[i].backward[i == a, False] for i in range(b - 1, a - 1, -1)]
+            back.append(aux.after)
         return fwd.then(chain(back))
 
     def peak(self, cuts: Sequence[int]) -> int:
@@ -236,6 +242,7 @@ class _Probe:
         self.start: int | None = None  # after the output's gradient is allocated
         self.sink: int | None = None  # when the input's gradient is complete
         self.skip: set[int] = set()  # scaffolding storages
+        self.sink_uid: int | None = None  # the input's gradient
 
 
 class _Sink(torch.autograd.Function):
@@ -249,8 +256,10 @@ class _Sink(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.probe.sink is None:
-            ctx.probe.sink = ctx.probe.tracker.mark()
+        probe = ctx.probe
+        if probe.sink is None:
+            probe.sink = probe.tracker.mark()
+            probe.sink_uid = probe.tracker.uid(grad)  # the unit before frees it
         return None, None
 
 
@@ -313,6 +322,7 @@ class _Measured:
     units: list[tuple[UnitCosts, UnitCosts]]
     aux: dict[tuple[int, int], tuple[AuxCosts, AuxCosts]]
     output: tuple[Profile, Profile]
+    output_after: tuple[Profile, Profile]
     tail: tuple[Profile, Profile]
     base: tuple[int, int]
     backbone_grads: tuple[int, int]
@@ -329,6 +339,7 @@ class _Measured:
             [u[measure] for u in self.units],
             aux,
             self.output[measure],
+            self.output_after[measure],
             self.tail[measure],
             self.base[measure],
             self.backbone_grads[measure],
@@ -446,9 +457,9 @@ def measure(
         method_cls, params = run.method_cls, run.params
         planned = method_cls.plan_split(Split.uniform(n, K), params)
         reference = method_for_split(planned, method_cls, backbone, data, params)
-        output = _loss_piece(
+        output, output_after, _ = _loss_piece(
             lambda o: reference.output_loss(o, batch), outs[-1], amp, reference, (x, y)
-        )[0]
+        )
         tail = _tail_piece(outs[-1], y)
         backbone_state = _param_costs(units)
         own = _param_costs([reference])
@@ -479,7 +490,7 @@ def measure(
                 modules = method.aux_modules(k)
                 key = json.dumps([b, [repr(m) for m in modules]])
                 if key not in by_net:
-                    piece, loss = _loss_piece(
+                    piece, after, loss = _loss_piece(
                         functools.partial(_local_loss, method, k, batch),
                         outs[b],
                         amp,
@@ -489,7 +500,9 @@ def measure(
                     resident, grads, excess = _param_costs(modules)
                     loss_bytes = (loss, round_up(loss))
                     by_net[key] = tuple(
-                        AuxCosts(piece[m], resident[m] + loss_bytes[m], grads[m], excess[m])
+                        AuxCosts(
+                            piece[m], resident[m] + loss_bytes[m], grads[m], excess[m], after[m]
+                        )
                         for m in (RAW, ROUNDED)
                     )
                 by_cut[b, k] = by_net[key]
@@ -499,6 +512,7 @@ def measure(
             measured_units,
             by_cut,
             output,
+            output_after,
             tail,
             base,
             backbone_state[1],
@@ -560,9 +574,10 @@ def _loss_piece(
     amp: MixedPrecision,
     owner: nn.Module,
     extra: Sequence[torch.Tensor] = (),
-) -> tuple[tuple[Profile, Profile], int]:
-    """A loss on a module's output, its forward and its backward up to the output's gradient
-    (the loss itself kept, as the harness keeps it detached); and the loss's bytes."""
+) -> tuple[tuple[Profile, Profile], tuple[Profile, Profile], int]:
+    """A loss on a module's output: its forward and its backward up to the output's gradient
+    (the loss itself kept, as the harness keeps it detached); what the backward frees at its
+    very end; and the loss's bytes."""
     with amp.autocast():  # untracked first pass, as in _unit_pieces
         loss = loss_fn(_like(like, requires_grad=True))
     if loss is not None:
@@ -582,11 +597,13 @@ def _loss_piece(
             )
         amp.backward(loss)
         piece = tracker.deltas(m0, probe.sink)
+        # what the backward frees once it is through (the loss's seed gradient)
+        after = tracker.deltas(probe.sink, None, {*probe.skip, probe.sink_uid})
         size = loss.untyped_storage().nbytes()
         del loss, h, leaf
     for p in owner.parameters():
         p.grad = None
-    return _both(piece), size
+    return _both(piece), _both(after), size
 
 
 def _tracker(modules: Sequence[nn.Module], tensors: Sequence[torch.Tensor] = ()) -> MemoryTracker:
