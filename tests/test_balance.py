@@ -130,3 +130,13 @@ def test_describe_module_peaks_are_the_estimate():
     d = describe(RunConfig(method="infopro", net="resnet20", K=3), batch_size=8)
     run = resolve(RunConfig(method="infopro", net="resnet20", K=3))
     assert [m["peak_bytes"] for m in d["modules"]] == estimate(run, 8).module_peaks
+
+
+def test_sweep_grid_with_balanced_cuts_and_a_K_axis():
+    from locbench.study.grid import Grid
+
+    run = {"dataset": "synthetic", "batch_size": BATCH, "cuts": "balanced"}
+    grid = Grid(methods=("dgl",), nets=("resnet20",), K=(2, 3), run=run)
+    configs = grid.configs()
+    assert [c.K for c in configs] == [2, 3]
+    assert all(c.cuts_balanced and len(c.cuts) == c.K - 1 for c in configs)
