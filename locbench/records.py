@@ -82,6 +82,11 @@ class RunRecord:
     # Pipeline runs (config stages > 1, locbench.harness.stages): groups, every stage's busy and
     # idle seconds, the sequential and pipelined step times, the speed-up and its bound.
     stages: dict | None = None
+    # --cuts balanced (config cuts_balanced): the K asked for, the cuts found, the modules
+    # trained, the batch and image size searched at, the cost model's peak of the chosen split
+    # and one fake-tensor estimate of it (locbench.harness.balance.BalancedCuts); None when the
+    # search ran in another process (the config still says cuts_balanced).
+    balanced_cuts: dict | None = None
     started_at: str = ""
     # True for an ``error`` row written because the worker process died (killed, segfault):
     # a resumed sweep runs that configuration again.

@@ -293,7 +293,10 @@ def test_run_id_changes_with_every_field(name):
     if name == "method_params":
         base = RunConfig(method="dgl", cuts=(1,))
     value = ACCEPTED_OTHER.get(name, changed(getattr(base, name)))
-    other = dataclasses.replace(base, **{name: value})
+    if name == "cuts_balanced":  # the same cuts, found by --K 2 --cuts balanced
+        other = dataclasses.replace(base, K=2, cuts_balanced=True)
+    else:
+        other = dataclasses.replace(base, **{name: value})
     assert other != base
     # A run's identity is its resolved configuration: two settings that resolve alike (memory
     # auto is tracked on a CPU; sync_bn means nothing in one process) are one run; any other

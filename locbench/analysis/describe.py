@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from locbench.analysis.estimate import estimate
 from locbench.errors import UserError
 from locbench.harness.build import build, resolve
 from locbench.harness.flops import TRACE_ERRORS, config_flops
@@ -57,6 +58,9 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
         text = str(e).strip()
         message = text.splitlines()[0] if text else type(e).__name__
         raise UserError(f"one training step at batch {batch_size} fails: {message}") from None
+    # The estimated peak while each module's phases run (forward, local loss, backward), at the
+    # same batch: where the step's memory peaks, and what --cuts balanced evens out.
+    peaks = estimate(run, batch_size, None, num_classes)
     modules = []
     for k in range(split.K):
         units = list(split.unit_range(k))
@@ -74,6 +78,7 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
                 "layers": [name for m in aux for name in aux_layers(m)],
                 "flops_aux": 0 if last else aux_flops[k],
                 "flops": module_flops[k],  # forward + local loss + backward of the module
+                "peak_bytes": peaks.module_peaks[k],  # estimated, while module k runs
             }
         )
     return {
@@ -82,11 +87,16 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
         "K_requested": config.K,
         "K": split.K,
         "module_starts": list(split.starts),
+        "cuts": [split.last_unit(k) for k in range(split.K - 1)],
+        # the search's record when the cuts are --cuts balanced (None otherwise)
+        "balanced_cuts": run.balance.as_dict() if run.balance is not None else None,
         "params_backbone": backbone_params,
         "params_aux": aux_params,
         "params_total": backbone_params + aux_params,
         "modules": modules,
         "batch_size": batch_size,
+        "peak_bytes": peaks.peak_bytes,  # the estimated peak of the whole step
+        "peak_bytes_rounded": peaks.peak_bytes_rounded,
         "flops_per_step": {
             "backbone": total - sum(aux_flops),
             "aux": sum(aux_flops),
@@ -99,7 +109,10 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
 
 def format_description(d: dict) -> str:
     asked = d["K_requested"]
-    header = f"{'module':>6}  {'units':<9} {'output':<12} {'aux params':>10} {'aux GFLOP':>10}"
+    header = (
+        f"{'module':>6}  {'units':<9} {'output':<12} {'aux params':>10} {'aux GFLOP':>10} "
+        f"{'peak MiB':>9}"
+    )
     lines = [
         f"{d['method']} on {d['net']}: {d['K']} modules"
         + (f" (K={asked} requested)" if asked not in (None, d["K"]) else ""),
@@ -113,7 +126,8 @@ def format_description(d: dict) -> str:
         shape = "x".join(map(str, m["output_shape"]))
         lines.append(
             f"{m['index']:>6}  {span:<9} {shape:<12} {m['params_aux']:>10,} "
-            f"{m['flops_aux'] / 1e9:>10.3f}  {', '.join(m['layers'])}"
+            f"{m['flops_aux'] / 1e9:>10.3f} {m['peak_bytes'] / 2**20:>9.1f}  "
+            f"{', '.join(m['layers'])}"
         )
     f = d["flops_per_step"]
     lines += [
@@ -122,7 +136,12 @@ def format_description(d: dict) -> str:
         f"FLOPs per training step at batch {d['batch_size']} (forward + backward): backbone "
         f"{f['backbone'] / 1e9:.3f} G, auxiliary {f['aux'] / 1e9:.3f} G, "
         f"total {f['total'] / 1e9:.3f} G",
+        f"estimated peak memory per module (while it runs) at batch {d['batch_size']}; the "
+        f"step's peak {d['peak_bytes_rounded'] / 2**20:.1f} MiB (CUDA-rounded)",
     ]
+    if d.get("balanced_cuts"):
+        lines.append(f"cuts {d['cuts']}: balanced (--cuts balanced) at batch "
+                     f"{d['balanced_cuts']['batch_size']}")  # fmt: skip
     bound = d["pipeline_bound"]
     if bound["speedup"] is not None:
         per_module = ", ".join(f"{m['flops'] / 1e9:.3f}" for m in d["modules"])

@@ -15,13 +15,10 @@ import re
 from collections.abc import Callable
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, resolve
-from locbench.harness.trainer import LocalTrainer, probe_config
-from locbench.harness.windows import steady_state_peak
+from locbench.harness.fake import KernelDtypes, fake_step_peak  # noqa: F401 - KernelDtypes: moved
 from locbench.measure.memory import TrackedPeak
 from locbench.settings.run_config import BY_NAME, RunConfig
 from locbench.settings.schema import check
@@ -56,47 +53,14 @@ def estimate(
     """Tracked peak of one steady-state training step of the resolved ``run``, on fake
     tensors."""
     check(BY_NAME["batch_size"], batch_size, "--batch-size")  # the run setting's rule
-    with FakeTensorMode(allow_non_fake_inputs=True), KernelDtypes():
-        backbone, method = build(run, num_classes=num_classes, image_size=image_size)
-        config = probe_config(run.config)
-        trainer = LocalTrainer.for_config(
-            config, backbone, method.split, method, torch.device("cpu")
-        )
-        x = torch.empty(batch_size, *backbone.input_shape)
-        y = torch.zeros(batch_size, dtype=torch.long)
-        x, y = trainer.to_device(x, y)  # as a run's batches arrive: e.g. already channels-last
-        try:
-            return steady_state_peak(trainer, x, y)
-        except UserError:
-            raise
-        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
-            text = str(e).strip()
-            message = text.splitlines()[0] if text else type(e).__name__
-            raise StepFails(f"one training step at batch {batch_size} fails: {message}") from None
-
-
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-class KernelDtypes(TorchDispatchMode):
-    """Gives fake outputs the dtypes the real CPU kernels give, where PyTorch's fake kernels
-    differ (entered inside ``FakeTensorMode``, below the memory tracker, which sees the result).
-
-    ``native_batch_norm`` on a bf16/fp16 input (autocast) with float32 parameters or running
-    statistics: the CPU kernel saves the batch mean and inverse std for backward in float32
-    (as CUDA's does for any half input), but the decomposition fake tensors run casts them to
-    the input's dtype: half the bytes, once per BatchNorm, until its backward."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.native_batch_norm.default:
-            x, params = args[0], args[1:5]
-            mixed = any(isinstance(p, torch.Tensor) and p.dtype == torch.float32 for p in params)
-            if x.dtype in LOW_PRECISION and mixed:
-                y, mean, invstd = out
-                as_float = [t.new_empty(t.shape, dtype=torch.float32) for t in (mean, invstd)]
-                out = (y, *as_float)
-        return out
+    try:
+        return fake_step_peak(run, batch_size, image_size, num_classes)
+    except UserError:
+        raise
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
+        raise StepFails(f"one training step at batch {batch_size} fails: {message}") from None
 
 
 #: The batches ``max_batch`` tries first, in order: it searches upwards from the first that

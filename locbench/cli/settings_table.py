@@ -32,6 +32,8 @@ def rows() -> list[tuple[str, ...]]:
         for spec in SPECS:
             if spec.section == section:
                 flag = spec.flag if spec.cli else "--hp KEY=VALUE"
+                if not spec.cli and spec.name != "method_params":
+                    flag = "(set when resolved)"  # cuts_balanced: no flag of its own
                 out.append(
                     (f"{section}.{spec.name}", flag, _default(spec), spec.accepted(), spec.help)
                 )

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,7 +30,10 @@ from locbench.methods.loading import resolve_method
 from locbench.nets.backbone import Backbone, Shape, get_backbone
 from locbench.nets.split import Split, check_K
 from locbench.records import SCHEMA, RunRecord
-from locbench.settings.run_config import RunConfig
+from locbench.settings.run_config import BALANCED, RunConfig
+
+if TYPE_CHECKING:
+    from locbench.harness.balance import BalancedCuts
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Resolved:
     params: object
     method_sha256: str
     package_version: str
+    # What --cuts balanced found (the search and its check), when it ran in this process.
+    balance: BalancedCuts | None = None
 
     @property
     def identity(self) -> dict:
@@ -63,6 +69,8 @@ class Resolved:
     def record(self, **fields) -> RunRecord:
         """The run's record: its id, configuration, identity and this machine's environment.
         Every record, of a finished run or of a worker that died, starts here."""
+        if self.balance is not None:
+            fields.setdefault("balanced_cuts", self.balance.as_dict())
         return RunRecord(
             run_id=self.run_id,
             config=self.config.to_dict(),
@@ -76,7 +84,11 @@ class Resolved:
 def resolve(config: RunConfig) -> Resolved:
     """``config`` with the dataset's training preset filled in, the device and memory mode
     picked, every method hyperparameter typed with its default and every value checked: bad
-    input fails here, before any work. Resolving a resolved configuration changes nothing."""
+    input fails here, before any work. Resolving a resolved configuration changes nothing.
+
+    ``cuts = "balanced"`` becomes the cut points of K modules with the least estimated peak
+    memory at the run's batch size (:mod:`locbench.harness.balance`; searched once per
+    process), marked ``cuts_balanced``: the run id and the record carry them."""
     preset = DATASETS.get(config.dataset).preset
     device = pick_device(config.device)
     on_cuda = device.startswith("cuda")
@@ -104,7 +116,17 @@ def resolve(config: RunConfig) -> Resolved:
         memory=memory,
         method_params=dataclasses.asdict(params),
     )
-    return Resolved(filled, method_cls, params, source_sha256(method_cls), package_version())
+    balance = None
+    if filled.cuts == BALANCED or filled.cuts_balanced:
+        from locbench.harness.balance import balanced_cuts, found  # it resolves in turn
+
+        if filled.cuts == BALANCED:
+            balance = balanced_cuts(filled)
+            filled = dataclasses.replace(filled, cuts=balance.cuts, cuts_balanced=True)
+        else:
+            balance = found(filled)  # the search's record, if it ran in this process
+    sha = source_sha256(method_cls)
+    return Resolved(filled, method_cls, params, sha, package_version(), balance)
 
 
 def source_sha256(cls: type) -> str:
@@ -139,6 +161,8 @@ def check_data_root(root: str | None) -> None:
 
 
 def requested_split(config: RunConfig, n_hidden: int) -> Split:
+    if config.cuts == BALANCED:
+        raise UserError("--cuts balanced is found when the configuration is resolved (resolve)")
     if config.cuts is not None:
         return Split.from_cuts(n_hidden, config.cuts)
     if config.K is None:
@@ -150,6 +174,9 @@ def requested_split(config: RunConfig, n_hidden: int) -> Split:
 def check_split(config: RunConfig) -> None:
     """Raise the one-line error a run of ``config`` would hit when splitting its net (K or
     cuts out of range), building the backbone on the meta device: nothing is allocated."""
+    if config.cuts == BALANCED:
+        check_K(config.K, hidden_units(config.net))
+        return
     requested_split(config, hidden_units(config.net))
 
 

@@ -244,6 +244,32 @@ class MemoryTracker(TorchDispatchMode):
             "phases": phases,
         }
 
+    def mark(self) -> int:
+        """The number of allocation and release events so far: an index into the event log,
+        for :meth:`deltas`."""
+        return len(self._events)
+
+    def deltas(
+        self, start: int, stop: int | None = None, skip: Iterable[int] = ()
+    ) -> list[tuple[int, int]]:
+        """Events ``start .. stop-1`` as signed bytes, as is and with CUDA's rounding (an
+        allocation positive, a release negative). ``skip``: storage uids (:meth:`uid`) whose
+        events are left out (scaffolding of a measurement, not the step's own tensors)."""
+        skipped = set(skip)
+        out = []
+        for code, _ in self._events[start:stop]:
+            uid = code if code >= 0 else -code - 1
+            if uid in skipped:
+                continue
+            n = self._records[uid].nbytes
+            sign = 1 if code >= 0 else -1
+            out.append((sign * n, sign * round_up(n)))
+        return out
+
+    def uid(self, t: torch.Tensor) -> int | None:
+        """The uid of the live storage behind ``t`` (None if it is not tracked)."""
+        return self._uid_of(t)
+
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

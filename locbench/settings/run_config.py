@@ -29,6 +29,8 @@ PRESET = "the dataset's preset"
 S = TypeVar("S")
 MEMORY_MODES = ("auto", "tracked", "cuda", "both")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``cuts = "balanced"``: resolving the configuration finds the cuts (locbench.harness.balance).
+BALANCED = "balanced"
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,20 @@ class ModelSettings:
         low=1,
         flag="--K",
     )
+    # A tuple of ints, or the word "balanced" until the configuration is resolved.
     cuts: tuple[int, ...] | None = setting(
-        None, "cut after these hidden units (0-based), e.g. 3,7,11", section="model", low=0
+        None,
+        "cut after these hidden units (0-based), e.g. 3,7,11; balanced (with --K): the cuts "
+        "of K modules with the least estimated peak memory",
+        section="model",
+        low=0,
+        words=(BALANCED,),
+    )
+    cuts_balanced: bool = setting(
+        False,
+        "set by resolving --cuts balanced: the cuts are the balanced ones for K",
+        section="model",
+        cli=False,
     )
 
 
@@ -191,8 +205,17 @@ class RunConfig(
             object.__setattr__(self, spec.name, value)
         if not all(isinstance(k, str) for k in self.method_params):
             raise UserError("method hyperparameter names must be strings")
-        if self.K is not None and self.cuts is not None:
-            raise UserError("give either --K or --cuts, not both")
+        if self.cuts == BALANCED and self.K is None:
+            raise UserError("--cuts balanced needs --K")
+        concrete = isinstance(self.cuts, tuple)
+        if self.cuts_balanced and not (
+            concrete and self.K is not None and len(self.cuts) == self.K - 1
+        ):
+            raise UserError(
+                "cuts_balanced marks the cuts that --cuts balanced found: it needs K and K-1 cuts"
+            )
+        if self.K is not None and concrete and not self.cuts_balanced:
+            raise UserError("give either --K or --cuts (or --K with --cuts balanced), not both")
         if self.stages > 1 and self.nproc > 1:
             raise UserError("give either --stages (pipeline) or --nproc (data-parallel), not both")
 
@@ -202,7 +225,7 @@ class RunConfig(
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["cuts"] = list(self.cuts) if self.cuts is not None else None
+        d["cuts"] = list(self.cuts) if isinstance(self.cuts, tuple) else self.cuts
         return d
 
     @classmethod

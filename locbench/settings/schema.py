@@ -33,12 +33,20 @@ class Rule:
     high: float | None = None
     above: float | None = None
     choices: tuple | None = None
+    # Words a non-text setting also takes, kept as given in lower case (``cuts = "balanced"``).
+    words: tuple[str, ...] = ()
 
     def text(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
         bounds = (("> ", self.above), (">= ", self.low), ("<= ", self.high))
         return ", ".join(op + _number_text(v) for op, v in bounds if v is not None)
+
+    def word(self, value: Any) -> str | None:
+        """``value`` as one of :attr:`words` (None when it is not one)."""
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return value.strip().lower()
+        return None
 
 
 def _number_text(v: float) -> str:
@@ -56,10 +64,12 @@ def setting(
     choices: tuple | None = None,
     flag: str | None = None,
     cli: bool = True,
+    words: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field declaring one setting. ``flag``: the CLI name when it is not the
-    field name with dashes; ``cli=False``: no generated flag (set through another one)."""
-    rule = Rule(low, high, above, choices)
+    field name with dashes; ``cli=False``: no generated flag (set through another one);
+    ``words``: words it takes besides values of its type."""
+    rule = Rule(low, high, above, choices, words)
     meta = {"help": help, "section": section, "rule": rule, "flag": flag, "cli": cli}
     if isinstance(default, dict | list):
         return dataclasses.field(default_factory=type(default), metadata=meta)
@@ -105,6 +115,8 @@ class Spec:
             kind = rule
         elif rule:
             kind = f"{kind} {rule}"
+        if self.rule.words:
+            kind += ", or " + " or ".join(self.rule.words)
         return kind + (" (or none)" if self.optional else "")
 
 
@@ -146,6 +158,9 @@ def convert(spec: Spec, value: Any, where: str) -> Any:
         if not spec.optional:
             raise UserError(f"{where} must be {spec.accepted()}, got none")
         return None
+    word = spec.rule.word(value)
+    if word is not None:
+        return word
     try:
         if typing.get_origin(base) is tuple:
             items = value.split(",") if isinstance(value, str) else value
@@ -173,6 +188,8 @@ def check(spec: Spec, value: Any, where: str) -> None:
     if value is None:
         if not spec.optional:
             raise UserError(f"{where} must be {spec.accepted()}, got none")
+        return
+    if spec.rule.word(value) == value:
         return
     rule, bad = spec.rule, False
     items = value if isinstance(value, tuple) else (value,)
