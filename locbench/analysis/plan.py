@@ -3,7 +3,9 @@
 Two questions, one table:
 
 * Without a batch size: the largest batch each method trains at within the budget
-  (:func:`~locbench.analysis.estimate.max_batch`), at the configuration's K or cuts.
+  (:func:`~locbench.analysis.estimate.max_batch`), at the configuration's K or cuts
+  (``--cuts balanced``: each local method's balanced cuts at the configuration's batch size;
+  BP's variants keep uniform ones).
 * With a batch size: whether each method fits at that batch; for ``bp-ckpt`` and ``bp-accum``,
   the fewest checkpoint segments and micro-batches that fit
   (:func:`~locbench.analysis.equal_memory.bp_baselines`).
@@ -18,12 +20,12 @@ import dataclasses
 
 import torch
 
-from locbench.analysis.equal_memory import bp_baselines
+from locbench.analysis.equal_memory import END_TO_END, bp_baselines
 from locbench.analysis.estimate import StepFails, estimate, for_method, max_batch
 from locbench.harness.build import Resolved, build, resolve
 from locbench.harness.flops import config_flops
 from locbench.measure.memory import TrackedPeak
-from locbench.settings.run_config import RunConfig
+from locbench.settings.run_config import BALANCED, RunConfig
 
 SEARCHED = ("bp-ckpt", "bp-accum")  # their segments / micro-batches are what the plan picks
 
@@ -38,14 +40,17 @@ def plan(
     """One row per method (see the module docstring): ``method``, ``K``, ``cuts`` (the last
     unit of each module but the last), ``micro_batches`` (bp-accum), ``batch_size``,
     ``peak_bytes`` (rounded), ``fits``, ``flops`` (one training step)."""
+    if batch_size is not None:  # balanced cuts are searched at the batch planned for
+        config = dataclasses.replace(config, batch_size=batch_size)
     rows = []
     for name in methods:
         base = for_method(config, name)
+        if name in END_TO_END and base.cuts == BALANCED:  # nothing local to balance: uniform
+            base = dataclasses.replace(base, cuts=None)
         if batch_size is not None and name in SEARCHED:
-            at = dataclasses.replace(base, batch_size=batch_size)
-            options = bp_baselines(at, budget, num_classes=num_classes, rounded=True)
+            options = bp_baselines(base, budget, num_classes=num_classes, rounded=True)
             found = [c for c in options if c.method == name]
-            chosen = found[0] if found else at
+            chosen = found[0] if found else base
         else:
             chosen = base
         run = resolve(chosen)
