@@ -10,6 +10,7 @@ from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.harness.run import execute
 from locbench.measure.memory import CATEGORIES, round_up
+from locbench.methods import METHODS
 from locbench.settings.run_config import RunConfig
 
 METHODS_K = [
@@ -225,3 +226,26 @@ def test_run_memory_option_on_cpu(tmp_path, capsys):
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["config"]["memory"] == "tracked" and record["memory"]["peak_bytes"] > 0
     assert record["flops"]["total"] == record["flops"]["backbone"] + record["flops"]["aux"]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_max_batch_predicts_the_probing_answer_for_every_method(name):
+    """The affine prediction, confirmed, gives the answer probing gives: the largest batch
+    whose estimate fits (and b + 1's does not), with that batch's estimate, at a budget taken
+    from an estimate (the tightest case) and one byte below it."""
+    run = resolve(RunConfig(method=name, K=4 if name not in ("bp", "bp-accum") else None))
+    for budget in (estimate(run, 37).peak_bytes_rounded,
+                   estimate(run, 37).peak_bytes_rounded - 1):  # fmt: skip
+        batch, peak = max_batch(run, budget)
+        assert estimate(run, batch).peak_bytes_rounded <= budget
+        assert estimate(run, batch + 1).peak_bytes_rounded > budget
+        assert vars(peak) == vars(estimate(run, batch))
+
+
+def test_a_fake_stepper_steps_as_estimate_at_any_batch_in_any_order():
+    from locbench.harness.fake import FakeStepper
+
+    run = resolve(RunConfig(method="infopro", K=4))
+    with FakeStepper(run) as stepper:
+        for b in (9, 3, 64, 4):
+            assert vars(stepper.step(b)[0]) == vars(estimate(run, b))

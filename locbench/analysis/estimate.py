@@ -5,21 +5,25 @@ computes only shapes, nothing is allocated) under the
 :class:`~locbench.measure.memory.MemoryTracker`, for any method, backbone, K, batch size and image
 size. The first step creates gradients and optimizer state; the second, steady-state step is
 measured, as a run's tracked window is. The peak is reported as is and with CUDA's 512-byte rounding
-of every allocation.
+of every allocation. ``--max-batch`` predicts the largest batch that fits from two small steps
+(memory is affine in the batch, allocation by allocation) and confirms it with two more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, resolve
-from locbench.harness.fake import KernelDtypes, fake_step_peak  # noqa: F401 - KernelDtypes: moved
-from locbench.measure.memory import TrackedPeak
+from locbench.harness.fake import FakeStepper, KernelDtypes, fake_step_peak  # noqa: F401 - KernelDtypes: moved
+from locbench.measure.memory import CUDA_BLOCK, TrackedPeak
 from locbench.settings.run_config import BY_NAME, RunConfig
 from locbench.settings.schema import check
 
@@ -53,8 +57,15 @@ def estimate(
     """Tracked peak of one steady-state training step of the resolved ``run``, on fake
     tensors."""
     check(BY_NAME["batch_size"], batch_size, "--batch-size")  # the run setting's rule
-    try:
+    with step_errors(batch_size):
         return fake_step_peak(run, batch_size, image_size, num_classes)
+
+
+@contextlib.contextmanager
+def step_errors(batch_size: int) -> Iterator[None]:
+    """A step that cannot run (at this batch, or on fake tensors) as one :class:`StepFails`."""
+    try:
+        yield
     except UserError:
         raise
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
@@ -91,25 +102,50 @@ def max_batch(
     """The largest batch whose rounded peak fits ``budget`` bytes, and its estimate; (0, None)
     if not even the smallest batch that trains (:func:`smallest_batch`) fits.
 
-    Memory grows almost linearly with the batch: a line through the estimates at two small
-    batches predicts the answer, a widening step brackets it, and bisection settles it
-    exactly."""
-    cache: dict[int, TrackedPeak] = {}
+    Memory is affine in the batch, storage by storage: every allocation of a step is
+    ``alpha + beta * batch`` bytes, in the same order at every batch. Two steps at batches a and
+    a + 1 give each event's line, so the rounded peak at any batch is a replay of the event log
+    (:class:`AffineSteps`), and the answer is predicted without a step; steps at the predicted
+    batch b and at b + 1 confirm it (b fits, b + 1 does not, and b's peak is the predicted
+    one). Every step reuses one fake build (:class:`~locbench.harness.fake.FakeStepper`).
+    When the events are not affine (a step that depends on the batch otherwise, e.g. micro-
+    batches of ceil(batch / M)) or a confirmation disagrees, a widening search and bisection
+    over real steps settle it, from the prediction."""
+    with FakeStepper(run, image_size, num_classes) as stepper:
+        cache: dict[int, tuple[TrackedPeak, list[tuple[int, int]]]] = {}
 
-    def peak(b: int) -> TrackedPeak:
-        if b not in cache:
-            cache[b] = estimate(run, b, image_size, num_classes)
-        return cache[b]
+        def traced(b: int) -> tuple[TrackedPeak, list[tuple[int, int]]]:
+            if b not in cache:
+                with step_errors(b):
+                    cache[b] = stepper.step(b)
+            return cache[b]
 
-    def fits(b: int) -> bool:
-        return peak(b).peak_bytes_rounded <= budget
+        def peak(b: int) -> TrackedPeak:
+            return traced(b)[0]
 
-    least = smallest_batch(peak)
-    if not fits(least):
-        return 0, None
-    a = max(least, 2)
-    slope = max((peak(a + 2).peak_bytes_rounded - peak(a).peak_bytes_rounded) / 2, 1.0)
-    guess = int(min(max(a + (budget - peak(a).peak_bytes_rounded) / slope, least), limit))
+        def fits(b: int) -> bool:
+            return peak(b).peak_bytes_rounded <= budget
+
+        least = smallest_batch(peak)
+        if not fits(least):
+            return 0, None
+        a = max(least, 2)
+        model = AffineSteps.fit(a, traced(a)[1], traced(a + 1)[1])
+        if model is not None:
+            b = model.largest_fitting(budget, a, limit)
+            predicted = fits(b) and peak(b).peak_bytes_rounded == model.peak(b)[1]
+            if predicted and (b == limit or not fits(b + 1)):
+                return b, peak(b)
+            guess = b
+        else:
+            slope = max(peak(a + 1).peak_bytes_rounded - peak(a).peak_bytes_rounded, 1)
+            guess = int(min(max(a + (budget - peak(a).peak_bytes_rounded) / slope, least), limit))
+        return _search(guess, least, limit, fits, peak)
+
+
+def _search(guess, least, limit, fits, peak) -> tuple[int, TrackedPeak]:
+    """The largest batch that fits, from ``guess``: a widening step brackets it, bisection
+    settles it (every answer a real step's)."""
     step = max(guess // 32, 1)
     if fits(guess):
         lo, hi = guess, min(guess + step, limit + 1)
@@ -125,6 +161,50 @@ def max_batch(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo, peak(lo)
+
+
+@dataclass(frozen=True)
+class AffineSteps:
+    """A step's event log as lines in the batch: event i allocates (or releases)
+    ``base[i] + slope[i] * batch`` bytes (negative: a release)."""
+
+    base: np.ndarray
+    slope: np.ndarray
+
+    @classmethod
+    def fit(
+        cls, a: int, at_a: list[tuple[int, int]], at_next: list[tuple[int, int]]
+    ) -> AffineSteps | None:
+        """The lines through the event logs at batches ``a`` and ``a + 1``; None when the two
+        logs do not pair up (another number of events, or an event changing sign)."""
+        if len(at_a) != len(at_next) or not at_a:
+            return None
+        first = np.array([n for n, _ in at_a], dtype=np.int64)
+        second = np.array([n for n, _ in at_next], dtype=np.int64)
+        if np.any(np.sign(first) != np.sign(second)):
+            return None
+        slope = second - first
+        return cls(first - slope * a, slope)
+
+    def peak(self, batch: int) -> tuple[int, int]:
+        """The predicted peak at ``batch``: unrounded and with every storage rounded."""
+        sizes = self.base + self.slope * batch
+        rounded = np.sign(sizes) * (-(-np.abs(sizes) // CUDA_BLOCK) * CUDA_BLOCK)
+        return int(np.cumsum(sizes).max()), int(np.cumsum(rounded).max())
+
+    def largest_fitting(self, budget: int, least: int, limit: int) -> int:
+        """The largest batch in ``least .. limit`` whose predicted rounded peak fits (``least``
+        when none does): memory never falls as the batch grows, so a widening search and
+        bisection over the prediction."""
+        fits = lambda b: self.peak(b)[1] <= budget  # noqa: E731
+        lo, step = least, 1
+        while lo + step <= limit and fits(lo + step):
+            lo, step = lo + step, step * 2
+        hi = min(lo + step, limit + 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
 
 MIB = 2**20
