@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from locbench.cli.main import main
@@ -168,11 +169,17 @@ def test_cpu_preset_sweep_and_report_end_to_end(tmp_path, capsys):
     records = read_records(runs)
     assert sorted(r.config["method"] for r in records) == sorted(PRESETS.get("cpu-digits").methods)
     assert all(r.status == "ok" and r.final_test_acc > 50 for r in records)
-    table = (tmp_path / "report" / "comparison.csv").read_text().splitlines()
-    assert len(table) == 1 + 6
-    for name in ("accuracy_vs_memory", "step_overhead", "curves"):
+    table = pd.read_csv(tmp_path / "report" / "comparison.csv")
+    assert len(table) == 6
+    for name in ("accuracy_vs_memory", "curves"):
         assert (tmp_path / "report" / f"{name}.png").is_file()
         assert (tmp_path / "report" / f"{name}.svg").is_file()
+    # step overheads only where timed alike: on a machine busy with other work every window
+    # may be contended, and then there is no overhead to chart, and the table says why
+    others = table[table["method"] != "bp"]
+    compared = others["step overhead vs BP (%)"].notna()
+    assert (tmp_path / "report" / "step_overhead.png").is_file() == compared.any()
+    assert others.loc[~compared, "timing"].str.contains("contended").all()
     html = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64" in html and "http" not in html
 
