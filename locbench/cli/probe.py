@@ -25,6 +25,26 @@ def check_probe(args: argparse.Namespace) -> None:
     from locbench.settings.run_config import BY_NAME
     from locbench.settings.schema import check
 
-    check(BY_NAME["batch_size"], args.batch_size, "--batch-size")  # the run setting's rule
+    if args.batch_size is not None:  # plan's is optional
+        check(BY_NAME["batch_size"], args.batch_size, "--batch-size")  # the run setting's rule
     if not 2 <= args.classes <= 1_000_000:
         raise UserError(f"--classes must be between 2 and 1000000, got {args.classes}")
+
+
+def add_methods_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated methods (default: all registered)"
+    )
+
+
+def methods_from(args: argparse.Namespace, command: str) -> list[str]:
+    """The methods a comparing command (estimate, plan) was given, BP first (the others are
+    compared with it); every registered one by default."""
+    from locbench.methods import METHODS
+
+    if args.method is not None:
+        raise UserError(f"{command} compares methods: use --methods a,b,c instead of --method")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else METHODS.names()
+    if not all(methods):
+        raise UserError(f"--methods has an empty name in {args.methods!r}; e.g. bp,dgl")
+    return ["bp"] + [m for m in methods if m != "bp"] if "bp" in methods else methods

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.cli.probe import SHAPE, check_probe
+from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, methods_from
 from locbench.errors import UserError
 
 
@@ -15,9 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(
         parser, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE, hidden=("method",)
     )
-    parser.add_argument(
-        "--methods", default=None, help="comma-separated methods (default: all registered)"
-    )
+    add_methods_flag(parser)
     parser.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=1024)
     parser.add_argument("--image-size", type=int, default=None, help="input side (default: net's)")
     parser.add_argument("--classes", type=int, default=10, help="number of classes")
@@ -41,15 +39,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from locbench.analysis.estimate import estimate_methods, format_estimates, parse_bytes
-    from locbench.methods import METHODS
 
-    if args.method is not None:
-        raise UserError("estimate compares methods: use --methods a,b,c instead of --method")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else METHODS.names()
-    if not all(methods):
-        raise UserError(f"--methods has an empty name in {args.methods!r}; e.g. bp,dgl")
-    if "bp" in methods:  # BP first: the others are compared with it
-        methods = ["bp"] + [m for m in methods if m != "bp"]
+    methods = methods_from(args, "estimate")
     check_probe(args)
     if args.image_size is not None and not 1 <= args.image_size <= 8192:
         raise UserError(f"--image-size must be between 1 and 8192, got {args.image_size}")

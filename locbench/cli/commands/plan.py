@@ -7,8 +7,7 @@ import argparse
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.cli.probe import SHAPE, check_probe
-from locbench.errors import UserError
+from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, methods_from
 
 MIB = 2**20
 
@@ -17,9 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(
         parser, ("model", "method"), defaults={"net": "resnet32"}, also=SHAPE, hidden=("method",)
     )
-    parser.add_argument(
-        "--methods", default=None, help="comma-separated methods (default: all registered)"
-    )
+    add_methods_flag(parser)
     parser.add_argument("--budget", default="24GiB", help="memory budget, e.g. 24GiB, 8GB")
     parser.add_argument(
         "--batch", "--batch-size", dest="batch_size", type=int, default=None,
@@ -37,19 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     from locbench.analysis.estimate import parse_bytes
     from locbench.analysis.plan import plan
-    from locbench.methods import METHODS
 
-    if args.method is not None:
-        raise UserError("plan compares methods: use --methods a,b,c instead of --method")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else METHODS.names()
-    if not all(methods):
-        raise UserError(f"--methods has an empty name in {args.methods!r}; e.g. bp,dgl")
-    if args.batch_size is None:
-        args.batch_size, probe = 1, None  # only the class count is checked
-        check_probe(args)
-        args.batch_size = probe
-    else:
-        check_probe(args)
+    methods = methods_from(args, "plan")
+    check_probe(args)
     budget = parse_bytes(args.budget)
     config = config_from_args(args)
     rows = plan(config, methods, budget, args.batch_size, args.classes)
