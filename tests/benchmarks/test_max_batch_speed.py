@@ -1,7 +1,7 @@
 """Speed target of ``locbench estimate --max-batch``: ResNet-110 (K = 55), the six seed methods,
-24 GiB, on fake tensors. The issue's target is 30 s on 2 cores; this asserts what the affine
-prediction reaches (about 95 s here, from 228 s for two methods by probing) so that a
-regression fails, and records the seconds. Run with ``nox -s speed``."""
+24 GiB, on fake tensors, in under 30 s on 2 cores. Not met yet by the affine prediction on
+main (seven methods took 107 s in one run); the test records the seconds and fails until it
+is. Run with ``nox -s speed``."""
 
 import time
 
@@ -28,4 +28,4 @@ def test_max_batch_resnet110_six_methods_24gib(benchmark):
     benchmark.extra_info["batch"] = {r["method"]: r["batch_size"] for r in rows}
     print(f"\n{seconds:.1f} s:", benchmark.extra_info["batch"])
     assert all(r["peak_bytes"] <= 24 * 2**30 for r in rows)
-    assert seconds < 120, f"{seconds:.1f} s"
+    assert seconds < 30, f"{seconds:.1f} s"
