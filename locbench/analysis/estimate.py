@@ -10,19 +10,21 @@ of every allocation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, resolve
-from locbench.harness.trainer import LocalTrainer, probe_config
-from locbench.harness.windows import steady_state_peak
-from locbench.measure.memory import TrackedPeak
+from locbench.harness.trainer import LocalTrainer, StepLosses, probe_config
+from locbench.harness.windows import MemoryWindow, steady_state_peak
+from locbench.measure.memory import CUDA_BLOCK, LimitExceeded, TrackedPeak
 from locbench.settings.run_config import BY_NAME, RunConfig
 from locbench.settings.schema import check
 
@@ -56,23 +58,55 @@ def estimate(
     """Tracked peak of one steady-state training step of the resolved ``run``, on fake
     tensors."""
     check(BY_NAME["batch_size"], batch_size, "--batch-size")  # the run setting's rule
-    with FakeTensorMode(allow_non_fake_inputs=True), KernelDtypes():
-        backbone, method = build(run, num_classes=num_classes, image_size=image_size)
-        config = probe_config(run.config)
-        trainer = LocalTrainer.for_config(
-            config, backbone, method.split, method, torch.device("cpu")
-        )
-        x = torch.empty(batch_size, *backbone.input_shape)
-        y = torch.zeros(batch_size, dtype=torch.long)
-        x, y = trainer.to_device(x, y)  # as a run's batches arrive: e.g. already channels-last
-        try:
+    with _fake_modes(run):
+        trainer, shape = _fake_trainer(run, image_size, num_classes)
+        x, y = _batch(trainer, shape, batch_size)
+        with _step_fails(batch_size):
             return steady_state_peak(trainer, x, y)
-        except UserError:
+
+
+def _fake_modes(run: Resolved) -> contextlib.AbstractContextManager:
+    """``FakeTensorMode`` and, where the step can compute in half precision, the
+    :class:`KernelDtypes` fix under it. An fp32 run makes no half tensors, so there the fix would
+    change nothing and only cost a dispatch layer on every op (a quarter of a fake step)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+    if run.config.precision != "fp32":
+        stack.enter_context(KernelDtypes())
+    return stack
+
+
+def _fake_trainer(
+    run: Resolved, image_size: int | None, num_classes: int
+) -> tuple[LocalTrainer, tuple[int, ...]]:
+    """The run's trainer, built inside :func:`_fake_modes`, and its input shape."""
+    backbone, method = build(run, num_classes=num_classes, image_size=image_size)
+    config = probe_config(run.config)
+    trainer = LocalTrainer.for_config(config, backbone, method.split, method, torch.device("cpu"))
+    return trainer, tuple(backbone.input_shape)
+
+
+def _batch(
+    trainer: LocalTrainer, shape: tuple[int, ...], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.empty(batch_size, *shape)
+    y = torch.zeros(batch_size, dtype=torch.long)
+    return trainer.to_device(x, y)  # as a run's batches arrive: e.g. already channels-last
+
+
+@contextlib.contextmanager
+def _step_fails(batch_size: int) -> Iterator[None]:
+    """A failing step (other than a :class:`UserError`) as one line: :class:`StepFails`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+        if isinstance(e, LimitExceeded):
             raise
-        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
-            text = str(e).strip()
-            message = text.splitlines()[0] if text else type(e).__name__
-            raise StepFails(f"one training step at batch {batch_size} fails: {message}") from None
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
+        raise StepFails(f"one training step at batch {batch_size} fails: {message}") from None
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -104,8 +138,9 @@ class KernelDtypes(TorchDispatchMode):
 SMALLEST_BATCHES = (1, 2, 3, 4)
 
 
-def smallest_batch(peak: Callable[[int], TrackedPeak]) -> int:
-    """The first of :data:`SMALLEST_BATCHES` whose ``peak`` (an :func:`estimate`) runs."""
+def smallest_batch(peak: Callable[[int], object]) -> int:
+    """The first of :data:`SMALLEST_BATCHES` at which ``peak`` (an :func:`estimate`, or a
+    trainer's first step) runs without :class:`StepFails`."""
     failure: StepFails | None = None
     for b in SMALLEST_BATCHES:
         try:
@@ -127,9 +162,39 @@ def max_batch(
     """The largest batch whose rounded peak fits ``budget`` bytes, and its estimate; (0, None)
     if not even the smallest batch that trains (:func:`smallest_batch`) fits.
 
-    Memory grows almost linearly with the batch: a line through the estimates at two small
-    batches predicts the answer, a widening step brackets it, and bisection settles it
-    exactly."""
+    The answer is the one :func:`_search` gives on exact estimates (:func:`_max_batch_by_probing`),
+    found with three fake steps instead of about seventeen builds and thirty steps: one trainer is
+    built and warmed up once (:class:`_Steps`), one steady-state step at :data:`TRACE_BATCH` is
+    traced, and the search runs on its replay (:class:`_Replay`) at any batch; the answer b is
+    then confirmed by real steps: b's (whose estimate is returned, and whose every storage must be
+    the one the replay predicted) and b + 1's, stopped as soon as it is over the budget. Where the
+    replay is not confirmed (the step's allocations change with the batch in a way it does not
+    model), the search runs again on real steps of the same trainer."""
+    with _Steps(run, image_size, num_classes) as steps:
+        least = smallest_batch(steps.warm)
+        replay = steps.replay(TRACE_BATCH)
+        if replay is not None:
+            b = _search(replay.rounded_peak, least, budget, limit)
+            if b == 0 and steps.exceeds(least, budget):
+                return 0, None
+            if b > 0:
+                peak = steps.peak(b)
+                confirmed = peak.peak_bytes_rounded <= budget and replay.predicts(b, *steps.logs[b])
+                if confirmed and (b >= limit or steps.exceeds(b + 1, budget)):
+                    return b, peak
+        b = _search(lambda b: steps.peak(b).peak_bytes_rounded, least, budget, limit)
+        return (b, steps.peak(b)) if b > 0 else (0, None)
+
+
+def _max_batch_by_probing(
+    run: Resolved,
+    budget: int,
+    image_size: int | None = None,
+    num_classes: int = 10,
+    limit: int = 2**20,
+) -> tuple[int, TrackedPeak | None]:
+    """:func:`max_batch` with a fresh :func:`estimate` at every batch :func:`_search` asks
+    about: the reference the tests hold ``max_batch`` to (a minute or two for ResNet-110)."""
     cache: dict[int, TrackedPeak] = {}
 
     def peak(b: int) -> TrackedPeak:
@@ -137,15 +202,27 @@ def max_batch(
             cache[b] = estimate(run, b, image_size, num_classes)
         return cache[b]
 
-    def fits(b: int) -> bool:
-        return peak(b).peak_bytes_rounded <= budget
-
     least = smallest_batch(peak)
+    b = _search(lambda b: peak(b).peak_bytes_rounded, least, budget, limit)
+    return (b, peak(b)) if b > 0 else (0, None)
+
+
+def _search(rounded_peak: Callable[[int], int], least: int, budget: int, limit: int) -> int:
+    """The largest batch from ``least`` to ``limit`` whose ``rounded_peak`` fits ``budget``, or 0
+    when ``least``'s does not.
+
+    Memory grows almost linearly with the batch: a line through the peaks at two small
+    batches predicts the answer, a widening step brackets it, and bisection settles it
+    exactly."""
+
+    def fits(b: int) -> bool:
+        return rounded_peak(b) <= budget
+
     if not fits(least):
-        return 0, None
+        return 0
     a = max(least, 2)
-    slope = max((peak(a + 2).peak_bytes_rounded - peak(a).peak_bytes_rounded) / 2, 1.0)
-    guess = int(min(max(a + (budget - peak(a).peak_bytes_rounded) / slope, least), limit))
+    slope = max((rounded_peak(a + 2) - rounded_peak(a)) / 2, 1.0)
+    guess = int(min(max(a + (budget - rounded_peak(a)) / slope, least), limit))
     step = max(guess // 32, 1)
     if fits(guess):
         lo, hi = guess, min(guess + step, limit + 1)
@@ -160,7 +237,131 @@ def max_batch(
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo, peak(lo)
+    return lo
+
+
+#: The batch of the step :func:`max_batch` traces: a prime no channel count, image side or
+#: class count is a multiple of, so that a storage's bytes factor as ``scale * TRACE_BATCH **
+#: power`` with the power of the batch it grows with (1 for activations, 2 for a batch-by-batch
+#: similarity matrix, 0 for parameters). Small enough that no shape nears 2**31 elements.
+TRACE_BATCH = 1021
+
+
+class _Replay:
+    """A traced step's allocations and releases, replayed at any batch: each storage's bytes
+    are ``scale * batch ** power``, and the events come in the same order at every batch (the
+    harness's step has no batch-dependent branches; :func:`max_batch` confirms both)."""
+
+    def __init__(self, codes: np.ndarray, nbytes: np.ndarray, batch: int) -> None:
+        self.codes = codes
+        self.scale, self.power = nbytes.copy(), np.zeros_like(nbytes)
+        for _ in range(4):  # no storage grows faster than the batch to the fourth
+            divides = (self.scale > 0) & (self.scale % batch == 0)
+            self.scale[divides] //= batch
+            self.power[divides] += 1
+        uids = np.where(codes >= 0, codes, -codes - 1)
+        self._uids, self._signs = uids, np.where(codes >= 0, 1, -1)
+
+    def sizes(self, batch: int) -> np.ndarray:
+        # object (Python int) arithmetic where int64 could overflow: a budget of an EiB
+        if batch ** int(self.power.max(initial=0)) * int(self.scale.max(initial=0)) >= 2**62:
+            return self.scale.astype(object) * batch ** self.power.astype(object)
+        return self.scale * batch**self.power
+
+    def rounded_peak(self, batch: int) -> int:
+        """The tracker's ``peak_bytes_rounded`` of the step at ``batch``."""
+        rounded = -(-self.sizes(batch) // CUDA_BLOCK) * CUDA_BLOCK
+        live = np.cumsum(rounded[self._uids] * self._signs)
+        return int(max(live.max(initial=0), 0))
+
+    def predicts(self, batch: int, codes: np.ndarray, nbytes: np.ndarray) -> bool:
+        """Whether the step traced at ``batch`` (its :meth:`MemoryTracker.event_log`) went as
+        replayed: the same events, every storage of the predicted size."""
+        return np.array_equal(codes, self.codes) and np.array_equal(nbytes, self.sizes(batch))
+
+
+class _Steps:
+    """Steady-state steps at any batch of one trainer, built once on fake tensors: the tracked
+    peak at a batch is :func:`estimate`'s, byte for byte, without its build and warm-up step.
+
+    :meth:`warm` builds the trainer and runs its first, untracked step, which makes the gradients
+    and optimizer state, as :func:`~locbench.harness.windows.steady_state_peak` does; every later
+    step is a tracked window like its second. Nothing a step leaves behind depends on its batch
+    (parameters, gradients, optimizer state, the scalar losses), so the window at batch b opens
+    on the same storages as in ``estimate(b)``. The losses the windows see as the last step's
+    are always the warm step's: a window's own losses are dropped before it closes, as
+    ``steady_state_peak`` drops them, and the warm step's have the same sizes."""
+
+    def __init__(self, run: Resolved, image_size: int | None, num_classes: int) -> None:
+        self.run, self.image_size, self.num_classes = run, image_size, num_classes
+        self._modes = _fake_modes(run)
+        self._trainer: LocalTrainer | None = None
+        self._shape: tuple[int, ...] = ()
+        self._previous: StepLosses | None = None
+        self._warm_batch: int | None = None
+        self._peaks: dict[int, TrackedPeak] = {}
+        self.logs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch -> event log
+
+    def __enter__(self) -> _Steps:
+        self._modes.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._trainer = self._previous = None
+        self._modes.__exit__(*exc)
+
+    def warm(self, batch_size: int) -> None:
+        """Build the trainer and run its first step at ``batch_size``; :class:`StepFails` if it
+        fails (the next call builds afresh)."""
+        check(BY_NAME["batch_size"], batch_size, "--batch-size")
+        self._trainer = None
+        trainer, self._shape = _fake_trainer(self.run, self.image_size, self.num_classes)
+        x, y = _batch(trainer, self._shape, batch_size)
+        with _step_fails(batch_size):
+            self._previous = trainer.train_step(x, y)
+        self._trainer, self._warm_batch = trainer, batch_size
+
+    def peak(self, batch_size: int) -> TrackedPeak:
+        """``estimate(run, batch_size)``; its event log goes to :attr:`logs`."""
+        if batch_size not in self._peaks:
+            self._track(batch_size, None)
+        return self._peaks[batch_size]
+
+    def replay(self, batch_size: int) -> _Replay | None:
+        """The step at ``batch_size`` traced for replay; None if it fails."""
+        try:
+            self.peak(batch_size)
+        except StepFails:
+            return None
+        return _Replay(*self.logs[batch_size], batch_size)
+
+    def exceeds(self, batch_size: int, budget: int) -> bool:
+        """Whether the rounded peak at ``batch_size`` is over ``budget``, stopping the step as
+        soon as it is (the trainer is then built again for any later step)."""
+        if batch_size not in self._peaks:
+            try:
+                self._track(batch_size, budget)
+            except LimitExceeded:
+                return True
+        return self._peaks[batch_size].peak_bytes_rounded > budget
+
+    def _track(self, batch_size: int, stop_above: int | None) -> None:
+        check(BY_NAME["batch_size"], batch_size, "--batch-size")
+        if self._trainer is None:
+            self.warm(self._warm_batch)
+        x, y = _batch(self._trainer, self._shape, batch_size)
+        window = MemoryWindow(self._trainer, self._previous, stop_above)
+        try:
+            with _step_fails(batch_size):
+                window.step(x, y)  # its losses are dropped here, before close(), as in estimate
+        except BaseException:
+            self._trainer = None  # left mid-step: build again for any later step
+            if stop_above is not None and window.tracker.peak_rounded > stop_above:
+                raise LimitExceeded(f"batch {batch_size}: over {stop_above} bytes") from None
+            raise
+        # closed while the batch is still referenced, as in estimate
+        self._peaks[batch_size] = window.close()
+        self.logs[batch_size] = window.tracker.event_log()
 
 
 MIB = 2**20

@@ -22,11 +22,17 @@ class MemoryWindow:
     Opened between steps, it first counts what is resident then: parameters, buffers,
     gradients, optimizer state and ``previous`` (the last step's losses, still referenced by
     the caller); each :meth:`step` also counts its batch. This is the one measurement that
-    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make."""
+    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make.
+    ``stop_above``: see :class:`~locbench.measure.memory.MemoryTracker`."""
 
-    def __init__(self, trainer: LocalTrainer, previous: StepLosses | None = None) -> None:
+    def __init__(
+        self,
+        trainer: LocalTrainer,
+        previous: StepLosses | None = None,
+        stop_above: int | None = None,
+    ) -> None:
         self.trainer = trainer
-        self.tracker = MemoryTracker()
+        self.tracker = MemoryTracker(stop_above)
         for tag, tensors in trainer.state_tensors().items():
             self.tracker.register(tensors, tag)
         if previous is not None:

@@ -105,11 +105,21 @@ class _StepRoles:
     optimizer_state: set[int] = field(default_factory=set)
 
 
-class MemoryTracker(TorchDispatchMode):
-    """Counts live tensor-storage bytes between :meth:`begin` and :meth:`end`."""
+class LimitExceeded(RuntimeError):
+    """Raised by a tracker given ``stop_above`` as soon as live rounded bytes go above it."""
 
-    def __init__(self) -> None:
+
+class MemoryTracker(TorchDispatchMode):
+    """Counts live tensor-storage bytes between :meth:`begin` and :meth:`end`.
+
+    ``stop_above``: raise :class:`LimitExceeded` from the allocation that takes the live rounded
+    bytes above it. Knowing that a step does not fit a budget needs only the step's events up to
+    that allocation, not the rest (``locbench.analysis.estimate.max_batch``); the step is left
+    half done and its tracker's results describe only that part."""
+
+    def __init__(self, stop_above: int | None = None) -> None:
         super().__init__()
+        self.stop_above = stop_above
         self._live: dict[int, _Storage] = {}  # storage pointer -> record
         self._refs: dict[int, weakref.ref] = {}
         self._next_uid = 0
@@ -241,6 +251,16 @@ class MemoryTracker(TorchDispatchMode):
             "phases": phases,
         }
 
+    def event_log(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every allocation and release so far, to replay at other storage sizes: the events'
+        codes in order (a storage's uid when it is allocated, ``-uid - 1`` when released; uids
+        count from 0 in allocation order) and the bytes of each uid's storage. The live bytes
+        after event i are the sum over events up to i of +bytes or -bytes; the rounded ones the
+        same sum of :func:`round_up` of them."""
+        codes = np.fromiter((code for code, _ in self._events), np.int64, len(self._events))
+        sizes = (self._records[uid].nbytes for uid in range(self._next_uid))
+        return codes, np.fromiter(sizes, np.int64, self._next_uid)
+
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -310,6 +330,8 @@ class MemoryTracker(TorchDispatchMode):
             if self.current > self.peak:
                 self.peak, self._peak_event = self.current, len(self._events) - 1
             self.peak_rounded = max(self.peak_rounded, self.current_rounded)
+            if self.stop_above is not None and self.current_rounded > self.stop_above:
+                raise LimitExceeded(f"live rounded bytes above {self.stop_above}")
             if self._module is not None:
                 k = self._module
                 self._module_peaks[k] = max(self._module_peaks.get(k, 0), self.current)
