@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from locbench.errors import UserError
-from locbench.harness.build import Resolved, build, resolve
+from locbench.harness.build import Resolved, build, hidden_units, requested_split, resolve
 from locbench.harness.trainer import LocalTrainer, StepLosses, probe_config
 from locbench.harness.windows import MemoryWindow, steady_state_peak
 from locbench.measure.memory import CUDA_BLOCK, LimitExceeded, TrackedPeak
@@ -296,6 +296,7 @@ class _Steps:
         self.run, self.image_size, self.num_classes = run, image_size, num_classes
         self._modes = _fake_modes(run)
         self._trainer: LocalTrainer | None = None
+        self._failed: LocalTrainer | None = None  # a trainer whose first step failed
         self._shape: tuple[int, ...] = ()
         self._previous: StepLosses | None = None
         self._warm_batch: int | None = None
@@ -307,18 +308,26 @@ class _Steps:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._trainer = self._previous = None
+        self._trainer = self._failed = self._previous = None
         self._modes.__exit__(*exc)
 
     def warm(self, batch_size: int) -> None:
         """Build the trainer and run its first step at ``batch_size``; :class:`StepFails` if it
         fails (the next call builds afresh)."""
         check(BY_NAME["batch_size"], batch_size, "--batch-size")
-        self._trainer = None
-        trainer, self._shape = _fake_trainer(self.run, self.image_size, self.num_classes)
+        trainer, self._failed, self._trainer = self._failed, None, None
+        if trainer is None:
+            trainer, self._shape = _fake_trainer(self.run, self.image_size, self.num_classes)
         x, y = _batch(trainer, self._shape, batch_size)
-        with _step_fails(batch_size):
-            self._previous = trainer.train_step(x, y)
+        try:
+            with _step_fails(batch_size):
+                self._previous = trainer.train_step(x, y)
+        except StepFails:
+            # A first step that failed before the optimizer's (e.g. in a BatchNorm1d given one
+            # sample) leaves only gradients, which the next step's zero_grad drops: the trainer
+            # can take its first step again, without being built again.
+            self._failed = None if trainer.optimizer.state else trainer
+            raise
         self._trainer, self._warm_batch = trainer, batch_size
 
     def peak(self, batch_size: int) -> TrackedPeak:
@@ -388,8 +397,10 @@ def estimate_methods(
             batch, peak = batch_size, estimate(run, batch_size, image_size, num_classes)
         else:
             batch, peak = max_batch(run, budget, image_size, num_classes)
-        with torch.device("meta"):
-            K = build(run, num_classes=num_classes)[1].split.K
+        # the split alone, not a second build of the method on meta (a second per method)
+        K = run.method_cls.plan_split(
+            requested_split(run.config, hidden_units(run.config.net)), run.params
+        ).K
         row = {"method": name, "K": K, "batch_size": batch}
         if peak is not None:
             row |= {
