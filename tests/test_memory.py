@@ -2,14 +2,25 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from locbench.analysis.estimate import estimate, max_batch, parse_bytes
+import locbench.analysis.estimate as estimate_module
+from locbench.analysis.estimate import (
+    _max_batch_by_probing,
+    _Steps,
+    estimate,
+    for_method,
+    max_batch,
+    parse_bytes,
+    smallest_batch,
+)
 from locbench.cli.main import main
 from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.harness.run import execute
 from locbench.measure.memory import CATEGORIES, round_up
+from locbench.methods import METHODS
 from locbench.settings.run_config import RunConfig
 
 METHODS_K = [
@@ -125,6 +136,75 @@ def test_max_batch_starts_from_the_smallest_batch_the_method_trains_on():
         0,
         None,
     )
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_max_batch_is_exact_from_three_steps(name, monkeypatch):
+    # budgets at batch 37's rounded peak and a byte under it: the answer is 37 or the batch
+    # before (or lower, where rounding gives several batches one peak)
+    run = resolve(for_method(RunConfig(net="smallnet", K=4), name))
+    tracked = []
+    track = _Steps._track
+    monkeypatch.setattr(_Steps, "_track", lambda s, b, stop: tracked.append(b) or track(s, b, stop))
+    rounded = estimate(run, 37).peak_bytes_rounded
+    for budget in (rounded, rounded - 1):
+        tracked.clear()
+        batch, peak = max_batch(run, budget)
+        # answered from the replay: the trace, the answer and the batch after it
+        assert tracked == [estimate_module.TRACE_BATCH, batch, batch + 1]
+        assert peak == estimate(run, batch)
+        assert peak.peak_bytes_rounded <= budget < estimate(run, batch + 1).peak_bytes_rounded
+        assert batch == 37 or budget < rounded
+
+
+def test_max_batch_equals_the_search_on_fresh_estimates():
+    run = resolve(RunConfig(method="bp", net="smallnet"))
+    budget = estimate(run, 1000).peak_bytes_rounded - 1
+    assert max_batch(run, budget) == _max_batch_by_probing(run, budget)
+
+
+def test_steps_of_one_trainer_are_estimates_at_any_batch():
+    for config in (
+        RunConfig(method="dgl", net="smallnet", K=4),  # its first step fails at batch 1
+        RunConfig(method="predsim", net="smallnet", K=4, precision="bf16"),
+        RunConfig(method="auglocal", net="smallnet", K=4, channels_last=True),
+    ):
+        run = resolve(config)
+        with _Steps(run, None, 10) as steps:
+            least = smallest_batch(steps.warm)
+            peaks = {b: steps.peak(b) for b in (1021, 5, 64, least)}
+            assert not steps.exceeds(64, peaks[64].peak_bytes_rounded)
+            assert steps.exceeds(65, peaks[64].peak_bytes_rounded)  # stops mid-step
+            peaks[7] = steps.peak(7)  # a trainer built again after that
+        for b, peak in peaks.items():
+            assert peak == estimate(run, b), (config.method, b)
+
+
+def test_max_batch_falls_back_to_real_steps_when_the_replay_is_wrong(monkeypatch):
+    # a trace at batch 32 takes every storage whose size 32 divides for one that grows with
+    # the batch: the replay's answer is wrong, its confirmation fails, and the search on real
+    # steps still answers exactly
+    monkeypatch.setattr(estimate_module, "TRACE_BATCH", 32)
+    run = resolve(RunConfig(method="bp", net="smallnet"))
+    budget = estimate(run, 37).peak_bytes_rounded
+    with _Steps(run, None, 10) as steps:
+        smallest_batch(steps.warm)
+        replay = steps.replay(32)
+        assert replay.rounded_peak(37) != budget
+    assert max_batch(run, budget) == _max_batch_by_probing(run, budget)
+
+
+def test_event_log_replays_the_peak():
+    run = resolve(RunConfig(method="dgl", net="smallnet", K=4))
+    with _Steps(run, None, 10) as steps:
+        steps.warm(2)
+        peak = steps.peak(24)
+        codes, nbytes = steps.logs[24]
+    uids = np.where(codes >= 0, codes, -codes - 1)
+    signs = np.where(codes >= 0, 1, -1)
+    assert np.cumsum(nbytes[uids] * signs).max() == peak.peak_bytes
+    rounded = np.array([round_up(int(n)) for n in nbytes])
+    assert np.cumsum(rounded[uids] * signs).max() == peak.peak_bytes_rounded
 
 
 NEEDS_VALUES = """
