@@ -265,10 +265,15 @@ class MemoryTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.record(out)
+        return out
+
+    def record(self, out: object) -> None:
+        """Count the tensors an op returned (what this mode does with every op's output), for a
+        mode that sees the ops itself and hands them on instead of stacking this one on it."""
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._add(t, self._tag, self._module)
-        return out
 
     def _uid_of(self, t: torch.Tensor) -> int | None:
         record = self._live.get(t.untyped_storage()._cdata)
