@@ -207,6 +207,18 @@ def test_event_log_replays_the_peak():
     assert np.cumsum(rounded[uids] * signs).max() == peak.peak_bytes_rounded
 
 
+def test_replay_reads_each_storage_as_a_power_of_the_batch():
+    # a storage that grows with the batch, one with its square (a batch-by-batch similarity),
+    # a constant one; allocated and released in this order
+    codes = np.array([0, 1, -2, 2, -1, -3])
+    nbytes = np.array([4 * 1021, 8 * 1021**2, 100])
+    replay = estimate_module._Replay(codes, nbytes, 1021)
+    assert replay.rounded_peak(10) == 512 + 1024  # 40 and 800 bytes, each rounded up
+    assert replay.rounded_peak(2**40) == round_up(4 * 2**40) + round_up(8 * 2**80)  # no overflow
+    assert replay.predicts(1021, codes, nbytes)
+    assert not replay.predicts(1022, codes, nbytes)
+
+
 NEEDS_VALUES = """
 from locbench.methods.dgl import DGL
 
