@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import re
 from collections.abc import Callable, Iterator
 
@@ -353,19 +352,12 @@ class _Steps:
         self.logs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch -> event log
 
     def __enter__(self) -> _Steps:
-        # No cyclic garbage collection while stepping: a fake step's tensors die by reference
-        # count (the tracker sees every release as it happens), and the collector's full passes
-        # over the fake tensors, modules and the fake kernels' cache cost a tenth of the time.
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
         self._modes.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._trainer = self._failed = self._previous = None
         self._modes.__exit__(*exc)
-        if self._gc_was_enabled:
-            gc.enable()
 
     def warm(self, batch_size: int) -> None:
         """Build the trainer and run its first step at ``batch_size``; :class:`StepFails` if it
