@@ -2,9 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from locbench.analysis.estimate import estimate, max_batch, parse_bytes
+import locbench.analysis.estimate as estimate_module
+from locbench.analysis.estimate import (
+    _max_batch_by_probing,
+    _Steps,
+    estimate,
+    estimate_methods,
+    for_method,
+    max_batch,
+    parse_bytes,
+    smallest_batch,
+)
 from locbench.cli.main import main
 from locbench.errors import UserError
 from locbench.harness.build import resolve
@@ -129,6 +140,89 @@ def test_max_batch_starts_from_the_smallest_batch_the_method_trains_on():
     )
 
 
+@pytest.mark.parametrize("name", METHODS.names())
+def test_max_batch_is_exact_from_three_steps(name, monkeypatch):
+    # budgets at batch 37's rounded peak and a byte under it: the answer is 37 or the batch
+    # before (or lower, where rounding gives several batches one peak)
+    run = resolve(for_method(RunConfig(net="smallnet", K=4), name))
+    tracked = []
+    track = _Steps._track
+    monkeypatch.setattr(_Steps, "_track", lambda s, b, stop: tracked.append(b) or track(s, b, stop))
+    rounded = estimate(run, 37).peak_bytes_rounded
+    for budget in (rounded, rounded - 1):
+        tracked.clear()
+        batch, peak = max_batch(run, budget)
+        if name != "bp-accum":  # answered from the replay: the trace, the answer, one above
+            assert tracked == [estimate_module.TRACE_BATCH, batch, batch + 1]
+        else:  # micro-batches of ceil(batch / M) are no power of the batch: real steps answer
+            assert tracked[0] == estimate_module.TRACE_BATCH and len(tracked) > 3
+        assert peak == estimate(run, batch)
+        assert peak.peak_bytes_rounded <= budget < estimate(run, batch + 1).peak_bytes_rounded
+        assert batch == 37 or budget < rounded
+
+
+def test_max_batch_equals_the_search_on_fresh_estimates():
+    run = resolve(RunConfig(method="bp", net="smallnet"))
+    budget = estimate(run, 1000).peak_bytes_rounded - 1
+    assert max_batch(run, budget) == _max_batch_by_probing(run, budget)
+
+
+def test_steps_of_one_trainer_are_estimates_at_any_batch():
+    for config in (
+        RunConfig(method="dgl", net="smallnet", K=4),  # its first step fails at batch 1
+        RunConfig(method="predsim", net="smallnet", K=4, precision="bf16"),
+        RunConfig(method="auglocal", net="smallnet", K=4, channels_last=True),
+    ):
+        run = resolve(config)
+        with _Steps(run, None, 10) as steps:
+            least = smallest_batch(steps.warm)
+            peaks = {b: steps.peak(b) for b in (1021, 5, 64, least)}
+            assert not steps.exceeds(64, peaks[64].peak_bytes_rounded)
+            assert steps.exceeds(65, peaks[64].peak_bytes_rounded)  # stops mid-step
+            peaks[7] = steps.peak(7)  # a trainer built again after that
+        for b, peak in peaks.items():
+            assert peak == estimate(run, b), (config.method, b)
+
+
+def test_max_batch_falls_back_to_real_steps_when_the_replay_is_wrong(monkeypatch):
+    # a trace at batch 32 takes every storage whose size 32 divides for one that grows with
+    # the batch: the replay's answer is wrong, its confirmation fails, and the search on real
+    # steps still answers exactly
+    monkeypatch.setattr(estimate_module, "TRACE_BATCH", 32)
+    run = resolve(RunConfig(method="bp", net="smallnet"))
+    budget = estimate(run, 37).peak_bytes_rounded
+    with _Steps(run, None, 10) as steps:
+        smallest_batch(steps.warm)
+        replay = steps.replay(32)
+        assert replay.rounded_peak(37) != budget
+    assert max_batch(run, budget) == _max_batch_by_probing(run, budget)
+
+
+def test_event_log_replays_the_peak():
+    run = resolve(RunConfig(method="dgl", net="smallnet", K=4))
+    with _Steps(run, None, 10) as steps:
+        steps.warm(2)
+        peak = steps.peak(24)
+        codes, nbytes = steps.logs[24]
+    uids = np.where(codes >= 0, codes, -codes - 1)
+    signs = np.where(codes >= 0, 1, -1)
+    assert np.cumsum(nbytes[uids] * signs).max() == peak.peak_bytes
+    rounded = np.array([round_up(int(n)) for n in nbytes])
+    assert np.cumsum(rounded[uids] * signs).max() == peak.peak_bytes_rounded
+
+
+def test_replay_reads_each_storage_as_a_power_of_the_batch():
+    # a storage that grows with the batch, one with its square (a batch-by-batch similarity),
+    # a constant one; allocated and released in this order
+    codes = np.array([0, 1, -2, 2, -1, -3])
+    nbytes = np.array([4 * 1021, 8 * 1021**2, 100])
+    replay = estimate_module._Replay(codes, nbytes, 1021)
+    assert replay.rounded_peak(10) == 512 + 1024  # 40 and 800 bytes, each rounded up
+    assert replay.rounded_peak(2**40) == round_up(4 * 2**40) + round_up(8 * 2**80)  # no overflow
+    assert replay.predicts(1021, codes, nbytes)
+    assert not replay.predicts(1022, codes, nbytes)
+
+
 NEEDS_VALUES = """
 from locbench.methods.dgl import DGL
 
@@ -207,6 +301,20 @@ def test_estimate_cli_errors(capsys):
     assert capsys.readouterr().err.startswith("locbench: error: unknown method 'nope'")
     assert main(["estimate", "--max-batch", "--budget", "lots"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["estimate", "--jobs", "0"]) == 2
+    assert capsys.readouterr().err == "locbench: error: --jobs must be between 1 and 1024, got 0\n"
+
+
+def test_methods_side_by_side_give_the_rows_of_one_process_and_its_errors(capsys):
+    config = RunConfig(net="smallnet", K=2)
+    methods = ["bp", "dgl", "predsim"]
+    serial = estimate_methods(config, methods, 32, budget=2**22)
+    assert estimate_methods(config, methods, 32, budget=2**22, jobs=2) == serial
+    assert [r["method"] for r in serial] == methods and serial[1]["batch_size"] > 1
+    # an error in a worker is the CLI's one line, as without workers
+    argv = ["estimate", "--net", "smallnet", "--K", "2", "--max-batch", "--budget", "1KiB"]
+    assert main([*argv, "--methods", "bp,nope", "--jobs", "2"]) == 2
+    assert capsys.readouterr().err.startswith("locbench: error: unknown method 'nope'")
 
 
 def test_run_memory_option_on_cpu(tmp_path, capsys):
@@ -226,26 +334,3 @@ def test_run_memory_option_on_cpu(tmp_path, capsys):
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["config"]["memory"] == "tracked" and record["memory"]["peak_bytes"] > 0
     assert record["flops"]["total"] == record["flops"]["backbone"] + record["flops"]["aux"]
-
-
-@pytest.mark.parametrize("name", METHODS.names())
-def test_max_batch_predicts_the_probing_answer_for_every_method(name):
-    """The affine prediction, confirmed, gives the answer probing gives: the largest batch
-    whose estimate fits (and b + 1's does not), with that batch's estimate, at a budget taken
-    from an estimate (the tightest case) and one byte below it."""
-    run = resolve(RunConfig(method=name, K=4 if name not in ("bp", "bp-accum") else None))
-    for budget in (estimate(run, 37).peak_bytes_rounded,
-                   estimate(run, 37).peak_bytes_rounded - 1):  # fmt: skip
-        batch, peak = max_batch(run, budget)
-        assert estimate(run, batch).peak_bytes_rounded <= budget
-        assert estimate(run, batch + 1).peak_bytes_rounded > budget
-        assert vars(peak) == vars(estimate(run, batch))
-
-
-def test_a_fake_stepper_steps_as_estimate_at_any_batch_in_any_order():
-    from locbench.harness.fake import FakeStepper
-
-    run = resolve(RunConfig(method="infopro", K=4))
-    with FakeStepper(run) as stepper:
-        for b in (9, 3, 64, 4):
-            assert vars(stepper.step(b)[0]) == vars(estimate(run, b))

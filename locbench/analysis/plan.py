@@ -22,6 +22,7 @@ import torch
 
 from locbench.analysis.equal_memory import END_TO_END, bp_baselines
 from locbench.analysis.estimate import StepFails, estimate, for_method, max_batch
+from locbench.analysis.side_by_side import side_by_side
 from locbench.harness.build import Resolved, build, resolve
 from locbench.harness.flops import config_flops
 from locbench.measure.memory import TrackedPeak
@@ -36,34 +37,41 @@ def plan(
     budget: int,
     batch_size: int | None = None,
     num_classes: int = 10,
+    jobs: int = 1,
 ) -> list[dict]:
     """One row per method (see the module docstring): ``method``, ``K``, ``cuts`` (the last
     unit of each module but the last), ``micro_batches`` (bp-accum), ``batch_size``,
-    ``peak_bytes`` (rounded), ``fits``, ``flops`` (one training step)."""
+    ``peak_bytes`` (rounded), ``fits``, ``flops`` (one training step). ``jobs``: methods
+    planned side by side in that many processes (:mod:`locbench.analysis.side_by_side`)."""
     if batch_size is not None:  # balanced cuts are searched at the batch planned for
         config = dataclasses.replace(config, batch_size=batch_size)
-    rows = []
-    for name in methods:
-        base = for_method(config, name)
-        if name in END_TO_END and base.cuts == BALANCED:  # nothing local to balance: uniform
-            base = dataclasses.replace(base, cuts=None)
-        if batch_size is not None and name in SEARCHED:
-            options = bp_baselines(base, budget, num_classes=num_classes, rounded=True)
-            found = [c for c in options if c.method == name]
-            chosen = found[0] if found else base
-        else:
-            chosen = base
-        run = resolve(chosen)
-        if batch_size is None:
-            batch, peak = max_batch(run, budget, num_classes=num_classes)
-        else:
-            batch = batch_size
-            try:
-                peak = estimate(run, batch, num_classes=num_classes)
-            except StepFails:
-                peak = None
-        rows.append(_row(name, run, batch, peak, budget, num_classes))
-    return rows
+    calls = [(config, name, budget, batch_size, num_classes) for name in methods]
+    return side_by_side(plan_row, calls, jobs)
+
+
+def plan_row(
+    config: RunConfig, name: str, budget: int, batch_size: int | None, num_classes: int
+) -> dict:
+    """:func:`plan`'s row for method ``name``."""
+    base = for_method(config, name)
+    if name in END_TO_END and base.cuts == BALANCED:  # nothing local to balance: uniform
+        base = dataclasses.replace(base, cuts=None)
+    if batch_size is not None and name in SEARCHED:
+        options = bp_baselines(base, budget, num_classes=num_classes, rounded=True)
+        found = [c for c in options if c.method == name]
+        chosen = found[0] if found else base
+    else:
+        chosen = base
+    run = resolve(chosen)
+    if batch_size is None:
+        batch, peak = max_batch(run, budget, num_classes=num_classes)
+    else:
+        batch = batch_size
+        try:
+            peak = estimate(run, batch, num_classes=num_classes)
+        except StepFails:
+            peak = None
+    return _row(name, run, batch, peak, budget, num_classes)
 
 
 def _row(

@@ -35,6 +35,24 @@ def add_methods_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default=None, help="comma-separated methods (default: all registered)"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=None,
+        help="methods worked on side by side, each in a process of its own (default: one per "
+        "core, at most one per method, where each method's answer is a search, as with "
+        "--max-batch; otherwise 1: starting a process costs more than one estimate)",
+    )  # fmt: skip
+
+
+def jobs_from(args: argparse.Namespace, methods: list[str], search: bool) -> int:
+    """``--jobs``, checked, or its default for these methods (``search``: each method's answer
+    takes several fake steps)."""
+    from locbench.analysis.side_by_side import default_jobs
+
+    if args.jobs is None:
+        return default_jobs(len(methods)) if search else 1
+    if not 1 <= args.jobs <= 1024:
+        raise UserError(f"--jobs must be between 1 and 1024, got {args.jobs}")
+    return args.jobs
 
 
 def methods_from(args: argparse.Namespace, command: str) -> list[str]:

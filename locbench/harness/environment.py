@@ -36,6 +36,11 @@ def _cuda_index(device: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def environment(device: str = "cpu") -> dict:
     """Where a number was measured: versions, the run's device, CPU and the git commit."""
     on_cuda = device.startswith("cuda")

@@ -38,6 +38,7 @@ import torch.multiprocessing as mp
 
 from locbench.errors import UserError
 from locbench.harness.distributed import free_port
+from locbench.harness.environment import cores
 from locbench.harness.loop import fit
 from locbench.harness.run import first_line
 from locbench.harness.trainer import LocalTrainer
@@ -287,10 +288,6 @@ def merged_curve(results: list[dict]) -> list[dict]:
         }
         for e, c in enumerate(last)
     ]
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def stage_threads(P: int) -> int:

@@ -5,6 +5,8 @@ the one memory measurement that runs, ``locbench estimate`` and the regression f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +25,20 @@ class MemoryWindow:
     Opened between steps, it first counts what is resident then: parameters, buffers,
     gradients, optimizer state and ``previous`` (the last step's losses, still referenced by
     the caller); each :meth:`step` also counts its batch. This is the one measurement that
-    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make."""
+    ``fit``'s tracked window, ``locbench estimate`` and the regression figures all make.
+    ``stop_above``: see :class:`~locbench.measure.memory.MemoryTracker`. ``sees_ops``: how the
+    tracker is shown the step's ops; by default it is entered as a dispatch mode of its own."""
 
-    def __init__(self, trainer: LocalTrainer, previous: StepLosses | None = None) -> None:
+    def __init__(
+        self,
+        trainer: LocalTrainer,
+        previous: StepLosses | None = None,
+        stop_above: int | None = None,
+        sees_ops: Callable[[MemoryTracker], AbstractContextManager] | None = None,
+    ) -> None:
         self.trainer = trainer
-        self.tracker = MemoryTracker()
+        self.tracker = MemoryTracker(stop_above)
+        self._sees_ops = sees_ops or (lambda tracker: tracker)
         for tag, tensors in trainer.state_tensors().items():
             self.tracker.register(tensors, tag)
         if previous is not None:
@@ -36,7 +47,7 @@ class MemoryWindow:
     def step(self, x: torch.Tensor, y: torch.Tensor, step: StepContext | None = None) -> StepLosses:
         self.tracker.begin_step()
         self.tracker.register([x, y], "other")
-        with self.tracker:
+        with self._sees_ops(self.tracker):
             return self.trainer.train_step(x, y, self.tracker, step)
 
     def close(self) -> TrackedPeak:

@@ -105,11 +105,21 @@ class _StepRoles:
     optimizer_state: set[int] = field(default_factory=set)
 
 
-class MemoryTracker(TorchDispatchMode):
-    """Counts live tensor-storage bytes between :meth:`begin` and :meth:`end`."""
+class LimitExceeded(RuntimeError):
+    """Raised by a tracker given ``stop_above`` as soon as live rounded bytes go above it."""
 
-    def __init__(self) -> None:
+
+class MemoryTracker(TorchDispatchMode):
+    """Counts live tensor-storage bytes between :meth:`begin` and :meth:`end`.
+
+    ``stop_above``: raise :class:`LimitExceeded` from the allocation that takes the live rounded
+    bytes above it. Knowing that a step does not fit a budget needs only the step's events up to
+    that allocation, not the rest (``locbench.analysis.estimate.max_batch``); the step is left
+    half done and its tracker's results describe only that part."""
+
+    def __init__(self, stop_above: int | None = None) -> None:
         super().__init__()
+        self.stop_above = stop_above
         self._live: dict[int, _Storage] = {}  # storage pointer -> record
         self._refs: dict[int, weakref.ref] = {}
         self._next_uid = 0
@@ -270,14 +280,29 @@ class MemoryTracker(TorchDispatchMode):
         """The uid of the live storage behind ``t`` (None if it is not tracked)."""
         return self._uid_of(t)
 
+    def event_log(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every allocation and release so far, to replay at other storage sizes: the events'
+        codes in order (a storage's uid when it is allocated, ``-uid - 1`` when released; uids
+        count from 0 in allocation order) and the bytes of each uid's storage. The live bytes
+        after event i are the sum over events up to i of +bytes or -bytes; the rounded ones the
+        same sum of :func:`round_up` of them."""
+        codes = np.fromiter((code for code, _ in self._events), np.int64, len(self._events))
+        sizes = (self._records[uid].nbytes for uid in range(self._next_uid))
+        return codes, np.fromiter(sizes, np.int64, self._next_uid)
+
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.record(out)
+        return out
+
+    def record(self, out: object) -> None:
+        """Count the tensors an op returned (what this mode does with every op's output), for a
+        mode that sees the ops itself and hands them on instead of stacking this one on it."""
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._add(t, self._tag, self._module)
-        return out
 
     def _uid_of(self, t: torch.Tensor) -> int | None:
         record = self._live.get(t.untyped_storage()._cdata)
@@ -339,6 +364,8 @@ class MemoryTracker(TorchDispatchMode):
             if self.current > self.peak:
                 self.peak, self._peak_event = self.current, len(self._events) - 1
             self.peak_rounded = max(self.peak_rounded, self.current_rounded)
+            if self.stop_above is not None and self.current_rounded > self.stop_above:
+                raise LimitExceeded(f"live rounded bytes above {self.stop_above}")
             if self._module is not None:
                 k = self._module
                 self._module_peaks[k] = max(self._module_peaks.get(k, 0), self.current)

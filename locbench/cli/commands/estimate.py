@@ -7,7 +7,7 @@ from pathlib import Path
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, methods_from
+from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, jobs_from, methods_from
 from locbench.errors import UserError
 
 
@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--image-size must be between 1 and 8192, got {args.image_size}")
     budget = parse_bytes(args.budget) if args.max_batch else None
     config = config_from_args(args)
+    jobs = jobs_from(args, methods, search=args.max_batch)
     rows = estimate_methods(
-        config, methods, args.batch_size, args.image_size, args.classes, budget, args.timeline
+        config, methods, args.batch_size, args.image_size, args.classes, budget, args.timeline, jobs
     )
     written = write_timeline(rows, config.net, args.timeline) if args.timeline else []
     if args.json:

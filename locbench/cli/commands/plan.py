@@ -7,7 +7,7 @@ import argparse
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, methods_from
+from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, jobs_from, methods_from
 
 MIB = 2**20
 
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     check_probe(args)
     budget = parse_bytes(args.budget)
     config = config_from_args(args)
-    rows = plan(config, methods, budget, args.batch_size, args.classes)
+    jobs = jobs_from(args, methods, search=True)
+    rows = plan(config, methods, budget, args.batch_size, args.classes, jobs)
     if args.json:
         print(json.dumps(rows))
         return 0
