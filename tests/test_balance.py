@@ -140,3 +140,33 @@ def test_sweep_grid_with_balanced_cuts_and_a_K_axis():
     configs = grid.configs()
     assert [c.K for c in configs] == [2, 3]
     assert all(c.cuts_balanced and len(c.cuts) == c.K - 1 for c in configs)
+
+
+def test_search_on_a_hand_computed_model():
+    # Three hidden units whose forwards keep outputs of 4, 1 and 2 bytes (each freed by its
+    # backward, but a module's output, kept as the next module's input until that one ends),
+    # and an auxiliary loss that rises 5 bytes above its cut when cut after unit 0, 0 after
+    # unit 1. Cut after 0: module 0 peaks at 4 + 5 = 9, module 1 at 4 + 1 + 2 = 7: peak 9.
+    # Cut after 1: 4 + 1 + 0 = 5, then 1 + 2 = 3: peak 5, plus what its aux keeps resident.
+    from locbench.harness.balance import AuxCosts, CostModel, UnitCosts
+
+    def unit(size: int) -> UnitCosts:
+        forward = {first: Profile(size, size) for first in (True, False)}
+        backward = {(first, last): Profile(0, 0 if last else -size)
+                    for first in (True, False) for last in (True, False)}  # fmt: skip
+        return UnitCosts(forward, backward, size)
+
+    def model(resident_after_1: int) -> CostModel:
+        aux = {
+            0: AuxCosts(Profile(5, 0), 0, 0, 0),
+            1: AuxCosts(Profile(0, 0), resident_after_1, 0, 0),
+        }
+        return CostModel(
+            n=3, units=[unit(4), unit(1), unit(2), unit(0)], aux=lambda b, k: aux[b],
+            output=Profile(), output_after=Profile(), tail=Profile(), base=0,
+            backbone_grads=0, opt_excess=0, trained_K=2,
+        )  # fmt: skip
+
+    assert [model(3).peak([b]) for b in (0, 1)] == [9, 5 + 3]
+    assert model(3).search() == ((1,), 8)
+    assert model(5).search() == ((0,), 9)  # 5 + 5 = 10 after unit 1: the other cut wins
