@@ -95,3 +95,49 @@ def test_a_step_that_cannot_run_is_one_line(capsys):
     assert main(["describe", "--method", "dgl", "--net", "smallnet", "--batch-size", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("locbench: error: one training step at batch 1")
+
+
+COSTLIER_LATER = '''
+from locbench.methods.base import Method
+
+
+class Plain(Method):
+    """The contract's defaults: a linear classifier on pooled features at each cut."""
+
+
+class CostlierLater(Plain):
+    """State carried across steps (as a synthetic-gradient method's): from its second step on,
+    each local loss runs its auxiliary net three times."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.steps_seen = 0
+
+    def local_loss(self, k, out, batch):
+        self.steps_seen += k == 0
+        repeats = 1 if self.steps_seen == 1 else 3
+        return sum(super(CostlierLater, self).local_loss(k, out, batch) for _ in range(repeats))
+'''
+
+
+def test_flops_are_one_steady_steps_and_its_aux_share(tmp_path):
+    # The auxiliary share is read on the counted step itself, the second: a method whose aux
+    # costs more after its first step once got a backbone share below the backbone's (and
+    # below zero for a synthetic-gradient method), its total from a first step and its aux
+    # share from a later call.
+    path = tmp_path / "costlier.py"
+    path.write_text(COSTLIER_LATER)
+    B = 8
+    plain, costlier = (
+        describe(RunConfig(method=f"{path}:{name}", net="smallnet", K=2), batch_size=B)
+        for name in ("Plain", "CostlierLater")
+    )
+    # smallnet's cut after unit 1 is 16x16x16: Linear(16, 10) on the pooled features, forward
+    # 2*B*16*10, and as much again for the input gradient and the weight gradient
+    linear = 2 * B * 16 * 10
+    assert plain["flops_per_step"]["aux"] == 3 * linear == plain["modules"][0]["flops_aux"]
+    assert costlier["flops_per_step"]["aux"] == 3 * 3 * linear
+    assert costlier["flops_per_step"]["backbone"] == plain["flops_per_step"]["backbone"] > 0
+    for d in (plain, costlier):
+        f = d["flops_per_step"]
+        assert f["total"] == f["backbone"] + f["aux"]

@@ -1,5 +1,6 @@
 """Tracked memory and the fake-tensor estimate: equal to each other, sensible relations, CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -159,6 +160,7 @@ def test_max_batch_is_exact_from_three_steps(name, monkeypatch):
         assert peak == estimate(run, batch)
         assert peak.peak_bytes_rounded <= budget < estimate(run, batch + 1).peak_bytes_rounded
         assert batch == 37 or budget < rounded
+    assert (batch, peak) == _max_batch_by_probing(run, budget)  # the old search's answer
 
 
 def test_max_batch_equals_the_search_on_fresh_estimates():
@@ -334,3 +336,55 @@ def test_run_memory_option_on_cpu(tmp_path, capsys):
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["config"]["memory"] == "tracked" and record["memory"]["peak_bytes"] > 0
     assert record["flops"]["total"] == record["flops"]["backbone"] + record["flops"]["aux"]
+
+
+COPIES = """
+import copy
+
+from torch import nn
+
+from locbench.methods import Method
+
+
+class CopiesAUnit(Method):
+    # its auxiliary net at each cut starts with a copy of the next backbone unit (AugLocal's
+    # and MAN's idea), made in __init__: also under estimate's fake tensors, where PyTorch's
+    # deepcopy of BatchNorm's integer buffer fails (and could corrupt the process's memory)
+    def build_aux(self, backbone, cut):
+        unit = copy.deepcopy(backbone.units[cut.unit + 1])
+        channels = backbone.shapes[cut.unit + 1][0]
+        head = nn.Linear(channels, self.data.num_classes)
+        return nn.Sequential(unit, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+
+
+class ReadsValues(CopiesAUnit):
+    def local_loss(self, k, out, batch):
+        loss = super().local_loss(k, out, batch)
+        return loss if loss.item() < 1e9 else loss * 0  # values: none on fake tensors
+"""
+
+
+def test_a_unit_copied_in_init_is_estimated_and_a_failing_method_costs_only_its_row(
+    tmp_path, capsys
+):
+    path = tmp_path / "copies.py"
+    path.write_text(COPIES)
+    config = RunConfig(method=f"{path}:CopiesAUnit", K=2, net="smallnet", dataset="synthetic")
+    record = execute(dataclasses.replace(config, epochs=1))
+    predicted = estimate(resolve(config), 64)
+    assert record.memory["peak_bytes"] == predicted.peak_bytes
+    assert record.memory["breakdown"] == predicted.breakdown
+    methods = f"bp,{path}:ReadsValues,{path}:CopiesAUnit"
+    argv = ["estimate", "--net", "smallnet", "--K", "2", "--batch", "8", "--methods", methods]
+    assert main([*argv, "--json"]) == 2
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert [("peak_bytes" in r, "error" in r) for r in rows] == [
+        (True, False),
+        (False, True),
+        (True, False),
+    ]
+    assert rows[2]["peak_bytes"] == estimate(resolve(config), 8).peak_bytes_rounded
+    expected = f"locbench: error: {path}:ReadsValues: one training step at batch 8 fails: "
+    assert err.startswith(expected)
+    assert len(err.splitlines()) == 1  # nor PyTorch's log of the failing op

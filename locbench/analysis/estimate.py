@@ -110,7 +110,7 @@ def smallest_batch(peak: Callable[[int], object]) -> int:
             failure = e
             continue
         return b
-    raise UserError(f"no batch of {SMALLEST_BATCHES[-1]} or fewer trains: {failure}")
+    raise StepFails(f"no batch of {SMALLEST_BATCHES[-1]} or fewer trains: {failure}")
 
 
 def max_batch(
@@ -378,16 +378,20 @@ def method_row(
     budget: int | None,
     timeline: bool,
 ) -> dict:
-    """:func:`estimate_methods`' row for method ``name``."""
+    """:func:`estimate_methods`' row for method ``name``; a method that cannot be built or
+    stepped on fake tensors has its ``error`` instead of a peak."""
     run = resolve(for_method(config, name))
-    if budget is None:
-        batch, peak = batch_size, estimate(run, batch_size, image_size, num_classes)
-    else:
-        batch, peak = max_batch(run, budget, image_size, num_classes)
     # the split alone, not a second build of the method on meta (a second per method)
     K = run.method_cls.plan_split(
         requested_split(run.config, hidden_units(run.config.net)), run.params
     ).K
+    try:
+        if budget is None:
+            batch, peak = batch_size, estimate(run, batch_size, image_size, num_classes)
+        else:
+            batch, peak = max_batch(run, budget, image_size, num_classes)
+    except UserError as e:  # StepFails, or the method's __init__ failing there
+        return {"method": name, "K": K, "batch_size": None, "error": str(e)}
     row = {"method": name, "K": K, "batch_size": batch}
     if peak is not None:
         row |= {
@@ -416,7 +420,8 @@ def format_estimates(rows: list[dict], title: str) -> str:
 
     table = []
     for r in rows:
-        line = {"method": r["method"], "K": r["K"], "batch": r["batch_size"]}
+        batch = "-" if r["batch_size"] is None else r["batch_size"]
+        line = {"method": r["method"], "K": r["K"], "batch": batch}
         if "peak_bytes" in r:
             line["peak (MiB)"] = r["peak_bytes"] / MIB
             if "saving_vs_bp" in r:

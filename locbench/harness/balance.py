@@ -45,13 +45,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from locbench.data.base import DataInfo
 from locbench.data.catalog import DATASETS
 from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, hidden_units, resolve
-from locbench.harness.fake import KernelDtypes, fake_step_peak
+from locbench.harness.fake import DeepcopyAsClone, fake_modes, fake_step_peak
 from locbench.harness.precision import MixedPrecision, channels_last_input, to_channels_last
 from locbench.harness.trainer import place
 from locbench.measure.memory import MemoryTracker, round_up
@@ -396,7 +395,7 @@ def measure(
     why = supports(run.method_cls)
     if why is not None:
         raise UserError(f"--cuts balanced: {why}; give --K or --cuts instead")
-    with FakeTensorMode(allow_non_fake_inputs=True), KernelDtypes():
+    with fake_modes(run):
         torch.manual_seed(config.seed)
         backbone = (net or (lambda c: get_backbone(config.net, c)))(num_classes)
         if image_size is not None and image_size != backbone.input_shape[1]:
@@ -529,7 +528,8 @@ def _local_loss(method: Method, k: int, batch: Batch, out: torch.Tensor) -> torc
 def method_for_split(
     split: Split, method_cls: type[Method], backbone: Backbone, data: DataInfo, params: object
 ) -> Method:
-    method = method_cls(backbone, split, data, params)
+    with DeepcopyAsClone():
+        method = method_cls(backbone, split, data, params)
     return place(method, torch.device("cpu"), torch.float32)
 
 

@@ -5,10 +5,13 @@ balanced cuts (:mod:`locbench.harness.balance`) confirms its choice with."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from collections.abc import Iterator
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from locbench.harness.build import Resolved, build
@@ -46,10 +49,27 @@ def fake_modes(run: Resolved, mode: FakeTensorMode | None = None) -> contextlib.
     there the fix would change nothing and only cost a dispatch layer on every op (a quarter of
     a fake step)."""
     stack = contextlib.ExitStack()
+    stack.enter_context(_quiet_fake_tensor_log())
     stack.enter_context(mode or FakeTensorMode(allow_non_fake_inputs=True))
     if run.config.precision != "fp32":
         stack.enter_context(KernelDtypes())
     return stack
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """PyTorch logs a traceback for every op fake tensors cannot run before raising it (and
+    warns where a copy reads a fake data pointer); the error raised is what a user sees, as one
+    line."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 class TrackingFakeMode(FakeTensorMode):
@@ -84,11 +104,27 @@ class TrackingFakeMode(FakeTensorMode):
         return out
 
 
+class DeepcopyAsClone(TorchFunctionMode):
+    """``copy.deepcopy`` of a fake tensor as a clone (same dtype, shape, ``requires_grad``).
+    PyTorch's own copies the storage, which fails for some fake tensors (integer ones such as
+    BatchNorm's ``num_batches_tracked``) and can leave the process's memory corrupt. Entered
+    while a configuration is built, where a method's ``__init__`` may copy units: on every op
+    of a step it would only cost time."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__deepcopy__ and isinstance(args[0], FakeTensor):
+            t = args[0]
+            twin = t.detach().clone()
+            return twin.requires_grad_(t.requires_grad) if t.is_leaf else twin
+        return func(*args, **(kwargs or {}))
+
+
 def fake_trainer(
     run: Resolved, image_size: int | None, num_classes: int
 ) -> tuple[LocalTrainer, tuple[int, ...]]:
     """The run's trainer, built inside :func:`fake_modes`, and its input shape."""
-    backbone, method = build(run, num_classes=num_classes, image_size=image_size)
+    with DeepcopyAsClone():
+        backbone, method = build(run, num_classes=num_classes, image_size=image_size)
     config = probe_config(run.config)
     trainer = LocalTrainer.for_config(config, backbone, method.split, method, torch.device("cpu"))
     return trainer, tuple(backbone.input_shape)

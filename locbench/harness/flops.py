@@ -16,7 +16,7 @@ from locbench.data.base import DataInfo
 from locbench.harness.build import Resolved, build
 from locbench.harness.trainer import LocalTrainer, probe_config
 from locbench.measure.meters import PhaseClock
-from locbench.methods import Batch, Method
+from locbench.methods import Method
 from locbench.nets.backbone import Backbone
 from locbench.settings.run_config import RunConfig
 
@@ -33,32 +33,40 @@ def step_flops(
     config: RunConfig,
     per_module: list[int] | None = None,
 ) -> tuple[int, list[int]]:
-    """FLOPs of one training step, and of each local module's auxiliary part of it; moves
-    ``method`` and ``backbone`` to the meta device.
+    """FLOPs of one steady-state training step, and of each local module's auxiliary part of
+    it; moves ``method`` and ``backbone`` to the meta device.
 
-    The auxiliary part of module k is its local loss, forward and backward, on a leaf of the
-    cut's shape; what remains of the step is the backbone's (incl. the output head). A
-    ``per_module`` list receives each module's forward + local loss + backward FLOPs, read at
-    the step's phase points as a run's :class:`~locbench.measure.meters.PhaseClock` reads time."""
-    trainer = LocalTrainer.for_config(probe_config(config), backbone, method.split, method, META)
+    A first, uncounted step makes the gradients and whatever state the method carries across
+    steps; the second is counted. The auxiliary part of module k is its local loss: forward,
+    and backward down to the cut (to the module's output and to every parameter outside the
+    module), read on that same step (``LocalTrainer(local_backward_apart=True)``); what
+    remains of the step is the backbone's (incl. the output head). So every part is a sum of
+    counted ops, never negative, and the parts add up to the total. A ``per_module`` list
+    receives each module's forward + local loss + backward FLOPs, read at the step's phase
+    points as a run's :class:`~locbench.measure.meters.PhaseClock` reads time."""
+    config = probe_config(config)
+    trainer = LocalTrainer.for_config(
+        config, backbone, method.split, method, META, local_backward_apart=True
+    )
     x = torch.empty(batch_size, *backbone.input_shape, device=META)
     y = torch.zeros(batch_size, dtype=torch.long, device=META)
-    with FlopCounterMode(display=False) as total:
-        clock = PhaseClock(method.split.K, META, reading=total.get_total_flops)
+    trainer.train_step(x, y)
+    with FlopCounterMode(display=False) as counter:
+        clock = PhaseClock(method.split.K, META, reading=counter.get_total_flops)
         trainer.train_step(x, y, clock=clock)
+    parts = clock.end_step()
+    total = counter.get_total_flops()
+    aux = [int(f) for f in parts["local_s"][: method.split.K - 1]]
     if per_module is not None:
-        per_module[:] = [int(m) for m in PhaseClock.module_times(clock.end_step())]
-    batch = Batch(x, y, trainer.default_step)
-    aux = []
-    for k in range(method.split.K - 1):
-        shape = backbone.shapes[method.split.last_unit(k)]
-        h = torch.empty(batch_size, *shape, device=META, requires_grad=True)
-        with FlopCounterMode(display=False) as counter:
-            loss = method.local_loss(k, h, batch)
-            if loss is not None:
-                loss.backward()
-        aux.append(counter.get_total_flops())
-    return total.get_total_flops(), aux
+        per_module[:] = [int(m) for m in PhaseClock.module_times(parts)]
+    check_flops(total, aux)
+    return total, aux
+
+
+def check_flops(total: int, aux: list[int]) -> None:
+    """The parts of a step's FLOPs are counts: none negative, none above the step's total."""
+    if total < 0 or any(a < 0 for a in aux) or sum(aux) > total:
+        raise RuntimeError(f"inconsistent FLOP count: total {total}, auxiliary parts {aux}")
 
 
 def config_flops(

@@ -77,10 +77,10 @@ class MixedPrecision:
         with self.unsupported(), torch.autocast(self.device_type, dtype=self.dtype):
             yield
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, the loss scaled first in fp16 (outside autocast)."""
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """``loss.backward(**kwargs)``, the loss scaled first in fp16 (outside autocast)."""
         with self.unsupported():
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward(**kwargs)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step; in fp16 the gradients are unscaled once, the step skipped if any

@@ -149,6 +149,7 @@ class LocalTrainer:
         channels_last: bool = False,
         ranks: Ranks | None = None,
         seam: Seam | None = None,
+        local_backward_apart: bool = False,
     ) -> None:
         if train.lr is None or train.epochs is None:
             raise UserError("a trainer needs a configuration with lr and epochs set (resolved)")
@@ -178,6 +179,10 @@ class LocalTrainer:
         # What a step outside a run (describe, estimate, a test's own step) shows the method.
         self.default_step = StepContext(lr=train.lr)
         self.grad_sync = GradSync(self.parameters(), self.ranks) if self.ranks else None
+        # FLOP counting (locbench.harness.flops): each local loss's backward in two parts, down
+        # to the cut (phase "aux": the auxiliary share) and through the module ("backward"),
+        # so that a step's auxiliary share is read on that step. Same gradients, same FLOPs.
+        self.local_backward_apart = local_backward_apart
 
     @classmethod
     def for_config(
@@ -301,16 +306,38 @@ class LocalTrainer:
             with phase("aux", k), amp.autocast():
                 loss = self.method.local_loss(k, out, batch)
             if loss is not None:
-                with phase("backward", k):
-                    amp.backward(loss if weight == 1.0 else loss * weight)
-                    if self.grad_sync is not None:
-                        self.grad_sync.after_backward()
+                weighted = loss if weight == 1.0 else loss * weight
+                if self.local_backward_apart:  # counting FLOPs: never data-parallel
+                    self._backward_apart(k, out, weighted, phase)
+                else:
+                    with phase("backward", k):
+                        amp.backward(weighted)
+                        if self.grad_sync is not None:
+                            self.grad_sync.after_backward()
             return self.method.boundary(k, out), None if loss is None else loss.detach()
         with phase("other", k), amp.autocast():
             loss = self.method.output_loss(out, batch)
         with phase("backward", k):
             amp.backward(loss if weight == 1.0 else loss * weight)
         return out.detach(), loss.detach()
+
+    def _backward_apart(
+        self, k: int, out: torch.Tensor, loss: torch.Tensor, phase: Callable
+    ) -> None:
+        """``loss.backward()`` as two backward passes: to ``out`` and every parameter outside
+        module k (phase "aux"), then from ``out`` through module k (phase "backward"). Each
+        node of the graph runs once, as in one pass; only for counting (the first pass keeps
+        the graph, which a measured step never does)."""
+        own = {id(p) for p in self.modules[k].parameters()}
+        inputs = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        if out.requires_grad:
+            inputs.append(out)
+        with phase("aux", k):
+            self.amp.backward(loss, inputs=inputs, retain_graph=True)
+        if out.grad is not None:
+            with phase("backward", k):
+                out.backward(out.grad)
+            out.grad = None
 
     def parameters(self) -> list[nn.Parameter]:
         """What the optimizer steps: every parameter, or a pipeline stage's own (its modules'

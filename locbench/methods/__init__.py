@@ -6,4 +6,13 @@ from locbench.methods.params import make_params
 # Importing the seed methods registers them.
 from locbench.methods import auglocal, bp, bp_accum, bp_ckpt, dgl, infopro, predsim  # noqa: E402,F401  isort: skip
 
-__all__ = ["METHODS", "Batch", "Cut", "Method", "NoParams", "make_params", "register"]
+__all__ = [
+    "METHODS",
+    "Batch",
+    "Cut",
+    "Method",
+    "NoParams",
+    "copy_module",
+    "make_params",
+    "register",
+]

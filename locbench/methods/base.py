@@ -108,6 +108,10 @@ memory), but the record has no FLOPs (its ``message`` says "FLOPs not counted: .
 ``locbench describe``/``estimate`` refuse it with a one-line error. Shapes (``t.shape``,
 ``t.size(0)``, ``t.dim()``), ``t.device``, ``t.dtype`` and the step context work everywhere.
 Keep value-dependent bookkeeping (logging a loss, early stopping) out of the hooks.
+``copy.deepcopy`` of a module in ``__init__`` (e.g. a later unit of the backbone as an auxiliary
+net's layer) works everywhere: on fake tensors, where PyTorch's own fails for integer buffers
+such as BatchNorm's ``num_batches_tracked``, the harness makes it a clone. In a multi-method
+``estimate``, a method that cannot be estimated costs only its own row.
 
 A new method is one file: subclass :class:`Method`, declare its hyperparameters as a dataclass
 in ``Params``, override the hooks you need, and register it with ``@register("name")``.

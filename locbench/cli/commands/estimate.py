@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from locbench.cli.command import Command
@@ -51,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
         config, methods, args.batch_size, args.image_size, args.classes, budget, args.timeline, jobs
     )
     written = write_timeline(rows, config.net, args.timeline) if args.timeline else []
+    failed = [r for r in rows if "error" in r]  # each costs only its own row
     if args.json:
         print(json.dumps(rows))
-        return 0
+        return report_failures(failed)
     size = f", image {args.image_size}" if args.image_size else ""
     what = f"largest batch within {args.budget}" if budget else f"batch {args.batch_size}"
     title = (
@@ -63,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
     print(format_estimates(rows, title))
     for path in written:
         print(path)
-    return 0
+    return report_failures(failed)
+
+
+def report_failures(failed: list[dict]) -> int:
+    """One line on stderr per method that could not be estimated; exit status 2 if any."""
+    for r in failed:
+        print(f"locbench: error: {r['method']}: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def write_timeline(rows: list[dict], net: str, stem: Path) -> list[Path]:
