@@ -130,3 +130,36 @@ def test_run_nproc_writes_one_record_with_every_ranks_peaks(tmp_path):
     assert _run(out).returncode == 0
     labels = set(comparison_table(load_results(out))["variant"])
     assert labels == {"dgl nproc=1", "dgl nproc=2"}
+
+
+FROZEN = """
+import torch.nn.functional as F
+from torch import nn
+
+from locbench.methods.dgl import DGL
+
+
+class FrozenProjection(DGL):
+    # a parameter the local losses use but never train (requires_grad=False), as a frozen
+    # copy of a later block in an EMA method
+    def __init__(self, *args):
+        super().__init__(*args)
+        n = self.data.num_classes
+        self.projection = nn.Linear(n, n)
+        self.projection.requires_grad_(False)
+
+    def local_loss(self, k, out, batch):
+        return F.cross_entropy(self.projection(self.aux[k](out)), batch.y)
+"""
+
+
+def test_frozen_parameters_under_two_ranks_equal_one_process(tmp_path):
+    path = tmp_path / "frozen.py"
+    path.write_text(FROZEN)
+    method = f"{path}:FrozenProjection"
+    single, ranks = _states(tmp_path, method, sync_bn=True)
+    assert single.keys() == ranks.keys()
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[name], value, atol=1e-5, rtol=0, msg=name)
+    fresh = prepare(_config(method, 1, True)).method.projection.weight
+    assert torch.equal(single["method.projection.weight"], fresh)  # never optimised

@@ -17,6 +17,7 @@ from locbench.analysis.describe import describe
 from locbench.cli.main import main
 from locbench.data.base import DataInfo
 from locbench.errors import UserError
+from locbench.harness.build import resolve
 from locbench.harness.run import prepare
 from locbench.harness.trainer import LocalTrainer
 from locbench.methods import METHODS, Batch, Method, make_params
@@ -559,3 +560,31 @@ def test_a_method_file_imports_a_module_beside_it(tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert record["status"] == "ok" and record["params_aux"] == sum(HEAD_PARAMS)
+
+
+def test_a_method_file_is_its_class_and_content_not_its_path(tmp_path, monkeypatch):
+    source = EXAMPLE.read_text()
+    first = write(tmp_path, "greedy.py", source)
+    (tmp_path / "copy").mkdir()
+    copied = write(tmp_path / "copy", "other_name.py", source)
+    monkeypatch.chdir(tmp_path)
+
+    def run_id(spec: str) -> str:
+        return resolve(RunConfig(method=spec, K=2, dataset="synthetic")).run_id
+
+    same = {run_id(f"{p}:GreedyLinear") for p in (first, "greedy.py", "./greedy.py", copied)}
+    assert len(same) == 1  # absolute, relative, dotted, a byte-identical copy elsewhere
+    write(tmp_path, "greedy.py", source + "\n# edited\n")
+    assert run_id("greedy.py:GreedyLinear") not in same  # the content is the method
+
+
+def test_config_lists_a_method_files_hyperparameters(capsys):
+    assert main(["config", "--method", f"{EXAMPLE}:GreedyLinear"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["setting", "flag", "default", "accepted", "help"]
+    assert lines[1].split()[:4] == ["GreedyLinear.loss_scale", "--hp", "loss_scale=", "1.0"]
+    assert len(lines) == 2
+    assert main(["config", "--method", "bp"]) == 0
+    assert capsys.readouterr().out == "bp has no hyperparameters\n"
+    assert main(["config", "--method", "nope"]) == 2
+    assert capsys.readouterr().err.startswith(f"{PREFIX}unknown method 'nope'")

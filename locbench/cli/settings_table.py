@@ -38,28 +38,29 @@ def rows() -> list[tuple[str, ...]]:
                     (f"{section}.{spec.name}", flag, _default(spec), spec.accepted(), spec.help)
                 )
     for name in METHODS.names():
-        for spec in specs(METHODS.get(name).Params):
-            out.append(
-                (
-                    f"{name}.{spec.name}",
-                    f"--hp {spec.name}=",
-                    _default(spec),
-                    spec.accepted(),
-                    spec.help,
-                )
-            )
+        out += method_rows(name, METHODS.get(name))
     return out
 
 
-def settings_text() -> str:
-    table = [HEADER, *rows()]
+def method_rows(name: str, method_cls: type) -> list[tuple[str, ...]]:
+    """The rows of one method's hyperparameters (``name.key``)."""
+    return [
+        (f"{name}.{spec.name}", f"--hp {spec.name}=", _default(spec), spec.accepted(), spec.help)
+        for spec in specs(method_cls.Params)
+    ]
+
+
+def settings_text(body: list[tuple[str, ...]] | None = None) -> str:
+    """``body`` (default: :func:`rows`) as an aligned text table."""
+    table = [HEADER, *(rows() if body is None else body)]
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table]
     return "\n".join(line.rstrip() for line in lines)
 
 
-def settings_markdown() -> str:
-    return _markdown(HEADER, rows())
+def settings_markdown(body: list[tuple[str, ...]] | None = None) -> str:
+    """``body`` (default: :func:`rows`) as a Markdown table."""
+    return _markdown(HEADER, rows() if body is None else body)
 
 
 def method_params_markdown(method: str) -> str:

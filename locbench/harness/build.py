@@ -26,7 +26,7 @@ from locbench.data.catalog import DATASETS
 from locbench.errors import UserError
 from locbench.harness.environment import environment, pick_device
 from locbench.methods import Method, make_params
-from locbench.methods.loading import resolve_method
+from locbench.methods.loading import is_file_spec, resolve_method
 from locbench.nets.backbone import Backbone, Shape, get_backbone
 from locbench.nets.split import Split, check_K
 from locbench.records import SCHEMA, RunRecord
@@ -53,9 +53,14 @@ class Resolved:
     @property
     def identity(self) -> dict:
         """What makes a run this run: the resolved configuration, the content hash of the
-        method's source file, the package version and the record schema."""
+        method's source file, the package version and the record schema. A method loaded from
+        a file is its class name and that hash, however its path is spelt and wherever a copy
+        of the file lies: a resumed sweep recognises its runs."""
+        config = self.config.to_dict()
+        if is_file_spec(self.config.method):
+            config["method"] = f"file:{self.method_cls.__name__}"
         return {
-            "config": self.config.to_dict(),
+            "config": config,
             "method_sha256": self.method_sha256,
             "package_version": self.package_version,
             "schema": SCHEMA,

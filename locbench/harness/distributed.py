@@ -127,6 +127,9 @@ class GradSync:
         self.sent: set[int] = set()
         self.pending: list[tuple[object, torch.Tensor, list[torch.Tensor]]] = []
         self.lock = threading.Lock()  # hooks may run on autograd's device threads
+        # Frozen parameters (requires_grad=False) have no gradient to average: every rank
+        # holds the same values, as it holds the same buffers.
+        parameters = [p for p in parameters if p.requires_grad]
         # Ranks must flatten the same gradients in the same order, whatever order autograd
         # accumulated them in: buckets follow the parameters' order.
         self.index = {id(p): i for i, p in enumerate(parameters)}

@@ -173,8 +173,10 @@ class LocalTrainer:
         # parameters, whose overflow check has no value to read.
         fake = any(isinstance(p, FakeTensor) for p in self.modules.parameters())
         self.amp = MixedPrecision(precision, device, fake)
+        # Frozen parameters (requires_grad=False) are never optimised.
+        trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = make_sgd(
-            self.parameters(), train.lr, train.momentum, train.weight_decay, train.nesterov
+            trainable, train.lr, train.momentum, train.weight_decay, train.nesterov
         )
         # What a step outside a run (describe, estimate, a test's own step) shows the method.
         self.default_step = StepContext(lr=train.lr)

@@ -51,7 +51,7 @@ FILE_SPEC_HINT = "use path/to/file.py:ClassName"
 
 def resolve_method(spec: str) -> type[Method]:
     """The method class that ``spec`` (a name, ``file.py:Class`` or an entry point) names."""
-    if spec not in METHODS and looks_like_path(spec):
+    if is_file_spec(spec):
         return load_from_file(spec)
     claims = entry_point_claims()
     check_unambiguous(spec, claims.get(spec, []))
@@ -61,6 +61,11 @@ def resolve_method(spec: str) -> type[Method]:
         return load_entry_point(claims[spec][0])
     known = sorted(set(METHODS.names()) | set(claims))
     raise UserError(f"unknown method {spec!r}; known: {', '.join(known)}")
+
+
+def is_file_spec(spec: str) -> bool:
+    """Whether ``spec`` names a method by its file (``path/to/file.py:Class``)."""
+    return spec not in METHODS and looks_like_path(spec)
 
 
 def looks_like_path(spec: str) -> bool:
