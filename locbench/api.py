@@ -3,7 +3,17 @@
 :mod:`locbench.methods.base`."""
 
 from locbench.errors import UserError
-from locbench.methods.base import METHODS, Batch, Cut, Method, NoParams, StepContext, register
+from locbench.methods.base import (
+    METHODS,
+    Batch,
+    Capabilities,
+    Cut,
+    Method,
+    ModulesView,
+    NoParams,
+    StepContext,
+    register,
+)  # fmt: skip
 from locbench.methods.params import param
 from locbench.nets.backbone import Backbone, Shape, build_unit, spatial_size
 from locbench.nets.split import Split
@@ -13,8 +23,10 @@ PUBLIC = {
     "METHODS": METHODS,
     "Backbone": Backbone,
     "Batch": Batch,
+    "Capabilities": Capabilities,
     "Cut": Cut,
     "Method": Method,
+    "ModulesView": ModulesView,
     "NoParams": NoParams,
     "Shape": Shape,
     "Split": Split,

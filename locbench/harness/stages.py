@@ -93,6 +93,11 @@ def check_stages(method: Method, split: Split, P: int, device: torch.device) -> 
         raise UserError(
             f"--stages: {name} overrides boundary(); only the default detach can be pipelined"
         )
+    if method.capabilities.reads_modules:
+        raise UserError(
+            f"--stages: {name} reads other modules' parameters (Capabilities(reads_modules="
+            "True)); a module it reads may train in another stage"
+        )
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     if device.type == "cuda" and gpus < P:
         raise UserError(f"--stages {P} needs {P} GPUs, this machine has {gpus}")

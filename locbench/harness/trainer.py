@@ -26,7 +26,7 @@ from locbench.harness.optim import make_sgd
 from locbench.harness.precision import MixedPrecision, channels_last_input, to_channels_last
 from locbench.measure.memory import MemoryTracker
 from locbench.measure.meters import PhaseClock
-from locbench.methods.base import Batch, Method, StepContext
+from locbench.methods.base import Batch, Method, ModulesView, StepContext
 from locbench.nets.backbone import Backbone
 from locbench.nets.split import Split
 from locbench.settings.run_config import RunConfig, TrainSettings
@@ -180,6 +180,7 @@ class LocalTrainer:
         )
         # What a step outside a run (describe, estimate, a test's own step) shows the method.
         self.default_step = StepContext(lr=train.lr)
+        self.view = ModulesView(self.modules, self.method)  # what state hooks may read
         self.grad_sync = GradSync(self.parameters(), self.ranks) if self.ranks else None
         # FLOP counting (locbench.harness.flops): each local loss's backward in two parts, down
         # to the cut (phase "aux": the auxiliary share) and through the module ("backward"),
@@ -255,6 +256,8 @@ class LocalTrainer:
                 self.grad_sync.finish()
         with phase("optimizer_state"):
             self.amp.step(self.optimizer)
+            with torch.no_grad():
+                self.method.after_step(self.view)
         if tracker is not None:
             tracker.end_step(self.parameters(), self.optimizer)
         return losses
@@ -316,12 +319,18 @@ class LocalTrainer:
                         amp.backward(weighted)
                         if self.grad_sync is not None:
                             self.grad_sync.after_backward()
+                self._after_backward(k, phase)
             return self.method.boundary(k, out), None if loss is None else loss.detach()
         with phase("other", k), amp.autocast():
             loss = self.method.output_loss(out, batch)
         with phase("backward", k):
             amp.backward(loss if weight == 1.0 else loss * weight)
+        self._after_backward(k, phase)
         return out.detach(), loss.detach()
+
+    def _after_backward(self, k: int, phase: Callable) -> None:
+        with phase("backward", k), torch.no_grad():
+            self.method.after_backward(k, self.view)
 
     def _backward_apart(
         self, k: int, out: torch.Tensor, loss: torch.Tensor, phase: Callable

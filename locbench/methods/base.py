@@ -18,13 +18,16 @@ The harness runs one training step like this::
                 loss = method.local_loss(k, out, batch)
             if loss is not None:
                 scaled(loss).backward()           # frees module k's graph
+                method.after_backward(k, view)    # no_grad; default: nothing
             h = method.boundary(k, out)           # default: out.detach()
         else:
             with autocast:
                 loss = method.output_loss(out, batch) # out = logits of the output head
             scaled(loss).backward()
-    optimizer.step()                              # one SGD step over backbone + method params
+            method.after_backward(k, view)
+    optimizer.step()                              # one SGD step over the trainable parameters
                                                   # (fp16: unscale, skip if inf/NaN, update)
+    method.after_step(view)                       # no_grad; default: nothing
 
 Guarantees the harness gives every hook:
   * ``__init__`` runs on the CPU in float32 after the global seed is set; the harness then moves
@@ -44,8 +47,26 @@ Guarantees the harness gives every hook:
   * ``boundary(k, out)`` is called right after that backward. Whatever it returns is module
     k+1's input. Returning a tensor attached to module k's graph breaks gradient isolation.
   * ``output_loss`` sees the output head's logits of the last module.
-  * All parameters of ``self`` are optimised by the same optimizer as the backbone.
+  * All trainable parameters of ``self`` are optimised by the same optimizer as the backbone.
+    Frozen state (parameters with ``requires_grad=False``, and buffers) is never optimised and,
+    in a data-parallel run, never averaged as a gradient: every rank updates it alike.
   * Every hook of one step sees the same :class:`Batch`, hence the same ``batch.step``.
+
+State kept across steps (an exponential moving average of weights, as MAN's auxiliary nets):
+  * ``after_backward(k, view)`` runs under ``torch.no_grad()`` right after module k's backward
+    (its local loss's; the output loss's for the last module; with micro-batches, after each
+    part's), once that backward's gradients are accumulated and before module k+1 runs.
+    ``after_step(view)`` runs under ``torch.no_grad()`` after the optimizer step, on the
+    updated parameters. Both default to nothing.
+  * ``view`` (a :class:`ModulesView`) reads the current parameters of any module, detached:
+    read them, never write them. A method that reads a module through it declares
+    ``capabilities = Capabilities(reads_modules=True)``; the view refuses a method that does
+    not. ``--stages`` refuses a method that reads modules (the one it reads may train in
+    another stage), in one line, before training.
+  * Keep the state in buffers or frozen parameters of ``self``: the memory tracker and
+    ``locbench estimate`` count them as resident (category ``parameters``), and the
+    estimate's and the FLOP count's measured step is a second step, after the first has made
+    whatever the method creates lazily.
 
 Precision (the ``precision`` setting) belongs to the harness, like the device:
   * The harness alone enters ``torch.autocast`` (bf16 or fp16) around ``forward_module`` and
@@ -127,6 +148,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locbench.data.base import DataInfo
+from locbench.errors import UserError
 from locbench.nets.backbone import Backbone, Shape
 from locbench.nets.split import Split
 from locbench.registry import Registry
@@ -177,6 +199,34 @@ class Batch:
     step: StepContext = StepContext()
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method does beyond the seeds' shape, declared so that the harness can refuse a
+    mode that cannot run it exactly, in one line and before training."""
+
+    #: Its hooks read other modules' current parameters through the :class:`ModulesView`.
+    reads_modules: bool = False
+
+
+class ModulesView:
+    """The backbone's modules as the harness trains them, read-only: what a state hook
+    (``after_backward``, ``after_step``) may read of modules other than its own arguments."""
+
+    def __init__(self, modules: nn.ModuleList, method: Method) -> None:
+        self._modules, self._method = modules, method
+
+    def named_parameters(self, k: int) -> dict[str, torch.Tensor]:
+        """Module ``k``'s current parameters, detached, by name: ``"<i>.<name>"`` for its i-th
+        unit (counted from the module's first; the last module's head is its last unit)."""
+        if not self._method.capabilities.reads_modules:
+            name = type(self._method).__name__
+            raise UserError(
+                f"method {name} reads module {k}'s parameters but does not declare it; set "
+                "capabilities = Capabilities(reads_modules=True) in its class"
+            )
+        return {n: p.detach() for n, p in self._modules[k].named_parameters()}
+
+
 class Method(nn.Module):
     """Base class of every training method. See the module docstring for the contract."""
 
@@ -184,6 +234,8 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     #: Dataclass of hyperparameters; instances are stored in run records.
     Params: ClassVar[type] = NoParams
+    #: What it does beyond the seeds' shape (see :class:`Capabilities`).
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, backbone: Backbone, split: Split, data: DataInfo, params: object) -> None:
         super().__init__()
@@ -236,6 +288,14 @@ class Method(nn.Module):
     def output_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Loss of the last module, which ends in the backbone's output head."""
         return F.cross_entropy(logits, batch.y)
+
+    def after_backward(self, k: int, view: ModulesView) -> None:
+        """After module ``k``'s backward, under ``no_grad`` (see "State kept across steps").
+        Default: nothing."""
+
+    def after_step(self, view: ModulesView) -> None:
+        """After the optimizer step, under ``no_grad`` (see "State kept across steps").
+        Default: nothing."""
 
     def micro_batches(self) -> int:
         """Micro-batches per training step (gradient accumulation; see "Micro-batches" in the

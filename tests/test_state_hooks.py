@@ -1,0 +1,116 @@
+"""State kept across steps (the contract's ``after_backward`` / ``after_step`` hooks, the
+read-only ``ModulesView``, ``Capabilities``), through ``examples/ema_next.py``: a moving
+average of the next module's first unit, as MAN's auxiliary nets keep one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from locbench.analysis.describe import describe
+from locbench.analysis.estimate import estimate
+from locbench.cli.main import main
+from locbench.errors import UserError
+from locbench.harness.build import resolve
+from locbench.harness.run import execute, prepare
+from locbench.harness.trainer import LocalTrainer
+from locbench.settings.run_config import RunConfig
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ema_next.py"
+SPEC = f"{EXAMPLE}:EmaNext"
+FAST = ["--net", "smallnet", "--K", "2", "--dataset", "synthetic", "--epochs", "1"]
+
+
+def config(spec: str = SPEC, **kw) -> RunConfig:
+    return RunConfig(method=spec, net="smallnet", K=2, dataset="synthetic", epochs=1, **kw)
+
+
+def trainer_of(spec: str = SPEC) -> tuple[LocalTrainer, object]:
+    p = prepare(config(spec, method_params={"momentum": "0.5"}))
+    return LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu")), p
+
+
+def test_the_moving_average_after_three_steps_is_the_hand_computed_one():
+    trainer, p = trainer_of()
+    follower = trainer.method.aux[0][0]  # moves towards module 1's first unit
+    unit = trainer.modules[1][0]
+    m = 0.5
+    seen = []  # the unit's weights each step's module-0 backward reads: before that step's update
+    for _, (x, y) in zip(range(3), p.data.train):
+        seen.append({n: t.detach().clone() for n, t in unit.named_parameters()})
+        trainer.train_step(*trainer.to_device(x, y))
+    for name, ema in follower.named_parameters():
+        w0, w1, w2 = (s[name] for s in seen)  # the copy starts as w0
+        expected = m**3 * w0 + (1 - m) * (m**2 * w0 + m * w1 + w2)
+        torch.testing.assert_close(ema, expected, rtol=0, atol=1e-6)
+        assert not ema.requires_grad and ema.grad is None  # frozen: never optimised
+        assert not torch.equal(ema, w0)  # it moved
+    assert all(id(t) not in {id(q) for g in trainer.optimizer.param_groups for q in g["params"]}
+               for t in follower.parameters())  # fmt: skip
+
+
+UNDECLARED = """
+from locbench import Capabilities
+from locbench.methods.loading import load_from_file
+
+
+class Undeclared(load_from_file("{example}:EmaNext")):
+    capabilities = Capabilities()  # reads module 1 without saying so
+"""
+
+
+def test_reading_another_module_undeclared_is_one_line(tmp_path):
+    path = tmp_path / "undeclared.py"
+    path.write_text(UNDECLARED.format(example=EXAMPLE))
+    trainer, p = trainer_of(f"{path}:Undeclared")
+    x, y = next(iter(p.data.train))
+    with pytest.raises(UserError, match="^method Undeclared reads module 1's parameters but does "
+                       "not declare it; set capabilities = Capabilities"):  # fmt: skip
+        trainer.train_step(*trainer.to_device(x, y))
+
+
+def test_stages_refuse_a_method_that_reads_modules_before_training(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--method", SPEC, *FAST, "--stages", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "locbench: error: --stages: emanext reads other modules' parameters "
+        "(Capabilities(reads_modules=True)); a module it reads may train in another stage\n"
+    )
+    assert not list(out.glob("*.json")) if out.exists() else True  # nothing trained
+
+
+def test_tracked_equals_estimate_and_every_command_runs_it(tmp_path, capsys):
+    record = execute(config())
+    assert record.status == "ok"
+    predicted = estimate(resolve(config()), 64)
+    assert record.memory["peak_bytes"] == predicted.peak_bytes
+    assert record.memory["breakdown"] == predicted.breakdown
+    flops = record.flops
+    assert flops["total"] == flops["backbone"] + flops["aux"] and min(flops.values()) > 0
+    d = describe(config(), batch_size=64)
+    assert d["flops_per_step"] == flops
+    # the frozen copy is a parameter of the auxiliary net: smallnet's K=2 cut is after unit
+    # 1, so it copies unit 2 (16 -> 32 channels), then Linear(32, 10)
+    p = prepare(config())
+    assert p.split.last_unit(0) == 1
+    unit = sum(t.numel() for t in p.backbone.units[2].parameters())
+    assert d["params_aux"] == unit + 32 * 10 + 10
+    assert main(["estimate", "--methods", f"bp,{SPEC}", "--net", "smallnet", "--K", "2",
+                 "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[1]["peak_bytes"] == estimate(resolve(config()), 1024).peak_bytes_rounded
+
+
+def test_a_sweep_and_its_report_with_the_example(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--methods", f"bp,{SPEC}", *FAST, "--out", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    records = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert sorted(r["status"] for r in records) == ["ok", "ok"]
+    assert main(["report", str(out)]) == 0, capsys.readouterr().err
+    table = (out / "report" / "comparison.csv").read_text()
+    assert SPEC in table or "EmaNext" in table
