@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -99,6 +100,13 @@ def test_tracked_equals_estimate_and_every_command_runs_it(tmp_path, capsys):
     assert p.split.last_unit(0) == 1
     unit = sum(t.numel() for t in p.backbone.units[2].parameters())
     assert d["params_aux"] == unit + 32 * 10 + 10
+    assert d["params_aux_frozen"] == d["modules"][0]["params_aux_frozen"] == unit
+    assert d["modules"][0]["layers"] == [
+        "BasicBlock(16->32, s2) (frozen)",
+        "AdaptiveAvgPool2d",
+        "Flatten",
+        "Linear(32->10)",
+    ]
     assert main(["estimate", "--methods", f"bp,{SPEC}", "--net", "smallnet", "--K", "2",
                  "--json"]) == 0  # fmt: skip
     rows = json.loads(capsys.readouterr().out)
@@ -112,5 +120,6 @@ def test_a_sweep_and_its_report_with_the_example(tmp_path, capsys):
     records = [json.loads(p.read_text()) for p in out.glob("*.json")]
     assert sorted(r["status"] for r in records) == ["ok", "ok"]
     assert main(["report", str(out)]) == 0, capsys.readouterr().err
-    table = (out / "report" / "comparison.csv").read_text()
-    assert SPEC in table or "EmaNext" in table
+    table = pd.read_csv(out / "report" / "comparison.csv")
+    ours = table[table["method"] == SPEC]
+    assert list(ours["variant"]) == ["EmaNext"]  # what charts label it: the class, not the path

@@ -17,8 +17,11 @@ from locbench.measure.pipeline_bound import pipeline_bounds
 from locbench.settings.run_config import RunConfig
 
 
-def count(modules: list[nn.Module]) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
+def count(modules: list[nn.Module], frozen: bool | None = None) -> int:
+    """Parameters of ``modules``: all, or only the frozen (``requires_grad=False``) or only the
+    trainable ones."""
+    params = {id(p): p for m in modules for p in m.parameters()}.values()
+    return sum(p.numel() for p in params if frozen is None or frozen != p.requires_grad)
 
 
 def layer_name(m: nn.Module) -> str:
@@ -38,8 +41,15 @@ def layer_name(m: nn.Module) -> str:
 
 
 def aux_layers(module: nn.Module) -> list[str]:
+    """Each layer's short description; ``(frozen)`` after one whose parameters are all frozen
+    (a copy moved by a moving average, never by the optimizer)."""
     children = list(module.children()) if isinstance(module, nn.Sequential) else [module]
-    return [layer_name(c) for c in children]
+    return [layer_name(c) + (" (frozen)" if _frozen(c) else "") for c in children]
+
+
+def _frozen(m: nn.Module) -> bool:
+    params = list(m.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> dict:
@@ -75,6 +85,7 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
                 "output_shape": list(backbone.shapes[units[-1]]),
                 "params_backbone": count(own_units),
                 "params_aux": count(aux),
+                "params_aux_frozen": count(aux, frozen=True),
                 "layers": [name for m in aux for name in aux_layers(m)],
                 "flops_aux": 0 if last else aux_flops[k],
                 "flops": module_flops[k],  # forward + local loss + backward of the module
@@ -91,7 +102,8 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
         # the search's record when the cuts are --cuts balanced (None otherwise)
         "balanced_cuts": run.balance.as_dict() if run.balance is not None else None,
         "params_backbone": backbone_params,
-        "params_aux": aux_params,
+        "params_aux": aux_params,  # trainable and frozen
+        "params_aux_frozen": count([method], frozen=True),
         "params_total": backbone_params + aux_params,
         "modules": modules,
         "batch_size": batch_size,
@@ -131,8 +143,9 @@ def format_description(d: dict) -> str:
         )
     f = d["flops_per_step"]
     lines += [
-        f"params: backbone {d['params_backbone']:,}, auxiliary {d['params_aux']:,}, "
-        f"total {d['params_total']:,}",
+        f"params: backbone {d['params_backbone']:,}, auxiliary {d['params_aux']:,}"
+        + (f" ({d['params_aux_frozen']:,} frozen)" if d["params_aux_frozen"] else "")
+        + f", total {d['params_total']:,}",
         f"FLOPs per training step at batch {d['batch_size']} (forward + backward): backbone "
         f"{f['backbone'] / 1e9:.3f} G, auxiliary {f['aux'] / 1e9:.3f} G, "
         f"total {f['total'] / 1e9:.3f} G",

@@ -331,7 +331,15 @@ def _label(method: str, keys: list[str], settings: dict) -> str:
     short = [k.removeprefix(PARAMS_PREFIX).removeprefix("config.") for k in keys]
     # a hyperparameter named like a run setting keeps its prefix to stay unambiguous
     names = [k if short.count(s) > 1 else s for k, s in zip(keys, short)]
-    return " ".join([method, *(f"{n}={_text(settings.get(k))}" for n, k in zip(names, keys))])
+    parts = (f"{n}={_text(settings.get(k))}" for n, k in zip(names, keys))
+    return " ".join([short_method(method), *parts])
+
+
+def short_method(method: str) -> str:
+    """A method's name for labels: a file's method (``path/to/file.py:Class``) by its class
+    name, which a chart has room for; a registered name as it is."""
+    path, sep, name = method.rpartition(":")
+    return name if sep and path.endswith(".py") and name else method
 
 
 def _text(value) -> str:
