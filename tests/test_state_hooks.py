@@ -113,13 +113,16 @@ def test_tracked_equals_estimate_and_every_command_runs_it(tmp_path, capsys):
     assert rows[1]["peak_bytes"] == estimate(resolve(config()), 1024).peak_bytes_rounded
 
 
-def test_a_sweep_and_its_report_with_the_example(tmp_path, capsys):
+def test_a_sweep_and_its_report_with_both_examples(tmp_path, capsys):
+    # the moving average here and the overlap of examples/cascade_overlap.py (tests/test_overlap.py)
+    overlap = f"{EXAMPLE.parent / 'cascade_overlap.py'}:CascadeOverlap"
     out = tmp_path / "sweep"
-    argv = ["sweep", "--methods", f"bp,{SPEC}", *FAST, "--out", str(out), "--no-progress"]
+    methods = f"bp,{SPEC},{overlap}"
+    argv = ["sweep", "--methods", methods, *FAST, "--out", str(out), "--no-progress"]
     assert main(argv) == 0, capsys.readouterr().err
     records = [json.loads(p.read_text()) for p in out.glob("*.json")]
-    assert sorted(r["status"] for r in records) == ["ok", "ok"]
+    assert sorted(r["status"] for r in records) == ["ok"] * 3
     assert main(["report", str(out)]) == 0, capsys.readouterr().err
-    table = pd.read_csv(out / "report" / "comparison.csv")
-    ours = table[table["method"] == SPEC]
-    assert list(ours["variant"]) == ["EmaNext"]  # what charts label it: the class, not the path
+    table = pd.read_csv(out / "report" / "comparison.csv").set_index("method")
+    # what the charts label them: the class, not the path
+    assert [table.loc[m, "variant"] for m in (SPEC, overlap)] == ["EmaNext", "CascadeOverlap"]

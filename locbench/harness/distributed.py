@@ -120,7 +120,12 @@ class GradSync:
     all-reduce of the gradients that backward produced; :meth:`finish` waits for them before the
     optimizer step."""
 
-    def __init__(self, parameters: list[nn.Parameter], ranks: Ranks) -> None:
+    def __init__(
+        self,
+        parameters: list[nn.Parameter],
+        ranks: Ranks,
+        once_per_step: list[nn.Parameter] = (),
+    ) -> None:
         self.ranks = ranks
         self.weight = 1.0 / ranks.world
         self.ready: list[nn.Parameter] = []
@@ -130,6 +135,9 @@ class GradSync:
         # Frozen parameters (requires_grad=False) have no gradient to average: every rank
         # holds the same values, as it holds the same buffers.
         parameters = [p for p in parameters if p.requires_grad]
+        # Parameters two backward passes of one step reach (a declared overlap): averaged once,
+        # when the step's backwards are done.
+        self.deferred = {id(p) for p in once_per_step}
         # Ranks must flatten the same gradients in the same order, whatever order autograd
         # accumulated them in: buckets follow the parameters' order.
         self.index = {id(p): i for i, p in enumerate(parameters)}
@@ -144,9 +152,14 @@ class GradSync:
         """This rank's share of the global batch is ``local`` of ``total`` samples."""
         self.weight = local / total
 
-    def after_backward(self) -> None:
+    def after_backward(self, last: bool = False) -> None:
+        """Start averaging the gradients the backward just done produced (``last``: the
+        step's backwards are done, the deferred ones too)."""
         with self.lock:
-            params, self.ready = sorted(self.ready, key=lambda p: self.index[id(p)]), []
+            held = [p for p in self.ready if id(p) in self.deferred and not last]
+            ready = {id(p): p for p in self.ready if last or id(p) not in self.deferred}
+            params = sorted(ready.values(), key=lambda p: self.index[id(p)])
+            self.ready = held
         if not params:
             return
         if any(id(p) in self.sent for p in params):
@@ -160,7 +173,7 @@ class GradSync:
         self.pending.append((dist.all_reduce(flat, async_op=True), flat, grads))
 
     def finish(self) -> None:
-        self.after_backward()  # whatever a last backward left
+        self.after_backward(last=True)  # whatever a last backward left, and the deferred
         for work, flat, grads in self.pending:
             work.wait()
             for g, part in zip(grads, flat.split([g.numel() for g in grads])):

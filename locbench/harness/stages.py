@@ -93,6 +93,11 @@ def check_stages(method: Method, split: Split, P: int, device: torch.device) -> 
         raise UserError(
             f"--stages: {name} overrides boundary(); only the default detach can be pipelined"
         )
+    if any(method.overlap(k) for k in range(1, split.K)):
+        raise UserError(
+            f"--stages: {name} declares an overlap (module k reruns units of module k-1): "
+            "the two may train in different stages"
+        )
     if method.capabilities.reads_modules:
         raise UserError(
             f"--stages: {name} reads other modules' parameters (Capabilities(reads_modules="

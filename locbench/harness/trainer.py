@@ -84,6 +84,26 @@ def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mod
     return module
 
 
+def check_overlaps(method: Method, split: Split) -> list[int]:
+    """``method.overlap(k)`` for every module (0 for the first), checked: one line for what the
+    contract's "Overlap" does not allow."""
+    overlaps = [0] + [method.overlap(k) for k in range(1, split.K)]
+    name = type(method).__name__
+    for k, n in enumerate(overlaps):
+        units = len(split.unit_range(k - 1)) if k else 0
+        if not isinstance(n, int) or not 0 <= n <= units:
+            raise UserError(
+                f"method {name}: overlap({k}) is {n!r}; module {k - 1} has {units} hidden "
+                f"units, so use an integer from 0 to {units}"
+            )
+    if any(overlaps) and type(method).forward_module is not Method.forward_module:
+        raise UserError(
+            f"method {name} declares an overlap and overrides forward_module(); an overlap "
+            "needs the default forward_module (the harness splits the module)"
+        )
+    return overlaps
+
+
 def build_modules(backbone: Backbone, split: Split) -> nn.ModuleList:
     """Module k = its hidden units in order; the last module also ends in the output head."""
     modules = []
@@ -181,7 +201,17 @@ class LocalTrainer:
         # What a step outside a run (describe, estimate, a test's own step) shows the method.
         self.default_step = StepContext(lr=train.lr)
         self.view = ModulesView(self.modules, self.method)  # what state hooks may read
-        self.grad_sync = GradSync(self.parameters(), self.ranks) if self.ranks else None
+        # Declared overlap (Method.overlap): module k reruns module k-1's last overlaps[k] units.
+        self.overlaps = check_overlaps(method, split)
+        overlapped = [
+            p for k, n in enumerate(self.overlaps) if n
+            for p in self.modules[k - 1][-n:].parameters()
+        ]  # fmt: skip
+        self.grad_sync = (
+            GradSync(self.parameters(), self.ranks, once_per_step=overlapped)
+            if self.ranks
+            else None
+        )
         # FLOP counting (locbench.harness.flops): each local loss's backward in two parts, down
         # to the cut (phase "aux": the auxiliary share) and through the module ("backward"),
         # so that a step's auxiliary share is read on that step. Same gradients, same FLOPs.
@@ -279,8 +309,9 @@ class LocalTrainer:
         local: list[torch.Tensor] = []
         h = x if h is None else h
         loss = None
+        rerun = None  # what the next module reruns of this one (declared overlap)
         for k in self.own:
-            h, loss = self.module_step(k, h, batch, phase, weight)
+            h, loss, rerun = self.module_step(k, h, batch, phase, weight, rerun)
             if k < last and loss is not None:
                 local.append(loss)
             elif k < last and self.seam is not None:
@@ -298,15 +329,30 @@ class LocalTrainer:
         batch: Batch,
         phase: Callable = _no_phase,
         weight: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rerun: tuple[nn.Module, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[nn.Module, torch.Tensor] | None]:
         """Module k's part of a training step: forward, its loss (local, or the output loss
         for the last module) and that loss's backward (of ``weight`` x the loss: a
         micro-batch's share). Returns module k+1's input (the boundary; for the last module
         its detached logits) and the detached, unweighted loss (None when the method has no
-        local loss there). Pipeline stages (locbench.harness.stages) run the same."""
+        local loss there). Pipeline stages (locbench.harness.stages) run the same.
+
+        Declared overlap (``Method.overlap``): ``rerun`` is module k-1's last units and their
+        detached input, which module k's forward starts from instead of ``h``; the third value
+        returned is what module k+1 reruns of this one (or None)."""
         amp, module = self.amp, self.modules[k]
+        n = self.overlaps[k + 1] if k + 1 < self.split.K else 0
+        passed = None
         with phase("backbone", k), amp.autocast():
-            out = self.method.forward_module(k, module, h, batch)
+            if rerun is not None:
+                tail, start = rerun
+                h = tail(start)
+            if n:  # module k+1 reruns the last n units: keep their input
+                start = module[:-n](h)
+                out = module[-n:](start)
+                passed = (module[-n:], start.detach())
+            else:
+                out = self.method.forward_module(k, module, h, batch)
         if k < self.split.K - 1:
             with phase("aux", k), amp.autocast():
                 loss = self.method.local_loss(k, out, batch)
@@ -320,13 +366,14 @@ class LocalTrainer:
                         if self.grad_sync is not None:
                             self.grad_sync.after_backward()
                 self._after_backward(k, phase)
-            return self.method.boundary(k, out), None if loss is None else loss.detach()
+            detached = None if loss is None else loss.detach()
+            return self.method.boundary(k, out), detached, passed
         with phase("other", k), amp.autocast():
             loss = self.method.output_loss(out, batch)
         with phase("backward", k):
             amp.backward(loss if weight == 1.0 else loss * weight)
         self._after_backward(k, phase)
-        return out.detach(), loss.detach()
+        return out.detach(), loss.detach(), None
 
     def _after_backward(self, k: int, phase: Callable) -> None:
         with phase("backward", k), torch.no_grad():
@@ -339,8 +386,9 @@ class LocalTrainer:
         module k (phase "aux"), then from ``out`` through module k (phase "backward"). Each
         node of the graph runs once, as in one pass; only for counting (the first pass keeps
         the graph, which a measured step never does)."""
-        own = {id(p) for p in self.modules[k].parameters()}
-        inputs = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        # the method's own parameters: the backbone's (module k's, and those of module k-1 a
+        # declared overlap reruns) are reached through ``out``, in the second pass
+        inputs = [p for p in self.method.parameters() if p.requires_grad]
         if out.requires_grad:
             inputs.append(out)
         with phase("aux", k):

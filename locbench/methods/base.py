@@ -68,6 +68,20 @@ State kept across steps (an exponential moving average of weights, as MAN's auxi
     estimate's and the FLOP count's measured step is a second step, after the first has made
     whatever the method creates lazily.
 
+Overlap (``overlap(k)`` = n > 0 for a module k >= 1; e.g. HPFF's cascade):
+  * Module k's forward also runs module k-1's last n units: the harness keeps their input from
+    module k-1's forward (detached), and module k starts there, rerunning those units with
+    their current parameters before its own; module k's input from ``boundary`` is not used.
+    Module k's loss then trains those units too: their gradients are the sum of module k-1's
+    loss's and module k's, accumulated in order (module k-1's backward first). Nothing else
+    crosses: gradient isolation holds for every other unit.
+  * The rerun is a second forward of those units (FLOPs, and BatchNorm statistics updated
+    twice per step); the memory is what the harness keeps: their input until module k runs.
+  * Needs the default ``forward_module`` (the harness splits module k-1 at the overlap) and
+    0 < n <= module k-1's hidden units; ``--stages`` refuses a method with any overlap, in
+    one line, before training. A data-parallel run averages such parameters' gradients once
+    per step, after the last backward that reaches them.
+
 Precision (the ``precision`` setting) belongs to the harness, like the device:
   * The harness alone enters ``torch.autocast`` (bf16 or fp16) around ``forward_module`` and
     around ``local_loss`` / ``output_loss``, and runs every backward and ``boundary`` outside
@@ -296,6 +310,11 @@ class Method(nn.Module):
     def after_step(self, view: ModulesView) -> None:
         """After the optimizer step, under ``no_grad`` (see "State kept across steps").
         Default: nothing."""
+
+    def overlap(self, k: int) -> int:
+        """How many of module k-1's last units module ``k``'s forward reruns and its loss
+        also trains (k >= 1; see "Overlap"). Default: 0, no overlap."""
+        return 0
 
     def micro_batches(self) -> int:
         """Micro-batches per training step (gradient accumulation; see "Micro-batches" in the
