@@ -114,7 +114,7 @@ def test_a_boundary_other_than_detach_is_refused(tmp_path):
     plugin.write_text(
         "from locbench.methods.dgl import DGL\n\n\n"
         "class Keep(DGL):\n"
-        "    def boundary(self, k, out):\n"
+        "    def boundary(self, k, out, batch):\n"
         "        return out\n"
     )
     assert "boundary" in _refusal(_config(f"{plugin}:Keep", K=2, stages=2))

@@ -126,3 +126,52 @@ def test_a_sweep_and_its_report_with_both_examples(tmp_path, capsys):
     table = pd.read_csv(out / "report" / "comparison.csv").set_index("method")
     # what the charts label them: the class, not the path
     assert [table.loc[m, "variant"] for m in (SPEC, overlap)] == ["EmaNext", "CascadeOverlap"]
+
+
+READS_GRADIENTS = """
+from locbench import Method
+
+
+class ReadsGradients(Method):
+    # what a synthetic-gradient method reads: the gradient of its module's output, unscaled
+    seen = []
+
+    def local_loss(self, k, out, batch):
+        out.register_hook(lambda g: self.seen.append((g.float() / batch.loss_scale).norm()))
+        return super().local_loss(k, out, batch)
+"""
+
+OLD_BOUNDARY = """
+from locbench import Method
+
+
+class OldBoundary(Method):
+    def boundary(self, k, out):
+        return out.detach()
+"""
+
+
+def test_the_loss_scale_reaches_a_method_that_reads_gradients(tmp_path):
+    path = tmp_path / "reads.py"
+    path.write_text(READS_GRADIENTS)
+    norms = {}
+    for precision in ("fp32", "fp16"):
+        p = prepare(config(f"{path}:ReadsGradients", precision=precision))
+        trainer = LocalTrainer.for_config(p.config, p.backbone, p.split, p.method,
+                                          torch.device("cpu"))  # fmt: skip
+        type(p.method).seen.clear()
+        x, y = next(iter(p.data.train))
+        trainer.train_step(*trainer.to_device(x, y))
+        norms[precision] = float(type(p.method).seen[0])
+        scale = trainer.amp.loss_scale()
+        assert scale == 1.0 if precision == "fp32" else float(scale) == 2.0**16
+    # unscaled, the fp16 gradient is the fp32 one up to half precision (scaled: 65536 times)
+    assert norms["fp16"] == pytest.approx(norms["fp32"], rel=1e-2)
+
+
+def test_a_boundary_without_the_batch_is_one_line(tmp_path):
+    path = tmp_path / "old.py"
+    path.write_text(OLD_BOUNDARY)
+    p = prepare(config(f"{path}:OldBoundary"))
+    with pytest.raises(UserError, match=r"^method OldBoundary: boundary\(\) takes \(k, out\); "):
+        LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu"))

@@ -98,6 +98,15 @@ class MixedPrecision:
             self.scaler.step(optimizer)
         self.scaler.update()
 
+    def loss_scale(self) -> torch.Tensor | float:
+        """What this step's gradients are multiplied by (``Batch.loss_scale``): 1.0, or the
+        scaler's current scale, a 0-dim tensor (read without synchronising)."""
+        if self.scaler is None:
+            return 1.0
+        if getattr(self.scaler, "_scale", None) is None:  # made on the first scale()
+            self.scaler.scale(torch.zeros((), device=self.device_type))
+        return self.scaler._scale
+
     def state_tensors(self) -> list[torch.Tensor]:
         """The scaler's resident tensors: its scale and growth counter (0-dim, made on the first
         ``scale``; GradScaler offers them only as private attributes)."""

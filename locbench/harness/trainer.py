@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -82,6 +83,17 @@ def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mod
     if any(t.device != device or t.dtype != dtype for t in tensors):
         module.to(device=device, dtype=dtype)
     return module
+
+
+def check_boundary(method: Method) -> None:
+    """A ``boundary`` override written before it received the batch is one line, not a
+    TypeError in the first step."""
+    if len(inspect.signature(method.boundary).parameters) < 3:
+        name = type(method).__name__
+        raise UserError(
+            f"method {name}: boundary() takes (k, out); it receives the batch too: define "
+            "boundary(self, k, out, batch)"
+        )
 
 
 def check_overlaps(method: Method, split: Split) -> list[int]:
@@ -203,6 +215,7 @@ class LocalTrainer:
         self.view = ModulesView(self.modules, self.method)  # what state hooks may read
         # Declared overlap (Method.overlap): module k reruns module k-1's last overlaps[k] units.
         self.overlaps = check_overlaps(method, split)
+        check_boundary(method)
         overlapped = [
             p for k, n in enumerate(self.overlaps) if n
             for p in self.modules[k - 1][-n:].parameters()
@@ -304,7 +317,7 @@ class LocalTrainer:
         """Forward and backward of the trainer's modules on one (micro-)batch: gradients
         accumulate, weighted by ``weight``, its share of the step's batch. Returns the last
         module's output and the pass's losses."""
-        batch = Batch(x, y, step)
+        batch = Batch(x, y, step, self.amp.loss_scale())
         last = self.split.K - 1
         local: list[torch.Tensor] = []
         h = x if h is None else h
@@ -367,7 +380,7 @@ class LocalTrainer:
                             self.grad_sync.after_backward()
                 self._after_backward(k, phase)
             detached = None if loss is None else loss.detach()
-            return self.method.boundary(k, out), detached, passed
+            return self.method.boundary(k, out, batch), detached, passed
         with phase("other", k), amp.autocast():
             loss = self.method.output_loss(out, batch)
         with phase("backward", k):

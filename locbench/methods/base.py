@@ -19,7 +19,7 @@ The harness runs one training step like this::
             if loss is not None:
                 scaled(loss).backward()           # frees module k's graph
                 method.after_backward(k, view)    # no_grad; default: nothing
-            h = method.boundary(k, out)           # default: out.detach()
+            h = method.boundary(k, out, batch)    # default: out.detach()
         else:
             with autocast:
                 loss = method.output_loss(out, batch) # out = logits of the output head
@@ -44,7 +44,7 @@ Guarantees the harness gives every hook:
     with ``out`` still attached to module k's graph; the returned 0-dim tensor is
     backpropagated immediately by the harness. ``None`` means "no local loss": nothing is
     backpropagated (end-to-end methods that keep the graph across modules).
-  * ``boundary(k, out)`` is called right after that backward. Whatever it returns is module
+  * ``boundary(k, out, batch)`` is called right after that backward. Whatever it returns is module
     k+1's input. Returning a tensor attached to module k's graph breaks gradient isolation.
   * ``output_loss`` sees the output head's logits of the last module.
   * All trainable parameters of ``self`` are optimised by the same optimizer as the backbone.
@@ -211,6 +211,10 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     step: StepContext = StepContext()
+    #: What every gradient of this step's backwards is multiplied by: 1.0, or in fp16 the loss
+    #: scaler's current scale (a 0-dim tensor on the device: no synchronisation to read it). A
+    #: method that reads gradients (of its module's output, say) divides them by it.
+    loss_scale: torch.Tensor | float = 1.0
 
 
 @dataclass(frozen=True)
@@ -295,8 +299,9 @@ class Method(nn.Module):
         ``locbench describe``). Default: ``[self.aux[k]]``; add decoders and the like."""
         return [self.aux[k]]
 
-    def boundary(self, k: int, out: torch.Tensor) -> torch.Tensor:
-        """Input of module ``k+1``; detached, so no gradient crosses the cut."""
+    def boundary(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Input of module ``k+1``, from module k's output and the step's batch; detached, so
+        no gradient crosses the cut."""
         return out.detach()
 
     def output_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:

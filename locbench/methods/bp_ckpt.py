@@ -62,5 +62,5 @@ class BPCheckpoint(Method):
     def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> None:
         return None
 
-    def boundary(self, k: int, out: torch.Tensor) -> torch.Tensor:
+    def boundary(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         return out  # stay attached: the output loss backpropagates through every segment
