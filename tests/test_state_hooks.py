@@ -175,3 +175,37 @@ def test_a_boundary_without_the_batch_is_one_line(tmp_path):
     p = prepare(config(f"{path}:OldBoundary"))
     with pytest.raises(UserError, match=r"^method OldBoundary: boundary\(\) takes \(k, out\); "):
         LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu"))
+
+
+REMEMBERS = """
+from locbench import Capabilities, Method
+
+
+class Remembers(Method):
+    # state that appears after the second step (as a method comparing steps keeps one):
+    # a buffer of 64 x 16 x 16 x 16 floats, resident from the third step on
+    capabilities = Capabilities(steady_after=STEADY)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.steps = 0
+
+    def after_step(self, view):
+        self.steps += 1
+        if self.steps == 2:
+            self.register_buffer("kept", self.aux[0][-1].weight.new_zeros(64, 16, 16, 16))
+"""
+
+
+def test_state_that_appears_later_is_estimated_once_declared(tmp_path):
+    peaks = {}
+    for steady in (1, 2):
+        path = tmp_path / f"remembers{steady}.py"
+        path.write_text(REMEMBERS.replace("STEADY", str(steady)))
+        cfg = config(f"{path}:Remembers")
+        record = execute(cfg)  # tracked after 3 warm-up steps: the buffer is resident
+        peaks[steady] = (record.memory["peak_bytes"], estimate(resolve(cfg), 64).peak_bytes)
+    tracked, declared = peaks[2]
+    assert declared == tracked == peaks[1][0]
+    # undeclared, the estimate's step is the second, which makes the buffer only at its end
+    assert tracked - peaks[1][1] == 64 * 16 * 16 * 16 * 4

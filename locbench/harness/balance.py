@@ -54,7 +54,7 @@ from locbench.harness.fake import DeepcopyAsClone, fake_modes, fake_step_peak
 from locbench.harness.precision import MixedPrecision, channels_last_input, to_channels_last
 from locbench.harness.trainer import place
 from locbench.measure.memory import MemoryTracker, round_up
-from locbench.methods.base import Batch, Method, StepContext
+from locbench.methods.base import Batch, Capabilities, Method, StepContext
 from locbench.nets.backbone import Backbone, get_backbone
 from locbench.nets.split import Split, check_K
 from locbench.settings.run_config import RunConfig
@@ -350,16 +350,19 @@ class _Measured:
 
 def supports(method_cls: type[Method]) -> str | None:
     """Why the cost model cannot describe ``method_cls`` (None when it can)."""
-    overridden = [
-        name
-        for name in ("forward_module", "boundary")
-        if getattr(method_cls, name) is not getattr(Method, name)
-    ]
+    hooks = ("forward_module", "boundary", "overlap", "after_backward", "after_step")
+    overridden = [name for name in hooks if getattr(method_cls, name) is not getattr(Method, name)]
     if overridden:
         return (
             f"method {method_cls.name or method_cls.__name__!r} overrides "
-            f"{' and '.join(overridden)} (e.g. checkpointed or attached modules), which the "
-            "cost model of plain, detached modules does not describe"
+            f"{' and '.join(overridden)} (e.g. checkpointed, attached, overlapping modules or "
+            "state kept across steps), which the cost model of plain, detached, stateless "
+            "modules does not describe"
+        )
+    if method_cls.capabilities != Capabilities():
+        return (
+            f"method {method_cls.name or method_cls.__name__!r} declares "
+            f"{method_cls.capabilities}, which the cost model does not describe"
         )
     return None
 

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from locbench.data.base import DataInfo
 from locbench.harness.build import Resolved, build
 from locbench.harness.trainer import LocalTrainer, probe_config
+from locbench.harness.windows import steady_after
 from locbench.measure.meters import PhaseClock
 from locbench.methods import Method
 from locbench.nets.backbone import Backbone
@@ -36,10 +37,11 @@ def step_flops(
     """FLOPs of one steady-state training step, and of each local module's auxiliary part of
     it; moves ``method`` and ``backbone`` to the meta device.
 
-    A first, uncounted step makes the gradients and whatever state the method carries across
-    steps; the second is counted. The auxiliary part of module k is its local loss: forward,
-    and backward down to the cut (to the module's output and to every parameter outside the
-    module), read on that same step (``LocalTrainer(local_backward_apart=True)``); what
+    Uncounted steps first (one, or the method's ``capabilities.steady_after``) make the
+    gradients and whatever state the method carries across steps; the next is counted. The
+    auxiliary part of module k is its local loss: forward, and backward down to the cut (to the
+    module's output and to the method's own parameters), read on that same step
+    (``LocalTrainer(local_backward_apart=True)``); what
     remains of the step is the backbone's (incl. the output head). So every part is a sum of
     counted ops, never negative, and the parts add up to the total. A ``per_module`` list
     receives each module's forward + local loss + backward FLOPs, read at the step's phase
@@ -50,7 +52,8 @@ def step_flops(
     )
     x = torch.empty(batch_size, *backbone.input_shape, device=META)
     y = torch.zeros(batch_size, dtype=torch.long, device=META)
-    trainer.train_step(x, y)
+    for _ in range(steady_after(trainer)):
+        trainer.train_step(x, y)
     with FlopCounterMode(display=False) as counter:
         clock = PhaseClock(method.split.K, META, reading=counter.get_total_flops)
         trainer.train_step(x, y, clock=clock)

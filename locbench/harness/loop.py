@@ -14,7 +14,7 @@ from locbench.errors import UserError
 from locbench.harness.distributed import Ranks
 from locbench.harness.optim import set_lr, warmup_cosine
 from locbench.harness.trainer import LocalTrainer, Seam, StepLosses
-from locbench.harness.windows import MeasuredSteps, Windows
+from locbench.harness.windows import MeasuredSteps, Windows, steady_after
 from locbench.measure.isolation import TimingLock, WindowTiming, paused
 from locbench.measure.memory import TrackedPeak
 from locbench.measure.meters import CudaPeaks, DataWait, StepTimer
@@ -102,7 +102,7 @@ def fit(
     total = trainer.train.epochs * len(train)
     if max_steps is not None:
         total = min(total, max_steps)
-    windows = Windows.for_run(measure, total, track=seam is None)
+    windows = Windows.for_run(measure, total, track=seam is None, steady=steady_after(trainer))
     cuda_peaks = measure.memory in ("cuda", "both")
     steps = MeasuredSteps(trainer, windows, cuda_peaks, lock, timed_threads, held)
     try:

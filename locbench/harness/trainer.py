@@ -216,6 +216,12 @@ class LocalTrainer:
         # Declared overlap (Method.overlap): module k reruns module k-1's last overlaps[k] units.
         self.overlaps = check_overlaps(method, split)
         check_boundary(method)
+        steady = method.capabilities.steady_after
+        if not isinstance(steady, int) or not 1 <= steady <= 1000:
+            raise UserError(
+                f"method {type(method).__name__}: capabilities.steady_after is {steady!r}; use "
+                "an integer from 1 to 1000"
+            )
         overlapped = [
             p for k, n in enumerate(self.overlaps) if n
             for p in self.modules[k - 1][-n:].parameters()

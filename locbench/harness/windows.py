@@ -57,13 +57,20 @@ class MemoryWindow:
 
 
 def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -> TrackedPeak:
-    """Tracked peak of one steady-state step on ``(x, y)``: a first, untracked step makes the
-    gradients and optimizer state, whose losses stay referenced through the tracked second
-    step, as in a run's tracked window after its warm-up."""
-    previous = trainer.train_step(x, y)
+    """Tracked peak of one steady-state step on ``(x, y)``: untracked steps first (one, or the
+    method's ``capabilities.steady_after``) make the gradients, optimizer state and the
+    method's state; the last one's losses stay referenced through the tracked step, as in a
+    run's tracked window after its warm-up."""
+    for _ in range(steady_after(trainer)):
+        previous = trainer.train_step(x, y)
     window = MemoryWindow(trainer, previous)
     window.step(x, y)
     return window.close()
+
+
+def steady_after(trainer: LocalTrainer) -> int:
+    """How many steps come before a steady one (``Capabilities.steady_after``)."""
+    return trainer.method.capabilities.steady_after
 
 
 @dataclass(frozen=True)
@@ -83,14 +90,16 @@ class Windows:
         return cls(tracked, range(tracked.stop, min(tracked.stop + measure, total)))
 
     @classmethod
-    def for_run(cls, measure: MeasureSettings, total: int, track: bool = True) -> Windows:
+    def for_run(
+        cls, measure: MeasureSettings, total: int, track: bool = True, steady: int = 1
+    ) -> Windows:
         """The windows of a run of ``total`` steps: tracked steps only when ``measure.memory``
         asks for tracked memory ("tracked" or "both") and ``track`` (not in pipeline stages,
-        whose memory is not recorded)."""
+        whose memory is not recorded); both after the warm-up, and no earlier than ``steady``
+        steps (the method's ``capabilities.steady_after``)."""
         tracked = track and measure.memory in ("tracked", "both")
-        return cls.plan(
-            total, measure.warmup_steps, measure.track_steps * tracked, measure.measure_steps
-        )
+        warmup = max(measure.warmup_steps, steady)
+        return cls.plan(total, warmup, measure.track_steps * tracked, measure.measure_steps)
 
 
 class MeasuredSteps:

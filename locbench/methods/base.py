@@ -64,9 +64,11 @@ State kept across steps (an exponential moving average of weights, as MAN's auxi
     not. ``--stages`` refuses a method that reads modules (the one it reads may train in
     another stage), in one line, before training.
   * Keep the state in buffers or frozen parameters of ``self``: the memory tracker and
-    ``locbench estimate`` count them as resident (category ``parameters``), and the
-    estimate's and the FLOP count's measured step is a second step, after the first has made
-    whatever the method creates lazily.
+    ``locbench estimate`` count them as resident (category ``parameters``). The estimate's
+    and the FLOP count's measured step follows ``capabilities.steady_after`` steps (default 1:
+    the first makes whatever a method creates lazily); declare more when the state appears
+    or grows later (e.g. a buffer of the last step's activations, first kept at step 2),
+    and a run's tracked window also starts no earlier.
 
 Overlap (``overlap(k)`` = n > 0 for a module k >= 1; e.g. HPFF's cascade):
   * Module k's forward also runs module k-1's last n units: the harness keeps their input from
@@ -224,6 +226,11 @@ class Capabilities:
 
     #: Its hooks read other modules' current parameters through the :class:`ModulesView`.
     reads_modules: bool = False
+    #: Steps after which every step allocates and computes the same: 1 when the first step
+    #: makes all that is kept (gradients, optimizer state, the method's own state); more when
+    #: the method's state appears or grows over later steps. ``locbench estimate``, the FLOP
+    #: count and a run's tracked window all measure a step after that many.
+    steady_after: int = 1
 
 
 class ModulesView:
