@@ -39,7 +39,10 @@ Guarantees the harness gives every hook:
     on ``h``; the default just calls it. ``batch`` is the step's batch (its labels ``batch.y``
     and ``batch.step``), for methods whose forward pass needs the targets (e.g. target
     propagation). Override it to change *how* module k runs (e.g. activation checkpointing) or
-    what it sees; the parameters it trains remain the module's.
+    what it sees; the parameters it trains remain the module's. ``module`` is an
+    ``nn.Sequential`` of module k's units (the last module's ends in the output head), and the
+    units are the backbone's own objects: training them trains the backbone. A hook reads
+    another module only through the :class:`ModulesView` (below), never ``backbone.units``.
   * ``local_loss(k, ...)`` is called for k = 0 .. K-2 in order, once per step, in train mode,
     with ``out`` still attached to module k's graph; the returned 0-dim tensor is
     backpropagated immediately by the harness. ``None`` means "no local loss": nothing is
