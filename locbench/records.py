@@ -18,6 +18,7 @@ from locbench.errors import UserError
 #: the charts stack them (the tracker, locbench.measure.memory, counts into them).
 CATEGORIES = (
     "parameters",
+    "frozen",  # parameters never optimised (requires_grad=False): e.g. a moving-average copy
     "gradients",
     "optimizer_state",
     "backbone_activations",

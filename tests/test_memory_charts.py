@@ -24,12 +24,12 @@ MIB = 2**20
 
 # (method, K, batch, seed, step s, breakdown bytes in CATEGORIES order, module peak bytes)
 RUNS = [
-    ("bp", 1, 64, 0, 0.010, (1000, 1000, 2000, 5 * MIB, 0, 12345), [5 * MIB + 16345]),
-    ("dgl", 4, 64, 0, 0.015, (1500, 700, 3000, 2 * MIB, 333, 4096), [3, 4, 2, 1]),
-    ("dgl", 4, 64, 1, 0.017, (1500, 900, 3000, 3 * MIB, 111, 8192), [5, 4, 2, 3]),
-    ("infopro", 2, 64, 0, 0.020, (1800, 800, 3600, MIB, MIB // 2, 777), [7 * MIB, 6 * MIB]),
-    ("bp", 1, 128, 0, 0.020, (1000, 1000, 2000, 10 * MIB, 0, 22222), [10 * MIB]),
-    ("dgl", 4, 128, 0, 0.030, (1500, 700, 3000, 4 * MIB, 333, 4096), [9, 8, 7, 6]),
+    ("bp", 1, 64, 0, 0.010, (1000, 0, 1000, 2000, 5 * MIB, 0, 12345), [5 * MIB + 16345]),
+    ("dgl", 4, 64, 0, 0.015, (1500, 0, 700, 3000, 2 * MIB, 333, 4096), [3, 4, 2, 1]),
+    ("dgl", 4, 64, 1, 0.017, (1500, 0, 900, 3000, 3 * MIB, 111, 8192), [5, 4, 2, 3]),
+    ("infopro", 2, 64, 0, 0.020, (1800, 640, 800, 3600, MIB, MIB // 2, 777), [7 * MIB, 6 * MIB]),
+    ("bp", 1, 128, 0, 0.020, (1000, 0, 1000, 2000, 10 * MIB, 0, 22222), [10 * MIB]),
+    ("dgl", 4, 128, 0, 0.030, (1500, 0, 700, 3000, 4 * MIB, 333, 4096), [9, 8, 7, 6]),
 ]
 
 
@@ -42,7 +42,7 @@ def make_record(method, K, batch, seed, step, breakdown, module_peaks, split=Tru
         "breakdown": dict(zip(locbench.measure.memory.CATEGORIES, breakdown)),
         "module_peaks": module_peaks,
         "module_activation_peaks": [p // 2 for p in module_peaks],
-        "floor_bytes": sum(breakdown[:3]),
+        "floor_bytes": sum(breakdown[:4]),
     }
     if split:  # backbone 1/3 and aux 1/4 of the module peak: told apart from the combined 1/2
         memory["module_backbone_activation_peaks"] = [p // 3 for p in module_peaks]
@@ -136,6 +136,7 @@ def test_breakdown_categories_keep_their_colour_and_the_legend_covers_no_bar(res
         "backbone activations",
         "optimizer state",
         "gradients",
+        "frozen",
         "parameters",
     ]
     bars = [bar for ax in fig.axes for bar in ax.patches if bar.get_height() > 0]
@@ -274,3 +275,10 @@ def test_report_writes_and_embeds_the_memory_charts(runs_dir, tmp_path):
         assert f"({name}.png, {name}.svg)" in page
     assert 'alt="Tracked peak memory by category"' in page
     assert 'alt="Tracked peak memory per module"' in page
+
+
+def test_records_from_before_the_frozen_category_chart_as_none_frozen(results):
+    old = results.drop(columns="memory.breakdown.frozen")
+    fig = charts.breakdown_figure(old)
+    frozen = [c for ax in fig.axes for c in ax.containers if c.get_label() == "frozen"]
+    assert frozen and all(bar.get_height() == 0 for c in frozen for bar in c)

@@ -101,6 +101,7 @@ def test_tracked_equals_estimate_and_every_command_runs_it(tmp_path, capsys):
     unit = sum(t.numel() for t in p.backbone.units[2].parameters())
     assert d["params_aux"] == unit + 32 * 10 + 10
     assert d["params_aux_frozen"] == d["modules"][0]["params_aux_frozen"] == unit
+    assert record.memory["breakdown"]["frozen"] == 4 * unit  # float32, resident all step
     assert d["modules"][0]["layers"] == [
         "BasicBlock(16->32, s2) (frozen)",
         "AdaptiveAvgPool2d",

@@ -429,7 +429,7 @@ class LocalTrainer:
         return list({id(p): p for p in params}.values())
 
     def state_tensors(self) -> dict[str, list[torch.Tensor]]:
-        """What is resident between steps, by memory category."""
+        """What is resident between steps, by memory category (frozen parameters apart)."""
         buffers = list(self.modules.buffers()) + list(self.method.buffers())
         params = self.parameters()
         optimizer_state = [
@@ -437,7 +437,8 @@ class LocalTrainer:
         ]
         optimizer_state += self.amp.state_tensors()  # the fp16 loss scaler's scale
         return {
-            "parameters": params + buffers,
+            "parameters": [p for p in params if p.requires_grad] + buffers,
+            "frozen": [p for p in params if not p.requires_grad],
             "gradients": [p.grad for p in params if p.grad is not None],
             "optimizer_state": optimizer_state,
         }

@@ -133,6 +133,7 @@ class MemoryTracker(TorchDispatchMode):
         self._records: dict[int, _Storage] = {}
         self._roles = _StepRoles()
         self._params: set[int] = set()
+        self._frozen: set[int] = set()  # parameters never optimised
         self._module_peaks: dict[int, int] = {}
         self._module_activation: dict[int, int] = {}
         self._module_activation_peaks: dict[int, int] = {}
@@ -151,6 +152,8 @@ class MemoryTracker(TorchDispatchMode):
             record = self._add(t, tag, None)
             if record is not None and tag == "parameters":
                 self._params.add(record.uid)
+            elif record is not None and tag == "frozen":
+                self._frozen.add(record.uid)
 
     def begin_step(self) -> None:
         """A training step starts (before its batch is registered): the timeline's start."""
@@ -380,6 +383,8 @@ class MemoryTracker(TorchDispatchMode):
         return live
 
     def _category(self, record: _Storage) -> str:
+        if record.uid in self._frozen:
+            return "frozen"
         if record.uid in self._params:
             return "parameters"
         if record.uid in self._roles.gradients:

@@ -361,7 +361,7 @@ def breakdown_figure(results: pd.DataFrame) -> plt.Figure | None:
     net, dataset and batch size; runs without a full breakdown (failed runs, records of other
     tools) are left out, and ``None`` when none has one."""
     columns = {f"memory.breakdown.{c}": c for c in CATEGORIES}
-    table = _configurations(results, columns)
+    table = _configurations(_with_frozen(results), columns)
     if table.empty:
         return None
     colors = method_colors(_methods(results))
@@ -495,6 +495,16 @@ def _configurations(results: pd.DataFrame, fields: dict[str, str], reduce=None) 
     order = ["net", "dataset", "batch size", "_bp_last", "method", "variant", "K", "aux depth"]
     table = table.sort_values(order, na_position="last", kind="stable")
     return table.drop(columns="_bp_last").reset_index(drop=True)
+
+
+def _with_frozen(results: pd.DataFrame) -> pd.DataFrame:
+    """Records from before the ``frozen`` category had none: 0 where they have a breakdown."""
+    column = "memory.breakdown.frozen"
+    if "memory.breakdown.parameters" not in results:
+        return results
+    had = results["memory.breakdown.parameters"].map(lambda v: not is_missing(v))
+    frozen = results[column] if column in results else pd.Series(np.nan, index=results.index)
+    return results.assign(**{column: frozen.where(~(had & frozen.isna()), 0)})
 
 
 def _mean(values: pd.Series):
