@@ -211,7 +211,7 @@ def grads(module):
     return [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("name", ["dgl", "infopro", "predsim", "auglocal"])
+@pytest.mark.parametrize("name", ["dgl", "infopro", "predsim", "auglocal", "man"])
 def test_gradient_isolation_every_local_method(name):
     base_cls = METHODS.get(name)
     changed_cls = type(
