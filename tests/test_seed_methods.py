@@ -211,7 +211,7 @@ def grads(module):
     return [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("name", ["dgl", "infopro", "predsim", "auglocal"])
+@pytest.mark.parametrize("name", ["dgl", "infopro", "predsim", "auglocal", "man"])
 def test_gradient_isolation_every_local_method(name):
     base_cls = METHODS.get(name)
     changed_cls = type(
@@ -225,6 +225,8 @@ def test_gradient_isolation_every_local_method(name):
     )
     # three modules each; auglocal with d = 1 trains K - 1 of the K asked for
     K, extra = (4, {"depth": 1}) if name == "auglocal" else (3, {})
+    if name == "man":  # at K=3 module 1's ratio is 1: the default last lambdas (0, 0) are no loss
+        extra = {"lambda1_last": 1.0, "lambda2_last": 0.5}
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
     a, b = trainer_for(base_cls, K, **extra), trainer_for(changed_cls, K, **extra)
