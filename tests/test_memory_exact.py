@@ -381,6 +381,7 @@ def test_local_step_peak_below_bp_by_hand(fake):
     # The breakdown at the peak.
     assert bp.breakdown == {
         "parameters": bp_params,
+        "frozen": 0,
         "gradients": head + layer4,
         "optimizer_state": bp_params,
         "backbone_activations": wide + narrow + wide + logits,  # a1 a2 a3, logits
@@ -389,6 +390,7 @@ def test_local_step_peak_below_bp_by_hand(fake):
     }
     assert local.breakdown == {
         "parameters": local_params,
+        "frozen": 0,
         "gradients": unit + aux + head + layer4,
         "optimizer_state": local_params,
         "backbone_activations": narrow + wide + logits,  # a2 a3, logits
