@@ -14,6 +14,11 @@ from pathlib import Path
 
 from locbench.errors import UserError
 
+#: BP's variants that cut its memory: the baselines of the equal-memory view and of
+#: ``--baselines equal-memory``.
+MEMORY_BASELINES = ("bp-ckpt", "bp-accum")
+#: End-to-end methods (one module): never given baselines, never balanced.
+END_TO_END = ("bp", *MEMORY_BASELINES)
 #: The tracked peak's categories: the keys of a record's ``memory.breakdown``, in the order
 #: the charts stack them (the tracker, locbench.measure.memory, counts into them).
 CATEGORIES = (

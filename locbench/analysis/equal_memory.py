@@ -26,10 +26,8 @@ from collections.abc import Callable, Iterable
 from locbench.analysis.estimate import StepFails, estimate
 from locbench.data.catalog import DATASETS
 from locbench.harness.build import hidden_units, resolve
+from locbench.records import END_TO_END
 from locbench.settings.run_config import RunConfig
-
-#: End-to-end methods: never given baselines of their own.
-END_TO_END = ("bp", "bp-ckpt", "bp-accum")
 
 
 def peak_of(

@@ -20,12 +20,13 @@ import dataclasses
 
 import torch
 
-from locbench.analysis.equal_memory import END_TO_END, bp_baselines
+from locbench.analysis.equal_memory import bp_baselines
 from locbench.analysis.estimate import StepFails, estimate, for_method, max_batch
 from locbench.analysis.side_by_side import side_by_side
 from locbench.harness.build import Resolved, build, resolve
 from locbench.harness.flops import config_flops
 from locbench.measure.memory import TrackedPeak
+from locbench.records import END_TO_END
 from locbench.settings.run_config import BALANCED, RunConfig
 
 SEARCHED = ("bp-ckpt", "bp-accum")  # their segments / micro-batches are what the plan picks

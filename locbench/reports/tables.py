@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from locbench.records import END_TO_END, MEMORY_BASELINES
+
 MIB = 2**20
 
 COLUMNS = {
@@ -479,9 +481,6 @@ def write_table(table: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]
 
 # ---------------------------------------------------------------- equal-memory view
 
-#: End-to-end BP variants that cut BP's memory: the baselines of the equal-memory view.
-MEMORY_BASELINES = ("bp-ckpt", "bp-accum")
-END_TO_END = ("bp", *MEMORY_BASELINES)
 _EQUAL_MEMORY_FIGURES = ["peak (MiB)", "test acc (%)", "step (ms)", "GFLOP / step"]
 
 
