@@ -48,3 +48,29 @@ def test_plan_errors_are_one_line(capsys):
     assert "cannot read 'lots'" in capsys.readouterr().err
     assert main(["plan", "--method", "dgl"]) == 2
     assert "use --methods" in capsys.readouterr().err
+
+
+NEEDS_VALUES = """
+from locbench.methods.dgl import DGL
+
+
+class NeedsValues(DGL):
+    def local_loss(self, k, out, batch):
+        loss = super().local_loss(k, out, batch)
+        return loss * (1.0 if loss.item() < 1e9 else 0.0)  # a value: none on fake tensors
+"""
+
+
+def test_a_method_that_cannot_be_estimated_costs_only_its_row(tmp_path, capsys):
+    path = tmp_path / "needs_values.py"
+    path.write_text(NEEDS_VALUES)
+    methods = f"bp,{path}:NeedsValues,dgl"
+    argv = ["plan", "--net", "smallnet", "--K", "4", "--budget", "4MiB", "--methods", methods]
+    assert main([*argv, "--json", "--jobs", "1"]) == 2
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert [r["method"] for r in rows] == ["bp", f"{path}:NeedsValues", "dgl"]
+    assert [r["fits"] for r in rows] == [True, False, True]
+    assert rows[1]["peak_bytes"] is None and rows[1]["flops"] is None
+    assert err.startswith(f"locbench: error: {path}:NeedsValues: no batch of 4 or fewer trains")
+    assert len(err.splitlines()) == 1

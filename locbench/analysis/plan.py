@@ -21,8 +21,9 @@ import dataclasses
 import torch
 
 from locbench.analysis.equal_memory import bp_baselines
-from locbench.analysis.estimate import StepFails, estimate, for_method, max_batch
+from locbench.analysis.estimate import estimate, for_method, max_batch
 from locbench.analysis.side_by_side import side_by_side
+from locbench.errors import UserError
 from locbench.harness.build import Resolved, build, resolve
 from locbench.harness.flops import config_flops
 from locbench.measure.memory import TrackedPeak
@@ -43,7 +44,8 @@ def plan(
     """One row per method (see the module docstring): ``method``, ``K``, ``cuts`` (the last
     unit of each module but the last), ``micro_batches`` (bp-accum), ``batch_size``,
     ``peak_bytes`` (rounded), ``fits``, ``flops`` (one training step). ``jobs``: methods
-    planned side by side in that many processes (:mod:`locbench.analysis.side_by_side`)."""
+    planned side by side in that many processes (:mod:`locbench.analysis.side_by_side`). A
+    method that cannot be estimated has its row, with ``error`` and no peak."""
     if batch_size is not None:  # balanced cuts are searched at the batch planned for
         config = dataclasses.replace(config, batch_size=batch_size)
     calls = [(config, name, budget, batch_size, num_classes) for name in methods]
@@ -64,15 +66,16 @@ def plan_row(
     else:
         chosen = base
     run = resolve(chosen)
-    if batch_size is None:
-        batch, peak = max_batch(run, budget, num_classes=num_classes)
-    else:
-        batch = batch_size
-        try:
-            peak = estimate(run, batch, num_classes=num_classes)
-        except StepFails:
-            peak = None
-    return _row(name, run, batch, peak, budget, num_classes)
+    error = None
+    try:
+        if batch_size is None:
+            batch, peak = max_batch(run, budget, num_classes=num_classes)
+        else:
+            batch, peak = batch_size, estimate(run, batch_size, num_classes=num_classes)
+    except UserError as e:  # StepFails, or the method not building on fake tensors
+        batch, peak, error = batch_size or 0, None, str(e)
+    row = _row(name, run, batch, peak, budget, num_classes)
+    return row | {"error": error} if error else row
 
 
 def _row(
@@ -90,6 +93,6 @@ def _row(
         "fits": peak is not None and batch > 0 and peak.peak_bytes_rounded <= budget,
         "flops": None,
     }
-    if batch:
+    if batch and peak is not None:
         row["flops"] = config_flops(run, None, batch, num_classes)[0]
     return row

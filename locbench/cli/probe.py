@@ -4,6 +4,7 @@ their own batch size and class count."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from locbench.errors import UserError
 
@@ -66,3 +67,10 @@ def methods_from(args: argparse.Namespace, command: str) -> list[str]:
     if not all(methods):
         raise UserError(f"--methods has an empty name in {args.methods!r}; e.g. bp,dgl")
     return ["bp"] + [m for m in methods if m != "bp"] if "bp" in methods else methods
+
+
+def report_failures(failed: list[dict]) -> int:
+    """One line on stderr per method (row) that could not be estimated; exit status 2 if any."""
+    for r in failed:
+        print(f"locbench: error: {r['method']}: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, jobs_from, methods_from
+from locbench.cli.probe import (
+    SHAPE,
+    add_methods_flag,
+    check_probe,
+    jobs_from,
+    methods_from,
+    report_failures,
+)  # fmt: skip
 from locbench.errors import UserError
 
 
@@ -66,13 +72,6 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return report_failures(failed)
-
-
-def report_failures(failed: list[dict]) -> int:
-    """One line on stderr per method that could not be estimated; exit status 2 if any."""
-    for r in failed:
-        print(f"locbench: error: {r['method']}: {r['error']}", file=sys.stderr)
-    return 2 if failed else 0
 
 
 def write_timeline(rows: list[dict], net: str, stem: Path) -> list[Path]:

@@ -7,7 +7,14 @@ import argparse
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.cli.probe import SHAPE, add_methods_flag, check_probe, jobs_from, methods_from
+from locbench.cli.probe import (
+    SHAPE,
+    add_methods_flag,
+    check_probe,
+    jobs_from,
+    methods_from,
+    report_failures,
+)  # fmt: skip
 
 MIB = 2**20
 
@@ -41,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     jobs = jobs_from(args, methods, search=True)
     rows = plan(config, methods, budget, args.batch_size, args.classes, jobs)
+    failed = [r for r in rows if "error" in r]  # each costs only its own row
     if args.json:
         print(json.dumps(rows))
-        return 0
+        return report_failures(failed)
     table = pd.DataFrame(
         {
             "method": r["method"],
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         "(fake tensors, CUDA 512-byte rounding)"
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    return 0
+    return report_failures(failed)
 
 
 COMMAND = Command(
