@@ -142,13 +142,23 @@ def merged_stem(split: Split) -> Split:
     return split
 
 
-@register("hpff")
-class HPFF(Method):
-    Params = HPFFParams
+class Cascade(Method):
+    """HPFF's hierarchy, shared with MLAAN: module k reruns all of module k-1 (the declared
+    overlap) and, with ``params.merge_stem``, a first module of the stem alone is merged into
+    the next. Module 0's local loss is the subclass's to leave out (``None``)."""
 
     @classmethod
-    def plan_split(cls, split: Split, params: HPFFParams) -> Split:
+    def plan_split(cls, split: Split, params) -> Split:
         return merged_stem(split) if params.merge_stem else split
+
+    def overlap(self, k: int) -> int:
+        # the cascade reruns the whole of module k-1 from its input
+        return len(self.split.unit_range(k - 1))
+
+
+@register("hpff")
+class HPFF(Cascade):
+    Params = HPFFParams
 
     def __init__(self, backbone, split, data, params: HPFFParams) -> None:
         super().__init__(backbone, split, data, params)
@@ -175,10 +185,6 @@ class HPFF(Method):
             return []
         aux = self.aux[k]
         return [aux.greedy, aux.cascade, aux.decoder]
-
-    def overlap(self, k: int) -> int:
-        # the cascade reruns the whole of module k-1 from its input
-        return len(self.split.unit_range(k - 1))
 
     def image(self, batch: Batch) -> torch.Tensor:
         # Real images de-normalise into [0, 1]; the clamp only guards synthetic data.
