@@ -74,6 +74,6 @@ def test_method_params_are_checked():
 
 def test_registry_lists_the_seed_methods():
     assert {"bp", "dgl"} <= set(METHODS.names())
-    known = "auglocal, bp, bp-accum, bp-ckpt, dgl, infopro, man, predsim"
+    known = "auglocal, bp, bp-accum, bp-ckpt, dgl, hpff, infopro, man, mlaan, predsim"
     with pytest.raises(UserError, match=f"unknown method 'infopr'; known: {known}"):
         METHODS.get("infopr")

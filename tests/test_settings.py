@@ -290,4 +290,5 @@ def test_the_methods_page_shows_each_methods_generated_hyperparameter_table():
         if block:
             assert block.group(1) == method_params_markdown(name), f"{name}'s table is stale"
             shown += 1
-    assert shown == 6  # bp-accum, dgl, infopro, predsim, auglocal, man; bp and bp-ckpt have none
+    # bp-accum, dgl, infopro, predsim, auglocal, man, hpff, mlaan; bp and bp-ckpt have none
+    assert shown == 8

@@ -4,7 +4,8 @@ from locbench.methods.base import METHODS, Batch, Cut, Method, NoParams, registe
 from locbench.methods.params import make_params
 
 # Importing the seed methods registers them.
-from locbench.methods import auglocal, bp, bp_accum, bp_ckpt, dgl, infopro, man, predsim  # noqa: E402,F401  isort: skip
+from locbench.methods import auglocal, bp, bp_accum, bp_ckpt, dgl, hpff, infopro  # noqa: E402,F401  isort: skip
+from locbench.methods import man, mlaan, predsim  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "METHODS",

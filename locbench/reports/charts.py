@@ -82,7 +82,7 @@ def save(fig: plt.Figure, path_stem: str | Path, dpi: int = 120) -> list[Path]:
 
 # The built-in methods keep their colour whichever methods a chart holds: the report page
 # charts each net and dataset apart, and a method must look the same in all of them.
-BUILTIN_METHODS = ("bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal", "man")
+BUILTIN_METHODS = ("bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal", "man", "hpff", "mlaan")
 
 
 def method_colors(methods, extra=()) -> dict[str, tuple]:
