@@ -210,3 +210,30 @@ def test_state_that_appears_later_is_estimated_once_declared(tmp_path):
     assert declared == tracked == peaks[1][0]
     # undeclared, the estimate's step is the second, which makes the buffer only at its end
     assert tracked - peaks[1][1] == 64 * 16 * 16 * 16 * 4
+
+
+def test_the_examples_aux_flops_are_the_hand_count():
+    # smallnet K=2 at batch B: the cut is after unit 1 (16 x 16 x 16). A FLOP is a multiply or
+    # an add (a multiply-add is 2); pooling, BatchNorm and ReLU count 0.
+    B = 8
+    # ema_next: a frozen copy of unit 2 (BasicBlock 16 -> 32, stride 2: conv 3x3 16->32 s2 and
+    # conv 3x3 32->32 on 8x8, shortcut conv 1x1 16->32 s2), then Linear(32, 10). The copy's
+    # backward computes only input gradients (frozen: no weight gradients), as much as its
+    # forward; the Linear's, input and weight gradients, twice its forward.
+    convs = 2 * B * 8 * 8 * 32 * (16 * 9 + 32 * 9 + 16)
+    linear = 2 * B * 32 * 10
+    assert describe(config(), batch_size=B)["flops_per_step"]["aux"] == 2 * convs + 3 * linear
+    # cascade_overlap: the contract's default head, Linear(16, 10) on the pooled cut; the
+    # rerun of unit 1 is the backbone's
+    overlap = f"{EXAMPLE.parent / 'cascade_overlap.py'}:CascadeOverlap"
+    d = describe(config(overlap, method_params={"units": "1"}), batch_size=B)
+    assert d["flops_per_step"]["aux"] == 3 * 2 * B * 16 * 10
+    # Its backbone, against greedy_linear's (the same step without the overlap): unit 1 (two
+    # conv 3x3 16->16 on 16x16) run again, forward and weight gradients of both convs and the
+    # input gradient of the second (its rerun input is detached); and unit 2's first conv and
+    # shortcut now take input gradients (module 1's input is the rerun's, attached).
+    greedy = describe(config("examples/greedy_linear.py:GreedyLinear"), batch_size=B)
+    conv = 2 * B * 16 * 16 * 16 * 16 * 9
+    unit2_inputs = 2 * B * 8 * 8 * 32 * (16 * 9 + 16)
+    extra = d["flops_per_step"]["backbone"] - greedy["flops_per_step"]["backbone"]
+    assert extra == 5 * conv + unit2_inputs
