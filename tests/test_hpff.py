@@ -125,3 +125,20 @@ def test_stages_are_refused_in_one_line_before_training(tmp_path, capsys):
         "k-1): the two may train in different stages\n"
     )
     assert not out.exists() or not list(out.glob("*.json"))  # nothing trained
+
+
+def test_aux_flops_are_the_hand_count_on_smallnet():
+    # K=4 trains 3 modules (the stem merged into the first): units 0-1, 2, 3 and the head.
+    # Module 0 has no loss of its own; module 1's path reads unit 2's 32x8x8 output. A FLOP is
+    # a multiply or an add; BatchNorm, ReLU, pooling, sigmoid and the losses count 0.
+    B = 8
+    d = describe(RunConfig(method="hpff", net="smallnet", K=4), batch_size=B)
+    # two 2c2f classifiers (greedy and cascade), each forward, input and weight gradients (3x):
+    # conv 3x3 32->64 s2 to 4x4, conv 3x3 64->64, Linear(64, 128), Linear(128, 10)
+    head = 2 * B * 4 * 4 * 64 * (32 * 9 + 64 * 9) + 2 * B * (64 * 128 + 128 * 10)
+    # the patch decoder, four quadrants of 32x4x4 each upsampled to 8x8 by two products with
+    # interpolation matrices (forward and input gradients), then conv 3x3 32->12, 12->3 (3x)
+    upsample = 2 * B * 32 * 8 * 4 * 4 + 2 * B * 32 * 8 * 4 * 8
+    decoder = 2 * B * 8 * 8 * 12 * 32 * 9 + 2 * B * 8 * 8 * 3 * 12 * 9
+    expected = 2 * 3 * head + 4 * (2 * upsample + 3 * decoder)
+    assert [m["flops_aux"] for m in d["modules"]] == [0, expected, 0]

@@ -137,3 +137,22 @@ def test_stages_are_refused_in_one_line_before_training(tmp_path, capsys):
         "(Capabilities(reads_modules=True)); a module it reads may train in another stage\n"
     )
     assert not out.exists() or not list(out.glob("*.json"))  # nothing trained
+
+
+def test_aux_flops_are_the_hand_count_on_smallnet():
+    # K=2, batch B: the one auxiliary path reads unit 1's 16x16x16 output. A FLOP is a
+    # multiply or an add; BatchNorm, ReLU, pooling, sigmoid and the losses count 0.
+    B = 8
+    d = describe(RunConfig(method="man", net="smallnet", K=2), batch_size=B)
+    # two copies of unit 2 (conv 3x3 16->32 s2, conv 3x3 32->32, shortcut 1x1 16->32 s2, to
+    # 8x8): the trainable one forward, input and weight gradients (3x), the frozen one forward
+    # and input gradients (2x)
+    copy = 2 * B * 8 * 8 * 32 * (16 * 9 + 32 * 9 + 16)
+    # the decoder: upsampling 8x8 -> 16x16 as two products with interpolation matrices (forward
+    # and input gradients), then conv 3x3 32->12 and 12->3 on 16x16 (3x)
+    upsample = 2 * B * 32 * 16 * 8 * 8 + 2 * B * 32 * 16 * 8 * 16
+    decoder = 2 * B * 16 * 16 * 12 * 32 * 9 + 2 * B * 16 * 16 * 3 * 12 * 9
+    # 2c2f: conv 3x3 32->64 s2 to 4x4, conv 3x3 64->64, Linear(64, 128), Linear(128, 10) (3x)
+    head = 2 * B * 4 * 4 * 64 * (32 * 9 + 64 * 9) + 2 * B * (64 * 128 + 128 * 10)
+    expected = 3 * copy + 2 * copy + 2 * upsample + 3 * decoder + 3 * head
+    assert d["flops_per_step"]["aux"] == d["modules"][0]["flops_aux"] == expected

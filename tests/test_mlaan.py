@@ -162,3 +162,16 @@ def test_stages_are_refused_in_one_line_before_training(tmp_path, capsys):
         "k-1): the two may train in different stages\n"
     )
     assert not out.exists() or not list(out.glob("*.json"))  # nothing trained
+
+
+def test_aux_flops_are_the_hand_count_on_smallnet():
+    # K=4 trains 3 modules (units 0-1, 2, 3 and the head); module 1's path reads unit 2's
+    # 32x8x8 output. A FLOP is a multiply or an add; BatchNorm, ReLU and pooling count 0.
+    B = 8
+    d = describe(RunConfig(method="mlaan", net="smallnet", K=4), batch_size=B)
+    # a trainable copy of unit 3 (conv 3x3 32->64 s2 to 4x4, conv 3x3 64->64, shortcut 1x1
+    # 32->64 s2): forward, input and weight gradients (3x); its frozen moving copy: forward and
+    # input gradients (2x); Linear(64, 10) on the sum and the greedy Linear(32, 10) (3x)
+    copy = 2 * B * 4 * 4 * 64 * (32 * 9 + 64 * 9 + 32)
+    expected = 3 * copy + 2 * copy + 3 * 2 * B * (64 * 10 + 32 * 10)
+    assert [m["flops_aux"] for m in d["modules"]] == [0, expected, 0]
