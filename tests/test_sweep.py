@@ -148,9 +148,10 @@ def test_sweep_cli_errors(tmp_path, capsys):
 def test_presets_cover_the_published_configurations():
     r32, r110 = PRESETS.get("cifar10-resnet32"), PRESETS.get("cifar10-resnet110")
     assert (r32.K, r32.aux_depth, r110.K, r110.aux_depth) == ((16,), (2,), (55,), (3,))
-    assert set(r32.methods) == {"bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"}
+    seeds = {"bp", "bp-ckpt", "dgl", "infopro", "predsim", "auglocal"}
+    assert set(r32.methods) == set(r110.methods) == seeds | {"man", "hpff", "mlaan"}
     configs = r32.configs()
-    assert len(configs) == 6 * 3  # six methods, three seeds
+    assert len(configs) == 9 * 3  # nine methods, three seeds
     resolved = resolve(configs[0]).config
     assert (resolved.batch_size, resolved.lr, resolved.epochs) == (1024, 0.8, 400)
     assert PRESETS.get("stl10-resnet32").configs()[0].batch_size == 128
