@@ -39,7 +39,7 @@ from locbench.harness.fake import (
     fake_trainer,
 )
 from locbench.harness.trainer import LocalTrainer, StepLosses
-from locbench.harness.windows import MemoryWindow, steady_after
+from locbench.harness.windows import MemoryWindow, warm_up
 from locbench.measure.memory import CUDA_BLOCK, LimitExceeded, TrackedPeak
 from locbench.settings.run_config import BY_NAME, RunConfig
 from locbench.settings.schema import check
@@ -286,8 +286,7 @@ class _Steps:
         x, y = fake_batch(trainer, self._shape, batch_size)
         try:
             with step_errors(batch_size):
-                for _ in range(steady_after(trainer)):  # the first, or more for the method's state
-                    self._previous = trainer.train_step(x, y)
+                self._previous = warm_up(trainer, x, y)  # one step, or the method's more
         except StepFails:
             # A first step that failed before the optimizer's (e.g. in a BatchNorm1d given one
             # sample) leaves only gradients, which the next step's zero_grad drops: the trainer

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from locbench.data.base import DataInfo
 from locbench.harness.build import Resolved, build
 from locbench.harness.trainer import LocalTrainer, probe_config
-from locbench.harness.windows import steady_after
+from locbench.harness.windows import warm_up
 from locbench.measure.meters import PhaseClock
 from locbench.methods import Method
 from locbench.nets.backbone import Backbone
@@ -52,8 +52,7 @@ def step_flops(
     )
     x = torch.empty(batch_size, *backbone.input_shape, device=META)
     y = torch.zeros(batch_size, dtype=torch.long, device=META)
-    for _ in range(steady_after(trainer)):
-        trainer.train_step(x, y)
+    warm_up(trainer, x, y)
     with FlopCounterMode(display=False) as counter:
         clock = PhaseClock(method.split.K, META, reading=counter.get_total_flops)
         trainer.train_step(x, y, clock=clock)

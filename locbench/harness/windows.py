@@ -61,9 +61,7 @@ def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -
     method's ``capabilities.steady_after``) make the gradients, optimizer state and the
     method's state; the last one's losses stay referenced through the tracked step, as in a
     run's tracked window after its warm-up."""
-    for _ in range(steady_after(trainer)):
-        previous = trainer.train_step(x, y)
-    window = MemoryWindow(trainer, previous)
+    window = MemoryWindow(trainer, warm_up(trainer, x, y))
     window.step(x, y)
     return window.close()
 
@@ -71,6 +69,14 @@ def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -
 def steady_after(trainer: LocalTrainer) -> int:
     """How many steps come before a steady one (``Capabilities.steady_after``)."""
     return trainer.method.capabilities.steady_after
+
+
+def warm_up(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -> StepLosses:
+    """The untracked steps before a steady one (:func:`steady_after` of them), on ``(x, y)``;
+    the last one's losses, which a caller keeps referenced as a run's loop does."""
+    for _ in range(steady_after(trainer)):
+        losses = trainer.train_step(x, y)
+    return losses
 
 
 @dataclass(frozen=True)
