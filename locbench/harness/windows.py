@@ -61,7 +61,8 @@ def steady_state_peak(trainer: LocalTrainer, x: torch.Tensor, y: torch.Tensor) -
     method's ``capabilities.steady_after``) make the gradients, optimizer state and the
     method's state; the last one's losses stay referenced through the tracked step, as in a
     run's tracked window after its warm-up."""
-    window = MemoryWindow(trainer, warm_up(trainer, x, y))
+    previous = warm_up(trainer, x, y)  # referenced through the tracked step, as in a run
+    window = MemoryWindow(trainer, previous)
     window.step(x, y)
     return window.close()
 
