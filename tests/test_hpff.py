@@ -11,12 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from locbench.analysis.describe import describe
-from locbench.analysis.estimate import estimate
-from locbench.cli.main import main
-from locbench.harness.build import resolve
-from locbench.harness.run import execute, prepare
+from locbench.harness.run import prepare
 from locbench.harness.trainer import LocalTrainer
 from locbench.settings.run_config import RunConfig
+from tests.method_checks import assert_stages_refused, assert_tracked_equals_estimate
 
 
 def config(**kw) -> RunConfig:
@@ -106,25 +104,15 @@ def test_gradients_equal_hand_written_autograd():
 
 
 def test_tracked_memory_equals_the_estimate_and_flops_add_up():
-    record = execute(config())
-    assert record.status == "ok"
-    predicted = estimate(resolve(config()), 64)
-    assert record.memory["peak_bytes"] == predicted.peak_bytes
-    assert record.memory["breakdown"] == predicted.breakdown
-    flops = record.flops
-    assert flops["total"] == flops["backbone"] + flops["aux"]
-    assert min(flops.values()) > 0
+    assert_tracked_equals_estimate(config())
 
 
 def test_stages_are_refused_in_one_line_before_training(tmp_path, capsys):
-    out = tmp_path / "runs"
-    argv = ["run", "--method", "hpff", "--net", "smallnet", "--K", "4", "--dataset", "synthetic"]
-    assert main([*argv, "--epochs", "1", "--stages", "2", "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (
+    argv = ["--method", "hpff", "--net", "smallnet", "--K", "4", "--dataset", "synthetic"]
+    assert assert_stages_refused([*argv, "--epochs", "1"], tmp_path / "runs", capsys) == (
         "locbench: error: --stages: hpff declares an overlap (module k reruns units of module "
         "k-1): the two may train in different stages\n"
     )
-    assert not out.exists() or not list(out.glob("*.json"))  # nothing trained
 
 
 def test_aux_flops_are_the_hand_count_on_smallnet():

@@ -11,13 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from locbench.analysis.describe import describe
-from locbench.analysis.estimate import estimate
-from locbench.cli.main import main
 from locbench.errors import UserError
-from locbench.harness.build import resolve
-from locbench.harness.run import execute, prepare
+from locbench.harness.run import prepare
 from locbench.harness.trainer import LocalTrainer
 from locbench.settings.run_config import RunConfig
+from tests.method_checks import assert_stages_refused, assert_tracked_equals_estimate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cascade_overlap.py"
 SPEC = f"{EXAMPLE}:CascadeOverlap"
@@ -55,11 +53,7 @@ def test_overlap_gradients_equal_hand_written_autograd():
 
 
 def test_tracked_equals_estimate_and_the_rerun_is_backbone_flops():
-    record = execute(config())
-    assert record.status == "ok"
-    predicted = estimate(resolve(config()), 64)
-    assert record.memory["peak_bytes"] == predicted.peak_bytes
-    assert record.memory["breakdown"] == predicted.breakdown
+    record = assert_tracked_equals_estimate(config())
     with_rerun = describe(config(), batch_size=64)["flops_per_step"]
     greedy = describe(config("examples/greedy_linear.py:GreedyLinear"), 64)["flops_per_step"]
     assert record.flops == with_rerun
@@ -69,14 +63,10 @@ def test_tracked_equals_estimate_and_the_rerun_is_backbone_flops():
 
 
 def test_stages_refuse_an_overlap_before_training(tmp_path, capsys):
-    out = tmp_path / "runs"
-    argv = ["run", "--method", SPEC, "--net", "smallnet", "--K", "2", "--dataset", "synthetic",
-            "--epochs", "1", "--stages", "2", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 2
-    err = capsys.readouterr().err
+    argv = ["--method", SPEC, "--net", "smallnet", "--K", "2", "--dataset", "synthetic",
+            "--epochs", "1"]  # fmt: skip
+    err = assert_stages_refused(argv, tmp_path / "runs", capsys)
     assert err.startswith("locbench: error: --stages: cascadeoverlap declares an overlap")
-    assert len(err.splitlines()) == 1
-    assert not out.exists() or not list(out.glob("*.json"))
 
 
 BAD = """

@@ -19,6 +19,7 @@ from locbench.harness.build import resolve
 from locbench.harness.run import execute, prepare
 from locbench.harness.trainer import LocalTrainer
 from locbench.settings.run_config import RunConfig
+from tests.method_checks import assert_stages_refused, assert_tracked_equals_estimate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ema_next.py"
 SPEC = f"{EXAMPLE}:EmaNext"
@@ -74,24 +75,15 @@ def test_reading_another_module_undeclared_is_one_line(tmp_path):
 
 
 def test_stages_refuse_a_method_that_reads_modules_before_training(tmp_path, capsys):
-    out = tmp_path / "runs"
-    assert main(["run", "--method", SPEC, *FAST, "--stages", "2", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err == (
+    assert assert_stages_refused(["--method", SPEC, *FAST], tmp_path / "runs", capsys) == (
         "locbench: error: --stages: emanext reads other modules' parameters "
         "(Capabilities(reads_modules=True)); a module it reads may train in another stage\n"
     )
-    assert not list(out.glob("*.json")) if out.exists() else True  # nothing trained
 
 
 def test_tracked_equals_estimate_and_every_command_runs_it(tmp_path, capsys):
-    record = execute(config())
-    assert record.status == "ok"
-    predicted = estimate(resolve(config()), 64)
-    assert record.memory["peak_bytes"] == predicted.peak_bytes
-    assert record.memory["breakdown"] == predicted.breakdown
+    record = assert_tracked_equals_estimate(config())
     flops = record.flops
-    assert flops["total"] == flops["backbone"] + flops["aux"] and min(flops.values()) > 0
     d = describe(config(), batch_size=64)
     assert d["flops_per_step"] == flops
     # the frozen copy is a parameter of the auxiliary net: smallnet's K=2 cut is after unit
