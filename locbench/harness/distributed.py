@@ -113,7 +113,8 @@ class Ranks:
 
 
 class GradSync:
-    """Averages gradients across ranks one module at a time.
+    """Averages the gradients of ``parameters`` (trainable ones: a frozen parameter has no
+    gradient hook to register) across ranks one module at a time.
 
     Every parameter reports when its gradient has been accumulated (a post-accumulate-grad
     hook); :meth:`after_backward`, called after each local backward, starts one asynchronous
@@ -132,9 +133,6 @@ class GradSync:
         self.sent: set[int] = set()
         self.pending: list[tuple[object, torch.Tensor, list[torch.Tensor]]] = []
         self.lock = threading.Lock()  # hooks may run on autograd's device threads
-        # Frozen parameters (requires_grad=False) have no gradient to average: every rank
-        # holds the same values, as it holds the same buffers.
-        parameters = [p for p in parameters if p.requires_grad]
         # Parameters two backward passes of one step reach (a declared overlap): averaged once,
         # when the step's backwards are done.
         self.deferred = {id(p) for p in once_per_step}

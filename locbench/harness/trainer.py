@@ -85,22 +85,24 @@ def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mod
     return module
 
 
-def check_boundary(method: Method) -> None:
-    """A ``boundary`` override written before it received the batch is one line, not a
-    TypeError in the first step."""
+def check_method(method: Method, split: Split) -> list[int]:
+    """What the contract asks of a method beyond its hooks' results, checked before any step,
+    one line each: ``boundary`` takes the batch (an override written before it did would be a
+    TypeError in the first step), ``capabilities.steady_after`` is a count, and each module's
+    ``overlap`` is one the contract's "Overlap" allows. Returns ``method.overlap(k)`` for every
+    module (0 for the first)."""
+    name = type(method).__name__
     if len(inspect.signature(method.boundary).parameters) < 3:
-        name = type(method).__name__
         raise UserError(
             f"method {name}: boundary() takes (k, out); it receives the batch too: define "
             "boundary(self, k, out, batch)"
         )
-
-
-def check_overlaps(method: Method, split: Split) -> list[int]:
-    """``method.overlap(k)`` for every module (0 for the first), checked: one line for what the
-    contract's "Overlap" does not allow."""
+    steady = method.capabilities.steady_after
+    if not isinstance(steady, int) or not 1 <= steady <= 1000:
+        raise UserError(
+            f"method {name}: capabilities.steady_after is {steady!r}; use an integer from 1 to 1000"
+        )
     overlaps = [0] + [method.overlap(k) for k in range(1, split.K)]
-    name = type(method).__name__
     for k, n in enumerate(overlaps):
         units = len(split.unit_range(k - 1)) if k else 0
         if not isinstance(n, int) or not 0 <= n <= units:
@@ -205,7 +207,8 @@ class LocalTrainer:
         # parameters, whose overflow check has no value to read.
         fake = any(isinstance(p, FakeTensor) for p in self.modules.parameters())
         self.amp = MixedPrecision(precision, device, fake)
-        # Frozen parameters (requires_grad=False) are never optimised.
+        # Frozen parameters (requires_grad=False) are never optimised nor averaged across ranks:
+        # they have no gradient, and every rank updates them alike.
         trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = make_sgd(
             trainable, train.lr, train.momentum, train.weight_decay, train.nesterov
@@ -214,22 +217,13 @@ class LocalTrainer:
         self.default_step = StepContext(lr=train.lr)
         self.view = ModulesView(self.modules, self.method)  # what state hooks may read
         # Declared overlap (Method.overlap): module k reruns module k-1's last overlaps[k] units.
-        self.overlaps = check_overlaps(method, split)
-        check_boundary(method)
-        steady = method.capabilities.steady_after
-        if not isinstance(steady, int) or not 1 <= steady <= 1000:
-            raise UserError(
-                f"method {type(method).__name__}: capabilities.steady_after is {steady!r}; use "
-                "an integer from 1 to 1000"
-            )
+        self.overlaps = check_method(method, split)
         overlapped = [
             p for k, n in enumerate(self.overlaps) if n
             for p in self.modules[k - 1][-n:].parameters()
         ]  # fmt: skip
         self.grad_sync = (
-            GradSync(self.parameters(), self.ranks, once_per_step=overlapped)
-            if self.ranks
-            else None
+            GradSync(trainable, self.ranks, once_per_step=overlapped) if self.ranks else None
         )
         # FLOP counting (locbench.harness.flops): each local loss's backward in two parts, down
         # to the cut (phase "aux": the auxiliary share) and through the module ("backward"),
@@ -401,12 +395,11 @@ class LocalTrainer:
     def _backward_apart(
         self, k: int, out: torch.Tensor, loss: torch.Tensor, phase: Callable
     ) -> None:
-        """``loss.backward()`` as two backward passes: to ``out`` and every parameter outside
-        module k (phase "aux"), then from ``out`` through module k (phase "backward"). Each
-        node of the graph runs once, as in one pass; only for counting (the first pass keeps
-        the graph, which a measured step never does)."""
-        # the method's own parameters: the backbone's (module k's, and those of module k-1 a
-        # declared overlap reruns) are reached through ``out``, in the second pass
+        """``loss.backward()`` as two backward passes: to ``out`` and the method's own
+        parameters (phase "aux"), then from ``out`` through module k (phase "backward"): the
+        backbone's parameters (module k's, and those of module k-1 a declared overlap reruns)
+        are reached through ``out``. Each node of the graph runs once, as in one pass; only for
+        counting (the first pass keeps the graph, which a measured step never does)."""
         inputs = [p for p in self.method.parameters() if p.requires_grad]
         if out.requires_grad:
             inputs.append(out)
