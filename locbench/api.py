@@ -11,6 +11,7 @@ from locbench.methods.base import (
     Method,
     ModulesView,
     NoParams,
+    Paths,
     StepContext,
     register,
 )  # fmt: skip
@@ -28,6 +29,7 @@ PUBLIC = {
     "Method": Method,
     "ModulesView": ModulesView,
     "NoParams": NoParams,
+    "Paths": Paths,
     "Shape": Shape,
     "Split": Split,
     "StepContext": StepContext,

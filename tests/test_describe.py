@@ -141,3 +141,18 @@ def test_flops_are_one_steady_steps_and_its_aux_share(tmp_path):
     for d in (plain, costlier):
         f = d["flops_per_step"]
         assert f["total"] == f["backbone"] + f["aux"]
+
+
+def test_what_a_method_declares_is_shown(capsys):
+    # mlaan on smallnet K=4 trains 3 modules: module 1 reruns module 0's two units, module 2
+    # module 1's one; it reads other modules (its EMA) and runs both paths
+    d = run_json(capsys, "--method", "mlaan", "--net", "smallnet", "--K", "4")
+    assert d["capabilities"] == {
+        "reads_modules": True, "greedy_path": True, "reads_gradients": False, "steady_after": 1
+    }  # fmt: skip
+    assert d["overlaps"] == [0, 2, 1]
+    assert main(["describe", "--method", "mlaan", "--net", "smallnet", "--K", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "declares: reads_modules, greedy_path, overlaps [0, 2, 1]" in lines
+    assert main(["describe", "--method", "dgl", "--net", "smallnet", "--K", "4"]) == 0
+    assert not [x for x in capsys.readouterr().out.splitlines() if x.startswith("declares")]

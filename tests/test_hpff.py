@@ -79,7 +79,11 @@ def test_gradients_equal_hand_written_autograd():
     wx, wy = 0.001, 0.999
     lambda1, lambda2 = 5 * (1 - 1 / 2), 0.5 * (1 - 1 / 2)  # ratio 1 / (K - 1)
     image = (x * std + mean).clamp(0, 1)
-    z = units[2](units[1](units[0](x)))  # module 1, with module 0 rerun (attached)
+    # the authors' two paths: greedy "x" (each module on the last one's detached output) and
+    # cascade "y" (module k-1 rerun from its own detached input, then module k)
+    x1 = units[2](units[1](units[0](x)).detach())  # module 1, greedy: stops at its input
+    y0 = units[1](units[0](x))  # module 0 rerun by module 1 (attached)
+    z = units[2](y0)
     # patch-split reconstruction: 8x8 features -> four 4x4 quadrants -> 8x8 image quadrants
     bce = sum(
         F.binary_cross_entropy(
@@ -90,10 +94,10 @@ def test_gradients_equal_hand_written_autograd():
         for dec, (r, c) in zip(aux.decoder.decoders, [(0, 0), (0, 4), (4, 0), (4, 4)])
     )  # fmt: skip
     cascade = lambda1 * bce + lambda2 * F.cross_entropy(aux.cascade(z), y)
-    (wx * F.cross_entropy(aux.greedy(z), y) + wy * cascade).backward()
-    start = units[1](units[0](x)).detach()  # module 2's kept input: unit 2's
-    logits = units[4](units[3](units[2](start)))
-    ((wx + wy) * F.cross_entropy(logits, y)).backward()
+    (wx * F.cross_entropy(aux.greedy(x1), y) + wy * cascade).backward()
+    logits_x = units[4](units[3](x1.detach()))  # the last module, greedy
+    logits_y = units[4](units[3](units[2](y0.detach())))  # module 1 rerun, then the last
+    (wx * F.cross_entropy(logits_x, y) + wy * F.cross_entropy(logits_y, y)).backward()
     for i, unit in enumerate(units):
         for (name, want), got in zip(unit.named_parameters(), p.backbone.units[i].parameters()):
             torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6,

@@ -91,11 +91,12 @@ def test_gradients_equal_hand_written_autograd():
     x, y = trainer.to_device(x, y)
     trainer.train_step(x, y)
 
-    z = units[2](units[1](units[0](x)))  # module 1 with module 0 rerun
+    x1 = units[2](units[1](units[0](x)).detach())  # module 1, greedy: stops at its input
+    y0 = units[1](units[0](x))  # module 0 rerun by module 1 (attached)
+    z = units[2](y0)
     cascade = F.cross_entropy(aux.head(aux.lb(z) + aux.ema(z)), y)
-    (0.001 * F.cross_entropy(greedy(z), y) + 0.999 * cascade).backward()
-    start = units[1](units[0](x)).detach()
-    F.cross_entropy(units[4](units[3](units[2](start))), y).backward()
+    (0.001 * F.cross_entropy(greedy(x1), y) + 0.999 * cascade).backward()
+    F.cross_entropy(units[4](units[3](units[2](y0.detach()))), y).backward()  # cascade alone
     for i, unit in enumerate(units):
         for (name, want), got in zip(unit.named_parameters(), p.backbone.units[i].parameters()):
             torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6,

@@ -85,3 +85,83 @@ def test_an_overlap_larger_than_the_module_is_one_line(tmp_path):
     p = prepare(config(f"{path}:TooMuch"))
     with pytest.raises(UserError, match=r"^method TooMuch: overlap\(1\) is 3; module 0 has 2 "):
         LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu"))
+
+
+BOTH_PATHS = """
+import torch.nn.functional as F
+
+from locbench import Capabilities, Method
+
+
+class BothPaths(Method):
+    # module 1 reruns unit 1 and also runs on its own input: the output loss weighs the greedy
+    # logits 0.25 and the cascade's 0.75, so that a mix-up of the two shows in the gradients
+    capabilities = Capabilities(greedy_path=True)
+
+    def overlap(self, k):
+        return 1
+
+    def output_loss(self, logits, batch):
+        greedy = F.cross_entropy(logits.greedy, batch.y)
+        return 0.25 * greedy + 0.75 * F.cross_entropy(logits.cascade, batch.y)
+"""
+
+
+def both_paths(tmp_path: Path) -> RunConfig:
+    path = tmp_path / "both_paths.py"
+    path.write_text(BOTH_PATHS)
+    return config(f"{path}:BothPaths")
+
+
+def test_the_greedy_path_stops_at_the_modules_input(tmp_path):
+    # smallnet K=2: module 1 (units 2, 3, head) runs on module 0's detached output (greedy)
+    # and after unit 1's rerun (cascade). Unit 1 gets module 0's gradient and the cascade's
+    # (0.75 of the output loss), not the greedy path's; units 2, 3 and the head get both.
+    p = prepare(both_paths(tmp_path))
+    trainer = LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu"))
+    units = list(copy.deepcopy(p.backbone.units))
+    aux = copy.deepcopy(p.method.aux[0])
+    x, y = next(iter(p.data.train))
+    x, y = trainer.to_device(x, y)
+    losses = trainer.train_step(x, y)
+
+    start = units[0](x)
+    out0 = units[1](start)
+    F.cross_entropy(aux(out0), y).backward()
+
+    def last(h):
+        return units[4](units[3](units[2](h)))
+
+    greedy = F.cross_entropy(last(out0.detach()), y)
+    cascade = F.cross_entropy(last(units[1](start.detach())), y)
+    (0.25 * greedy + 0.75 * cascade).backward()
+    for i, unit in enumerate(units):
+        for (name, want), got in zip(unit.named_parameters(), p.backbone.units[i].parameters()):
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6,
+                                       msg=f"unit {i} {name}")  # fmt: skip
+    torch.testing.assert_close(losses.output, 0.25 * greedy.detach() + 0.75 * cascade.detach())
+
+
+def test_the_greedy_path_is_measured_as_a_third_forward(tmp_path):
+    record = assert_tracked_equals_estimate(both_paths(tmp_path))
+    one_path = describe(config(), batch_size=64)["flops_per_step"]
+    assert record.flops["aux"] == one_path["aux"]  # the same head
+    # module 1 (units 2, 3 and the head) run and trained once more: the greedy path
+    assert record.flops["backbone"] > one_path["backbone"]
+
+
+NO_OVERLAP = """
+from locbench import Capabilities, Method
+
+
+class GreedyAlone(Method):
+    capabilities = Capabilities(greedy_path=True)
+"""
+
+
+def test_a_greedy_path_without_an_overlap_is_one_line(tmp_path):
+    path = tmp_path / "greedy_alone.py"
+    path.write_text(NO_OVERLAP)
+    p = prepare(config(f"{path}:GreedyAlone"))
+    with pytest.raises(UserError, match=r"^method GreedyAlone declares Capabilities\(greedy_"):
+        LocalTrainer(p.backbone, p.split, p.method, p.config, torch.device("cpu"))

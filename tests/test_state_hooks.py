@@ -122,11 +122,12 @@ def test_a_sweep_and_its_report_with_both_examples(tmp_path, capsys):
 
 
 READS_GRADIENTS = """
-from locbench import Method
+from locbench import Capabilities, Method
 
 
 class ReadsGradients(Method):
     # what a synthetic-gradient method reads: the gradient of its module's output, unscaled
+    capabilities = Capabilities(reads_gradients=True)
     seen = []
 
     def local_loss(self, k, out, batch):

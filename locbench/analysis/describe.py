@@ -7,6 +7,8 @@ run counts them (:mod:`locbench.harness.flops`).
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from locbench.analysis.estimate import estimate
@@ -105,6 +107,10 @@ def describe(config: RunConfig, batch_size: int = 64, num_classes: int = 10) -> 
         "params_aux": aux_params,  # trainable and frozen
         "params_aux_frozen": count([method], frozen=True),
         "params_total": backbone_params + aux_params,
+        # what the method declares beyond the seeds' shape (the contract's Capabilities), and
+        # each module's overlap (0: none)
+        "capabilities": dataclasses.asdict(method.capabilities),
+        "overlaps": [method.overlap(k) if k else 0 for k in range(split.K)],
         "modules": modules,
         "batch_size": batch_size,
         "peak_bytes": peaks.peak_bytes,  # the estimated peak of the whole step
@@ -152,6 +158,13 @@ def format_description(d: dict) -> str:
         f"estimated peak memory per module (while it runs) at batch {d['batch_size']}; the "
         f"step's peak {d['peak_bytes_rounded'] / 2**20:.1f} MiB (CUDA-rounded)",
     ]
+    declared = [k for k, v in d["capabilities"].items() if v is True]
+    if d["capabilities"]["steady_after"] != 1:
+        declared.append(f"steady_after={d['capabilities']['steady_after']}")
+    if any(d["overlaps"]):
+        declared.append(f"overlaps {d['overlaps']}")
+    if declared:
+        lines.append("declares: " + ", ".join(declared))
     if d.get("balanced_cuts"):
         lines.append(f"cuts {d['cuts']}: balanced (--cuts balanced) at batch "
                      f"{d['balanced_cuts']['batch_size']}")  # fmt: skip

@@ -27,7 +27,7 @@ from locbench.harness.optim import make_sgd
 from locbench.harness.precision import MixedPrecision, channels_last_input, to_channels_last
 from locbench.measure.memory import MemoryTracker
 from locbench.measure.meters import PhaseClock
-from locbench.methods.base import Batch, Method, ModulesView, StepContext
+from locbench.methods.base import Batch, Method, ModulesView, Paths, StepContext
 from locbench.nets.backbone import Backbone
 from locbench.nets.split import Split
 from locbench.settings.run_config import RunConfig, TrainSettings
@@ -110,6 +110,11 @@ def check_method(method: Method, split: Split) -> list[int]:
                 f"method {name}: overlap({k}) is {n!r}; module {k - 1} has {units} hidden "
                 f"units, so use an integer from 0 to {units}"
             )
+    if method.capabilities.greedy_path and not any(overlaps):
+        raise UserError(
+            f"method {name} declares Capabilities(greedy_path=True) but no overlap: the greedy "
+            "path is a module's second forward next to an overlap (see Method.overlap)"
+        )
     if any(overlaps) and type(method).forward_module is not Method.forward_module:
         raise UserError(
             f"method {name} declares an overlap and overrides forward_module(); an overlap "
@@ -317,7 +322,7 @@ class LocalTrainer:
         """Forward and backward of the trainer's modules on one (micro-)batch: gradients
         accumulate, weighted by ``weight``, its share of the step's batch. Returns the last
         module's output and the pass's losses."""
-        batch = Batch(x, y, step, self.amp.loss_scale())
+        batch = Batch(x, y, step, self.gradient_scale())
         last = self.split.K - 1
         local: list[torch.Tensor] = []
         h = x if h is None else h
@@ -355,9 +360,11 @@ class LocalTrainer:
         returned is what module k+1 reruns of this one (or None)."""
         amp, module = self.amp, self.modules[k]
         n = self.overlaps[k + 1] if k + 1 < self.split.K else 0
-        passed = None
+        passed = greedy = None
         with phase("backbone", k), amp.autocast():
             if rerun is not None:
+                if self.method.capabilities.greedy_path:  # module k on its own input too
+                    greedy = module(h)
                 tail, start = rerun
                 h = tail(start)
             if n:  # module k+1 reruns the last n units: keep their input
@@ -366,6 +373,9 @@ class LocalTrainer:
                 passed = (module[-n:], start.detach())
             else:
                 out = self.method.forward_module(k, module, h, batch)
+        if greedy is not None:
+            out = Paths(greedy, out)
+        own = out if greedy is None else greedy  # what crosses the boundary
         if k < self.split.K - 1:
             with phase("aux", k), amp.autocast():
                 loss = self.method.local_loss(k, out, batch)
@@ -380,35 +390,46 @@ class LocalTrainer:
                             self.grad_sync.after_backward()
                 self._after_backward(k, phase)
             detached = None if loss is None else loss.detach()
-            return self.method.boundary(k, out, batch), detached, passed
+            return self.method.boundary(k, own, batch), detached, passed
         with phase("other", k), amp.autocast():
             loss = self.method.output_loss(out, batch)
         with phase("backward", k):
             amp.backward(loss if weight == 1.0 else loss * weight)
         self._after_backward(k, phase)
-        return out.detach(), loss.detach(), None
+        return own.detach(), loss.detach(), None
+
+    def gradient_scale(self) -> torch.Tensor | float:
+        """``Batch.loss_scale``: the fp16 loss scale, times the global batch over this rank's
+        share in a data-parallel run (a rank's loss is its share's mean, and GradSync weights
+        the parameters' gradients by the share only after the backward)."""
+        scale = self.amp.loss_scale()
+        if self.grad_sync is not None and self.grad_sync.weight > 0:
+            scale = scale / self.grad_sync.weight
+        return scale
 
     def _after_backward(self, k: int, phase: Callable) -> None:
         with phase("backward", k), torch.no_grad():
             self.method.after_backward(k, self.view)
 
     def _backward_apart(
-        self, k: int, out: torch.Tensor, loss: torch.Tensor, phase: Callable
+        self, k: int, out: torch.Tensor | Paths, loss: torch.Tensor, phase: Callable
     ) -> None:
-        """``loss.backward()`` as two backward passes: to ``out`` and the method's own
-        parameters (phase "aux"), then from ``out`` through module k (phase "backward"): the
-        backbone's parameters (module k's, and those of module k-1 a declared overlap reruns)
-        are reached through ``out``. Each node of the graph runs once, as in one pass; only for
-        counting (the first pass keeps the graph, which a measured step never does)."""
-        inputs = [p for p in self.method.parameters() if p.requires_grad]
-        if out.requires_grad:
-            inputs.append(out)
+        """``loss.backward()`` as two backward passes: to ``out`` (both paths' outputs) and
+        the method's own parameters (phase "aux"), then from ``out`` through module k (phase
+        "backward"): the backbone's parameters (module k's, and those of module k-1 a declared
+        overlap reruns) are reached through ``out``. Each node of the graph runs once, as in
+        one pass; only for counting (the first pass keeps the graph, which a measured step
+        never does)."""
+        outs = [t for t in (out if isinstance(out, Paths) else [out]) if t.requires_grad]
+        inputs = [p for p in self.method.parameters() if p.requires_grad] + outs
         with phase("aux", k):
             self.amp.backward(loss, inputs=inputs, retain_graph=True)
-        if out.grad is not None:
+        reached = [t for t in outs if t.grad is not None]
+        if reached:
             with phase("backward", k):
-                out.backward(out.grad)
-            out.grad = None
+                torch.autograd.backward(reached, [t.grad for t in reached])
+            for t in reached:
+                t.grad = None
 
     def parameters(self) -> list[nn.Parameter]:
         """What the optimizer steps: every parameter, or a pipeline stage's own (its modules'

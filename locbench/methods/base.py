@@ -86,6 +86,14 @@ Overlap (``overlap(k)`` = n > 0 for a module k >= 1; e.g. HPFF's cascade):
     0 < n <= module k-1's hidden units; ``--stages`` refuses a method with any overlap, in
     one line, before training. A data-parallel run averages such parameters' gradients once
     per step, after the last backward that reaches them.
+  * Both paths (``Capabilities(greedy_path=True)``; HPFF, MLAAN): every module k with an
+    overlap also runs once more, whole, on its own input (``boundary``'s output: the greedy
+    path, whose gradients stop at that input), before the rerun. Its ``local_loss`` (or
+    ``output_loss``) then gets ``out`` as :class:`Paths` (``out.greedy``, ``out.cascade``:
+    the overlap's output, as above), one graph each, backpropagated together; ``boundary``
+    gets ``out.greedy``, and module k+1's rerun starts from the cascade path's kept input.
+    The values of the two paths agree within a step; the extra forward costs its FLOPs and
+    keeps its graph until the backward, as the authors' code of those methods does.
 
 Precision (the ``precision`` setting) belongs to the harness, like the device:
   * The harness alone enters ``torch.autocast`` (bf16 or fp16) around ``forward_module`` and
@@ -160,7 +168,7 @@ in ``Params``, override the hooks you need, and register it with ``@register("na
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -216,9 +224,12 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     step: StepContext = StepContext()
-    #: What every gradient of this step's backwards is multiplied by: 1.0, or in fp16 the loss
-    #: scaler's current scale (a 0-dim tensor on the device: no synchronisation to read it). A
-    #: method that reads gradients (of its module's output, say) divides them by it.
+    #: What every gradient of this step's backwards is multiplied by, against one process's
+    #: fp32 gradients of the whole batch's mean loss: 1.0, or in fp16 the loss scaler's
+    #: current scale (a 0-dim tensor on the device: no synchronisation to read it), times the
+    #: global batch over this rank's share in a data-parallel run (each rank's loss is its
+    #: share's mean). A method that reads gradients (of its module's output, say) divides
+    #: them by it, and declares ``Capabilities(reads_gradients=True)``.
     loss_scale: torch.Tensor | float = 1.0
 
 
@@ -229,11 +240,27 @@ class Capabilities:
 
     #: Its hooks read other modules' current parameters through the :class:`ModulesView`.
     reads_modules: bool = False
+    #: Each module with an overlap also runs on its own input: its losses get :class:`Paths`.
+    greedy_path: bool = False
+    #: Its hooks read gradients (tensor hooks, ``autograd.grad`` of activations); they divide
+    #: them by ``batch.loss_scale``, which makes them one process's fp32 gradients of the
+    #: whole batch's mean loss under fp16, micro-batches and ``--nproc`` alike.
+    reads_gradients: bool = False
     #: Steps after which every step allocates and computes the same: 1 when the first step
     #: makes all that is kept (gradients, optimizer state, the method's own state); more when
     #: the method's state appears or grows over later steps. ``locbench estimate``, the FLOP
     #: count and a run's tracked window all measure a step after that many.
     steady_after: int = 1
+
+
+class Paths(NamedTuple):
+    """Module k's output along both paths of a declared overlap, for a method that declares
+    ``Capabilities(greedy_path=True)`` (see "Overlap" in the module docstring)."""
+
+    #: Module k on its own input (``boundary``'s output): its gradients stop there.
+    greedy: torch.Tensor
+    #: Module k after the rerun of module k-1's last units: its gradients train them too.
+    cascade: torch.Tensor
 
 
 class ModulesView:
@@ -298,8 +325,9 @@ class Method(nn.Module):
         context) for methods whose forward pass needs it. Default: ``module(h)``."""
         return module(h)
 
-    def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor | None:
-        """Local loss of module ``k`` from its output ``out`` (attached to its graph).
+    def local_loss(self, k: int, out: torch.Tensor | Paths, batch: Batch) -> torch.Tensor | None:
+        """Local loss of module ``k`` from its output ``out`` (attached to its graph; both
+        :class:`Paths` for a module with an overlap under ``greedy_path``).
 
         Default: cross entropy of the auxiliary network's prediction."""
         return F.cross_entropy(self.aux[k](out), batch.y)
@@ -314,8 +342,9 @@ class Method(nn.Module):
         no gradient crosses the cut."""
         return out.detach()
 
-    def output_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Loss of the last module, which ends in the backbone's output head."""
+    def output_loss(self, logits: torch.Tensor | Paths, batch: Batch) -> torch.Tensor:
+        """Loss of the last module, which ends in the backbone's output head (its logits; both
+        :class:`Paths` when it has an overlap under ``greedy_path``)."""
         return F.cross_entropy(logits, batch.y)
 
     def after_backward(self, k: int, view: ModulesView) -> None:

@@ -18,10 +18,10 @@ at the authors' ratio. The first module has no loss of its own: it learns only t
 
 Here the cascade is the declared overlap: ``overlap(k)`` = every unit of module k-1, so the
 harness reruns module k-1 from its kept (detached) input in module k's forward and module k's
-loss trains both. Both paths compute the *same values* (the same blocks on the same input, in
-train mode, within one step), so the greedy classifier reads that same output. What the
-overlap cannot say: in the authors' code the greedy term's gradient stops at module k's input,
-here it also reaches module k-1 (weight ``wx``, 0.001 of the loss); see docs/methods.md.
+loss trains both. With ``Capabilities(greedy_path=True)`` the harness also runs module k on
+its own (detached) input, the greedy path, and the losses get both outputs (``Paths``): the
+greedy term's gradient stops at module k's input, as in the authors' code, and each block
+runs three times per step as there.
 
 The patch-split decoder: the features are cut into four quadrants (top-left, top-right,
 bottom-left, bottom-right), each upsampled bilinearly (``align_corners``) to the size of the
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locbench.errors import UserError
-from locbench.methods.base import Batch, Cut, Method, register
+from locbench.methods.base import Batch, Capabilities, Cut, Method, Paths, register
 from locbench.methods.infopro import Decoder
 from locbench.methods.man import classifier
 from locbench.methods.params import param
@@ -144,8 +144,11 @@ def merged_stem(split: Split) -> Split:
 
 class Cascade(Method):
     """HPFF's hierarchy, shared with MLAAN: module k reruns all of module k-1 (the declared
-    overlap) and, with ``params.merge_stem``, a first module of the stem alone is merged into
-    the next. Module 0's local loss is the subclass's to leave out (``None``)."""
+    overlap) and also runs on its own input (the greedy path), so that its losses get both
+    :class:`Paths`; with ``params.merge_stem``, a first module of the stem alone is merged
+    into the next. Module 0's local loss is the subclass's to leave out (``None``)."""
+
+    capabilities = Capabilities(greedy_path=True)
 
     @classmethod
     def plan_split(cls, split: Split, params) -> Split:
@@ -190,18 +193,19 @@ class HPFF(Cascade):
         # Real images de-normalise into [0, 1]; the clamp only guards synthetic data.
         return (batch.x * self.std + self.mean).clamp(0.0, 1.0)
 
-    def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor | None:
-        if k == 0:
+    def local_loss(self, k: int, out: Paths | torch.Tensor, batch: Batch) -> torch.Tensor | None:
+        if k == 0:  # no overlap, no loss: one tensor
             return None
         p: HPFFParams = self.params
         aux = self.aux[k]
         lambda1, lambda2 = self.lambdas[k]
-        greedy = F.cross_entropy(aux.greedy(out), batch.y)
-        reconstruction = aux.decoder.loss(out, self.image(batch))
-        cascade = lambda1 * reconstruction + lambda2 * F.cross_entropy(aux.cascade(out), batch.y)
+        greedy = F.cross_entropy(aux.greedy(out.greedy), batch.y)
+        z = out.cascade
+        reconstruction = aux.decoder.loss(z, self.image(batch))
+        cascade = lambda1 * reconstruction + lambda2 * F.cross_entropy(aux.cascade(z), batch.y)
         return p.wx * greedy + p.wy * cascade
 
-    def output_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        # wx * CE(head(x)) + wy * CE(head(y)): the two paths' logits are equal
+    def output_loss(self, logits: Paths, batch: Batch) -> torch.Tensor:
         p: HPFFParams = self.params
-        return (p.wx + p.wy) * F.cross_entropy(logits, batch.y)
+        greedy = F.cross_entropy(logits.greedy, batch.y)
+        return p.wx * greedy + p.wy * F.cross_entropy(logits.cascade, batch.y)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locbench.errors import UserError
-from locbench.methods.base import Batch, Capabilities, Cut, ModulesView, register
+from locbench.methods.base import Batch, Capabilities, Cut, ModulesView, Paths, register
 from locbench.methods.hpff import Cascade
 from locbench.methods.man import MomentumAux
 from locbench.methods.params import param
@@ -101,7 +101,7 @@ def reshaping_rule(backbone: Backbone, cut_unit: int, depth: int) -> list[int]:
 @register("mlaan")
 class MLAAN(Cascade):
     Params = MLAANParams
-    capabilities = Capabilities(reads_modules=True)
+    capabilities = Capabilities(reads_modules=True, greedy_path=True)
 
     def __init__(self, backbone, split, data, params: MLAANParams) -> None:
         cuts = tuple(split.last_unit(k) for k in range(split.K - 1))
@@ -145,17 +145,18 @@ class MLAAN(Cascade):
         aux = self.aux[k]
         return [self.greedy[k], aux.lb, aux.ema, aux.head]
 
-    def local_loss(self, k: int, out: torch.Tensor, batch: Batch) -> torch.Tensor | None:
-        if k == 0:
+    def local_loss(self, k: int, out: Paths | torch.Tensor, batch: Batch) -> torch.Tensor | None:
+        if k == 0:  # no overlap, no loss: one tensor
             return None
         p: MLAANParams = self.params
         aux = self.aux[k]
-        greedy = F.cross_entropy(self.greedy[k](out), batch.y)
-        cascade = F.cross_entropy(aux.head(aux.features(out)), batch.y)
+        greedy = F.cross_entropy(self.greedy[k](out.greedy), batch.y)
+        cascade = F.cross_entropy(aux.head(aux.features(out.cascade)), batch.y)
         return p.wx * greedy + p.wy * cascade
 
-    def output_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(logits, batch.y)  # the cascade path's alone, as the authors'
+    def output_loss(self, logits: Paths, batch: Batch) -> torch.Tensor:
+        # the cascade path's alone, as the authors' (their greedy logits are computed, unused)
+        return F.cross_entropy(logits.cascade, batch.y)
 
     def module_of(self, unit: int) -> int:
         return max(k for k in range(self.split.K) if self.split.starts[k] <= unit)
