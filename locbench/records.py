@@ -6,13 +6,12 @@ Bytes in records; MiB (2**20 bytes) only in tables and charts.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from locbench.errors import UserError
+from locbench.outputs import check_folder, write_atomic
 
 #: BP's variants that cut its memory: the baselines of the equal-memory view and of
 #: ``--baselines equal-memory``.
@@ -146,43 +145,23 @@ def flatten(d: dict, prefix: str) -> dict:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone who reads results
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Room a run's record asks for on the disk (a record with a long curve is some 100 KiB).
+RECORD_BYTES = 256 * 1024
 
 
-def check_out_dir(path: str | Path) -> Path:
-    """``path`` as a results folder, created if missing; a one-line error (before any training)
-    when it is a file, cannot be created or is not writable."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} is not a folder; give a folder for the records")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".locbench-probe-"):
-            pass
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise UserError(f"--out {path} is not a writable folder ({reason})") from None
-    return path
+def check_out_dir(path: str | Path, records: int = 1) -> Path:
+    """``path`` as a results folder for ``records`` records, created if missing; one line
+    (before any training) when it is a file, cannot be created, is not writable, has no room or
+    a name the file system refuses (:func:`locbench.outputs.check_folder`)."""
+    return check_folder(path, "--out", records * RECORD_BYTES)
 
 
 def record_path(out_dir: Path, record: RunRecord) -> Path:
     c = record.config
     # A method given as path/to/file.py:Class keeps only a file-name-safe tail here; the record
     # itself holds the full spec and the run id hashes it.
-    method = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(c["method"]).name)
+    # ... and at most 100 characters of it: the file system's names end at 255 bytes.
+    method = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(c["method"]).name)[-100:]
     name = f"{method}-{c['net']}-K{record.K}-{c['dataset']}-s{c['seed']}-{record.run_id}"
     return Path(out_dir) / f"{name}.json"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from locbench.cli.main import main
+from tests import bad_inputs_out
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--no-progress"]
 RUN = ["run", *FAST, "--out", "{out}"]
@@ -112,7 +113,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "run out is a file": (["run", *FAST, "--out", "{tmp}/file.txt"], ["is not a folder"]),
     "run out under a file": (
         ["run", *FAST, "--out", "{tmp}/file.txt/runs"],
-        ["is not a writable folder"],
+        ["file.txt is not a folder"],
     ),
     "run out in /proc": (["run", *FAST, "--out", "/proc/locbench"], ["not a writable folder"]),
     # ---- describe
@@ -279,7 +280,7 @@ FILES = {
 # The groups of cases added for faults at the edges, each in its own module: its CASES (argv,
 # expected texts and, optionally, environment variables set for the case) and the fixtures it
 # writes into the workspace (write_fixtures).
-GROUPS = []
+GROUPS = [bad_inputs_out]
 for group in GROUPS:
     CASES.update(group.CASES)
 
@@ -289,7 +290,7 @@ EARLIER_CASES = 125
 
 def test_the_table_covers_every_command_with_at_least_80_cases():
     commands = {case[0][0] for case in CASES.values()}
-    assert len(CASES) >= EARLIER_CASES
+    assert len(CASES) + len(MOUNTED) + len(MIDWAY) >= EARLIER_CASES
     assert commands >= {"run", "describe", "estimate", "sweep", "report", "plot", "compare", "demo"}
 
 
@@ -345,3 +346,98 @@ def test_a_bad_input_in_a_real_process_prints_no_traceback(workspace):
     )
     assert proc.returncode == 2
     assert proc.stderr == "locbench: error: --lr must be a finite number > 0 (or none), got nan\n"
+
+
+# ---- full and read-only file systems: a small tmpfs each, where this machine lets the test
+# mount one (root on Linux); skipped with the reason elsewhere
+WRITERS = bad_inputs_out.WRITERS
+MOUNTED = {
+    **{
+        f"{command} on a full disk": (bad_inputs_out.writer(command, "{full}/out"),
+                                      ["MiB free; the outputs need about"])
+        for command in WRITERS
+    },
+    **{
+        f"{command} on a read-only disk": (bad_inputs_out.writer(command, "{ro}/out"),
+                                           ["is not a writable folder (Read-only file system)"])
+        for command in WRITERS
+    },
+    "run --stages 2 on a full disk": (
+        [*bad_inputs_out.writer("run", "{full}/out"), "--K", "2", "--stages", "2"],
+        ["MiB free; the outputs need about"],
+    ),
+}  # fmt: skip
+# The disk fills up after the checks (they are told there is room): the write that fails is
+# one line, and nothing of the command's output is left. run trains first.
+MIDWAY = {
+    f"{command} when the disk fills up midway": (
+        bad_inputs_out.writer(command, "{full}/out"),
+        ["could not write {full}/out", ": no space left on the device"],
+    )
+    for command in ("run", "report", "plot", "timeline")
+}
+SMALL_DISK = "64k"
+ROOM_LEFT = 8192  # a write probe fits; a record, a chart or a timeline does not
+
+
+def _mount(path: Path, options: str) -> None:
+    import subprocess
+
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if done.returncode:
+        reason = done.stderr.strip() or f"mount exited {done.returncode}"
+        pytest.skip(f"cannot mount a small tmpfs here ({reason})")
+
+
+@pytest.fixture
+def small_disks(workspace: Path):
+    import subprocess
+
+    full, ro = workspace / "full", workspace / "ro"
+    mounted = []
+    try:
+        for path, options in ((full, f"size={SMALL_DISK}"), (ro, f"ro,size={SMALL_DISK}")):
+            _mount(path, options)
+            mounted.append(path)
+        yield full, ro
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def _one_line_exit_2(capsys, argv, expected, **where) -> None:
+    code = main([a.format(**where) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("locbench: error: "), captured.err
+    for text in expected:
+        assert text.format(**where) in lines[0]
+
+
+@pytest.mark.parametrize("case", MOUNTED.values(), ids=MOUNTED.keys())
+def test_a_full_or_read_only_disk_is_refused_before_any_work(capsys, small_disks, case):
+    full, ro = small_disks
+    tmp = full.parent
+    _one_line_exit_2(capsys, *case, tmp=tmp, full=full, ro=ro)
+    assert not (full / "out").exists() and not list(full.iterdir())  # nothing made
+
+
+@pytest.mark.parametrize("case", MIDWAY.values(), ids=MIDWAY.keys())
+def test_a_disk_that_fills_up_midway_is_one_line_and_nothing_partial(
+    capsys, monkeypatch, small_disks, case
+):
+    import collections
+    import shutil
+
+    full, ro = small_disks
+    filler = full / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(full).free - ROOM_LEFT))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 0, 2**40))
+    _one_line_exit_2(capsys, *case, tmp=full.parent, full=full, ro=ro)
+    left = [p for p in full.rglob("*") if p.is_file() and p != filler]
+    assert left == []  # no temporary file, no half of the outputs

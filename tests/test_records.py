@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from locbench import records
+from locbench import outputs
 from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.records import (
@@ -106,8 +106,9 @@ def test_write_atomic_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch, 
         seen_tmp.extend(p.name for p in tmp_path.iterdir() if p != path)
         raise OSError(f"simulated {failing} failure")
 
-    monkeypatch.setattr(records.os, failing, boom)
-    with pytest.raises(OSError, match=f"simulated {failing} failure"):
+    monkeypatch.setattr(outputs.os, failing, boom)
+    # one line naming the file and the reason, not the OSError's traceback
+    with pytest.raises(UserError, match=f"^could not write {path}: simulated {failing} failure$"):
         write_atomic(path, "new content that must never appear")
     monkeypatch.undo()
     # The temporary file existed beside the target while writing, and is gone now.
@@ -122,7 +123,7 @@ def test_write_atomic_interrupt_leaves_no_target(tmp_path, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(records.os, "replace", interrupt)
+    monkeypatch.setattr(outputs.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, "{}")
     assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import matplotlib
 
@@ -38,6 +39,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from locbench.errors import UserError  # noqa: E402
+from locbench.outputs import Outputs, write_atomic  # noqa: E402
 from locbench.records import CATEGORIES, PHASE_CODES  # noqa: E402
 from locbench.reports.tables import (  # noqa: E402
     MIB,
@@ -67,17 +69,29 @@ LINESTYLES = ("-", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
 HATCHES = (None, "//", "..", "xx", "\\\\", "++")
 
 
+#: Room one chart asks for (its PNG and SVG).
+CHART_BYTES = 4 * 2**20
+
+
 def save(fig: plt.Figure, path_stem: str | Path, dpi: int = 120) -> list[Path]:
-    """Write ``fig`` to ``<stem>.png`` and ``<stem>.svg``, close it and return both paths."""
+    """Write ``fig`` to ``<stem>.png`` and ``<stem>.svg`` (both whole, or neither), close it
+    and return both paths."""
     stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [Path(f"{stem}.png"), Path(f"{stem}.svg")]
     try:
-        for path in paths:
-            fig.savefig(path, dpi=dpi, metadata={"Date": None} if path.suffix == ".svg" else None)
+        with Outputs.collect() as outputs:
+            for suffix in ("png", "svg"):
+                path = Path(f"{stem}.{suffix}")
+                outputs.add(write_atomic(path, figure_writer(fig, suffix, dpi)))
     finally:
         plt.close(fig)
-    return paths
+    return outputs.paths
+
+
+def figure_writer(fig: plt.Figure, fmt: str, dpi: int = 120) -> Callable[[IO[bytes]], None]:
+    """What writes ``fig`` in format ``fmt`` to a file (for :func:`write_atomic`); an SVG
+    without a date, so that the same chart is the same file."""
+    metadata = {"Date": None} if fmt == "svg" else None
+    return lambda f: fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata)
 
 
 # The built-in methods keep their colour whichever methods a chart holds: the report page
@@ -678,11 +692,11 @@ def plot_curves(
 ) -> Path:
     """Write :func:`curves_figure` to ``path`` (its suffix picks the format); return it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = curves_figure(curves, results)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return write_atomic(path, figure_writer(fig, path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from locbench.errors import UserError
+from locbench.outputs import Outputs, check_folder, write_atomic
 from locbench.records import curves_frame, results_frame, scan_records
 from locbench.reports import charts
 from locbench.reports.runs import (
@@ -128,6 +129,10 @@ window.addEventListener("afterprint", () => closed.splice(0).forEach(d => { d.op
 """
 
 
+#: Room a report asks for: its tables, two files per chart and the page with every chart inline.
+REPORT_BYTES = 16 * MIB
+
+
 @dataclass(frozen=True)
 class Report:
     """What :func:`build_report` wrote: ``path`` of ``report.html``, and ``(file, reason)`` for
@@ -164,18 +169,24 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     if estimates is not None and not isinstance(estimates, pd.DataFrame):
         estimates = pd.DataFrame(list(estimates))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_folder(out_dir, "--out", REPORT_BYTES)
+    with Outputs.collect() as outputs:  # a report that fails midway leaves none of its files
+        path = _write_report(runs_dir, out_dir, results, curves, skipped, estimates, outputs)
+    return Report(path, tuple(skipped))
+
+
+def _write_report(runs_dir, out_dir, results, curves, skipped, estimates, outputs) -> Path:
     table = comparison_table(results)
-    write_table(table, out_dir / "comparison")
+    outputs.add(*write_table(table, out_dir / "comparison"))
     equal = equal_memory_table(results)
     if not equal.empty:
-        write_table(equal, out_dir / "equal_memory")
+        outputs.add(*write_table(equal, out_dir / "equal_memory"))
 
     written = {}
     for chart in charts.CHARTS:
         fig = chart.draw(results, curves, estimates)
         if fig is not None:
-            written[chart.name] = charts.save(fig, out_dir / chart.name)
+            written[chart.name] = outputs.add(*charts.save(fig, out_dir / chart.name))
 
     sections = []
     for key, runs in sections_of(results):
@@ -190,9 +201,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, estimates=None) -> R
     page = render_page(
         runs_dir, results, curves, table, sections, written, skipped, estimates, equal
     )
-    path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return Report(path, tuple(skipped))
+    return outputs.add(write_atomic(out_dir / "report.html", page))[0]
 
 
 @dataclass(frozen=True)

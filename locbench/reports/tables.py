@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from locbench.outputs import Outputs, write_atomic
 from locbench.records import END_TO_END, MEMORY_BASELINES
 
 MIB = 2**20
@@ -472,10 +473,9 @@ def format_cell(value, digits: int = 2) -> str:
 def write_table(table: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``table`` as ``<stem>.csv`` (pandas, no index) and ``<stem>.md``; return both."""
     stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    csv, md = Path(f"{stem}.csv"), Path(f"{stem}.md")
-    table.to_csv(csv, index=False)
-    md.write_text(to_markdown(table) + "\n")
+    with Outputs.collect() as outputs:  # both whole, or neither
+        csv = outputs.add(write_atomic(Path(f"{stem}.csv"), table.to_csv(index=False)))[0]
+        md = outputs.add(write_atomic(Path(f"{stem}.md"), to_markdown(table) + "\n"))[0]
     return csv, md
 
 

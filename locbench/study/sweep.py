@@ -296,6 +296,7 @@ def plan_sweep(
             todo.append((config, run_id, seen))
     if (out / CLAIMS).is_dir():
         Claims(out).clear_stale(set(configs) - {run_id for _, run_id, _ in todo})
+    check_out_dir(out, len(todo))  # room for every record to come
     return SweepPlan(out, configs, todo, retry_failed)
 
 

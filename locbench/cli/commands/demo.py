@@ -19,11 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from locbench.records import curves_frame, results_frame
+    from locbench.records import check_out_dir, curves_frame, results_frame
     from locbench.reports.charts import plot_curves
     from locbench.reports.tables import format_table, summary_table
     from locbench.settings.run_config import RunConfig
 
+    check_out_dir(args.out, len(DEMO_METHODS))  # the records and the chart, before training
     records = []
     for method, K in DEMO_METHODS:
         config = RunConfig(method=method, K=K, net="smallnet", dataset="digits", epochs=args.epochs)

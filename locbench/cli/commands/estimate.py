@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and not 1 <= args.image_size <= 8192:
         raise UserError(f"--image-size must be between 1 and 8192, got {args.image_size}")
     budget = parse_bytes(args.budget) if args.max_batch else None
+    if args.timeline:  # before any estimate: the files it will write
+        check_timeline(args.timeline)
     config = config_from_args(args)
     jobs = jobs_from(args, methods, search=args.max_batch)
     rows = estimate_methods(
@@ -74,22 +76,34 @@ def run(args: argparse.Namespace) -> int:
     return report_failures(failed)
 
 
+def check_timeline(stem: Path) -> None:
+    """``--timeline STEM``: its folder takes the three files, whose names the file system
+    accepts."""
+    from locbench.outputs import check_folder, check_names
+    from locbench.reports.charts import CHART_BYTES
+
+    check_folder(stem.parent, "--timeline", 2 * CHART_BYTES)
+    check_names(Path(f"{stem}.json"), "--timeline")
+
+
 def write_timeline(rows: list[dict], net: str, stem: Path) -> list[Path]:
     """The estimate rows' timelines as ``<stem>.json`` (the rows) and a chart
     (``<stem>.png``, ``<stem>.svg``) with one panel per method that has a peak."""
     import json
 
-    from locbench.records import write_atomic
+    from locbench.outputs import Outputs, write_atomic
     from locbench.reports.charts import save, timelines_figure
 
-    path = Path(f"{stem}.json")
-    write_atomic(path, json.dumps(rows, indent=1))  # makes the folder
     panels = [
         (f"{net}, batch {r['batch_size']}, estimated\n{r['method']} K={r['K']}", r["method"], tl)
         for r in rows
         if (tl := r.get("timeline"))
     ]
-    return [path, *save(timelines_figure(panels), stem)] if panels else [path]
+    with Outputs.collect() as outputs:  # the rows and the chart, or none of them
+        outputs.add(write_atomic(Path(f"{stem}.json"), json.dumps(rows, indent=1)))
+        if panels:
+            outputs.add(*save(timelines_figure(panels), stem))
+    return outputs.paths
 
 
 COMMAND = Command(

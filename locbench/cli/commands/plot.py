@@ -26,17 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from locbench.errors import UserError
-    from locbench.reports.charts import CHARTS, save
+    from locbench.outputs import check_folder
+    from locbench.reports.charts import CHART_BYTES, CHARTS, save
     from locbench.reports.page import load_runs
 
     chart = CHARTS.get(args.kind)
     results, curves, skipped = load_runs(args.runs, what="plot")
+    out = check_folder(args.out or args.runs / "report", "--out", CHART_BYTES)
     for path, reason in skipped:
         print(f"locbench: skipped {path}: {reason}", file=sys.stderr)
     fig = chart.draw(results, curves, None)
     if fig is None:
         raise UserError(f"the records in {args.runs} hold no data for the {args.kind} chart")
-    for path in save(fig, (args.out or args.runs / "report") / chart.name):
+    for path in save(fig, out / chart.name):
         print(path)
     return 0
 
