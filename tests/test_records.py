@@ -149,6 +149,15 @@ def test_save_record_path_and_read_back(tmp_path):
     assert read_records(tmp_path) == [rec]
 
 
+def test_a_long_method_file_name_keeps_the_record_name_within_255_bytes(tmp_path):
+    # a method file of a 240-character name: the record keeps the last 100 of them
+    rec = make_record("dgl", K=2)
+    rec.config["method"] = f"/somewhere/{'m' * 237}.py:Mine"
+    path = save_record(rec, tmp_path)
+    assert path.name == f"{'m' * 92}.py_Mine-smallnet-K2-digits-s0-{rec.run_id}.json"
+    assert len(path.name) == 100 + len(f"-smallnet-K2-digits-s0-{rec.run_id}.json") <= 255
+
+
 # ---------------------------------------------------------------- load_results / load_curves
 
 
