@@ -9,7 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,28 +20,16 @@ from locbench.data.catalog import DATASETS, load_dataset
 from locbench.errors import UserError
 from locbench.settings.run_config import TrainPreset
 from locbench.study.presets import PRESETS
+from tests.data_files import IMAGENET_CLASSES, IMAGENET_TRAIN, IMAGENET_VAL, write_imagenet
 
-CLASSES = ("n01440764", "n01443537", "n01484850")
-N_TRAIN, N_VAL = 4, 2
+CLASSES = IMAGENET_CLASSES
+N_TRAIN, N_VAL = IMAGENET_TRAIN, IMAGENET_VAL
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def write_folder(root: Path) -> Path:
-    """``root/{train,val}/<class>/*.JPEG``, random RGB 64 wide and 48 high."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
-        for c in CLASSES:
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{c}_{i}.JPEG", format="JPEG")
-    return root
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    return write_folder(tmp_path / "imagenet")
+    return write_imagenet(tmp_path / "imagenet")
 
 
 def request(root: Path | None, **kw) -> DataRequest:
