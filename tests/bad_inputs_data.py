@@ -185,15 +185,23 @@ def _stl(root: Path, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS):
     )
 
 
-def poison_cache(root: Path, name: str, split: str, files: list[str], images, labels) -> None:
+def poison_cache(
+    root: Path,
+    name: str,
+    split: str,
+    files: list[str],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    crc: int | None = None,
+) -> None:
     """A cache of ``root``'s ``split`` whose key matches its source files but whose contents
-    are ``images`` and ``labels``, with their own checksum: only a check of the contents can
-    tell it from a good one."""
+    are ``images`` and ``labels``, with their own checksum (or ``crc``: contents altered after
+    the cache was written)."""
     blob = {
         "key": {"format": CACHE_FORMAT, "files": source_key(root, [root / f for f in files])},
         "images": images,
         "labels": labels,
-        "checksum": checksum(images, labels),
+        "checksum": checksum(images, labels) if crc is None else crc,
     }
     path = cache_path(root, name, split)
     path.parent.mkdir(parents=True, exist_ok=True)
