@@ -152,11 +152,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "imagenet text as JPEG": (
         run("imagenet", "imagenet-text"),
-        ["cannot decode {tmp}/data/imagenet-text/train/n01443537/n01443537_1.JPEG", JPEG],
+        ["cannot decode {tmp}/data/imagenet-text/train/n01443537/n01443537_0.JPEG", JPEG],
     ),
     "imagenet truncated JPEG": (
         run("imagenet", "imagenet-truncated"),
-        ["cannot decode {tmp}/data/imagenet-truncated/train/n01440764/n01440764_2.JPEG"],
+        ["cannot decode {tmp}/data/imagenet-truncated/train/n01440764/n01440764_0.JPEG"],
     ),
     "imagenet corrupt JPEG": (
         run("imagenet", "imagenet-corrupt"),
@@ -164,7 +164,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "imagenet empty file in val": (
         run("imagenet", "imagenet-empty-val"),
-        ["cannot decode {tmp}/data/imagenet-empty-val/val/n01440764/n01440764_1.JPEG", JPEG],
+        ["cannot decode {tmp}/data/imagenet-empty-val/val/n01440764/n01440764_0.JPEG", JPEG],
     ),
 }
 
@@ -248,16 +248,18 @@ def _write_all(data: Path) -> None:
         data / "imagenet-val-classes",
         val_classes=[*IMAGENET_CLASSES[:2], "n99999999"],
     )
-    # (split, class, image): what the file holds instead of its JPEG (None: its first 300 bytes)
+    # (split, class): what its one image holds instead of a JPEG (None: the JPEG's first 300
+    # bytes). One image per class and split: the run meets the file within two steps.
     bad_files = {
-        "imagenet-text": ("train", 1, 1, b"this is a text file, not a JPEG\n"),
-        "imagenet-truncated": ("train", 0, 2, None),
-        "imagenet-corrupt": ("train", 2, 0, b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4),
-        "imagenet-empty-val": ("val", 0, 1, b""),
+        "imagenet-text": ("train", 1, b"this is a text file, not a JPEG\n"),
+        "imagenet-truncated": ("train", 0, None),
+        "imagenet-corrupt": ("train", 2, b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4),
+        "imagenet-empty-val": ("val", 0, b""),
     }
-    for folder, (split, c, i, content) in bad_files.items():
+    for folder, (split, c, content) in bad_files.items():
         cls = IMAGENET_CLASSES[c]
-        path = write_imagenet(data / folder) / split / cls / f"{cls}_{i}.JPEG"
+        root = write_imagenet(data / folder, per_class=(1, 1))
+        path = root / split / cls / f"{cls}_0.JPEG"
         path.write_bytes(path.read_bytes()[:300] if content is None else content)
 
 
