@@ -106,12 +106,13 @@ def decodes(monkeypatch) -> list[bool]:
 SOURCE = torch.from_numpy(images("cifar10", N_TRAIN, 0))
 SOURCE_LABELS = torch.tensor(TRAIN_LABELS)
 SOURCE_CRC = checksum(SOURCE, SOURCE_LABELS)
+OVERWRITTEN = SOURCE.clone().index_fill_(0, torch.tensor(0), 7)  # image 0 all 7
 POISONS = {
     # Altered after the cache was written (the checksum is the source's): the checksum tells.
     "swapped labels": (SOURCE, SOURCE_LABELS.flip(0), SOURCE_CRC),
     "labels all 0": (SOURCE, torch.zeros_like(SOURCE_LABELS), SOURCE_CRC),
     "fewer images": (SOURCE[:4], SOURCE_LABELS[:4], SOURCE_CRC),
-    "one image overwritten": (SOURCE.clone().index_fill_(0, torch.tensor([0]), 7), SOURCE_LABELS, SOURCE_CRC),
+    "one image overwritten": (OVERWRITTEN, SOURCE_LABELS, SOURCE_CRC),
     # Written with checksums of their own: the dataset's checks of the contents tell.
     "label out of range": (SOURCE, torch.tensor([*TRAIN_LABELS[:-1], 10]), None),
     "negative label": (SOURCE, torch.tensor([-1, *TRAIN_LABELS[1:]]), None),
