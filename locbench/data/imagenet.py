@@ -6,6 +6,11 @@ Always read through a torchvision DataLoader with ``--num-workers`` processes, w
 cache, and RandomResizedCrop needs each image at its own size. Batches stay on the CPU (pinned when
 the run is on CUDA) and the trainer moves them to the run's device, as on the torchvision path of
 :mod:`locbench.data.torchvision_sets`.
+
+The folders are checked before training (at least 2 classes, the same in train/ and val/); each
+image only when the DataLoader first reads it (:func:`read_image`), since decoding them all up
+front would take hours: one that cannot be decoded stops the run as
+:class:`~locbench.errors.BadDataFile`, one line naming it.
 """
 
 from __future__ import annotations
