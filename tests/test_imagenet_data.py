@@ -5,11 +5,11 @@ Nothing here downloads; the fixture has 3 classes x 4 train and 3 x 2 val images
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,28 +21,16 @@ from locbench.data.catalog import DATASETS, load_dataset
 from locbench.errors import UserError
 from locbench.settings.run_config import TrainPreset
 from locbench.study.presets import PRESETS
+from tests.data_files import IMAGENET_CLASSES, IMAGENET_TRAIN, IMAGENET_VAL, write_imagenet
 
-CLASSES = ("n01440764", "n01443537", "n01484850")
-N_TRAIN, N_VAL = 4, 2
+CLASSES = IMAGENET_CLASSES
+N_TRAIN, N_VAL = IMAGENET_TRAIN, IMAGENET_VAL
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def write_folder(root: Path) -> Path:
-    """``root/{train,val}/<class>/*.JPEG``, random RGB 64 wide and 48 high."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
-        for c in CLASSES:
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{c}_{i}.JPEG", format="JPEG")
-    return root
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    return write_folder(tmp_path / "imagenet")
+    return write_imagenet(tmp_path / "imagenet")
 
 
 def request(root: Path | None, **kw) -> DataRequest:
@@ -140,3 +128,35 @@ def test_one_epoch_run(root: Path, tmp_path: Path, capsys) -> None:
     assert main([*argv, "--no-progress"]) == 0, capsys.readouterr()
     print(f"one-epoch imagenet run: {time.perf_counter() - start:.1f} s")
     assert len(list(out.glob("*.json"))) == 1
+
+
+def test_two_classes_are_enough_one_is_not(tmp_path: Path) -> None:
+    two = write_imagenet(tmp_path / "two", classes=CLASSES[:2])
+    assert load_dataset("imagenet", request(two)).info.num_classes == 2
+    one = write_imagenet(tmp_path / "one", classes=CLASSES[:1])
+    with pytest.raises(UserError) as err:
+        load_dataset("imagenet", request(one))
+    assert str(err.value) == (
+        f"imagenet: {one / 'train'} holds 1 class folders (only {CLASSES[0]}); accepted: at "
+        "least 2, one per class"
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_undecodable_image_stops_the_run_in_one_line(
+    root: Path, tmp_path: Path, capsys, workers: int
+) -> None:
+    # Found when the DataLoader reads it (in a worker process with --num-workers 1): the run's
+    # record is kept with status error, and the file is named in one line.
+    bad = root / "train" / CLASSES[1] / f"{CLASSES[1]}_3.JPEG"
+    bad.write_bytes(bad.read_bytes()[:300])
+    out = tmp_path / "runs"
+    argv = ["run", "--dataset", "imagenet", "--data-root", str(root), "--net", "smallnet"]
+    argv += ["--epochs", "1", "--batch-size", "4", "--num-workers", str(workers)]
+    assert main([*argv, "--device", "cpu", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    message = f"imagenet: cannot decode {bad} (Truncated File Read); accepted: image files PIL"
+    assert err.startswith(f"locbench: error: {message}") and err.count("\n") == 1, err
+    (path,) = out.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "error" and record["message"].startswith(message)

@@ -5,22 +5,28 @@ Nothing here downloads: every request has ``download=False``.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 
 from locbench.data.base import DataRequest
 from locbench.data.catalog import DATASETS, load_dataset
 from locbench.errors import UserError
+from tests.data_files import (  # noqa: F401 - test_pipeline and test_precision import them here
+    N_TEST,
+    N_TRAIN,
+    SHAPES,
+    TEST_LABELS,
+    TRAIN_LABELS,
+    WRITERS,
+    images,
+    write_cifar,
+    write_stl,
+    write_svhn,
+)
 
-N_TRAIN, N_TEST = 6, 4
-TRAIN_LABELS = [3, 1, 4, 0, 5, 9]  # 0..9 as the loaders should return them
-TEST_LABELS = [2, 6, 0, 8]
-SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "stl10": (3, 96, 96)}
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 STATS = {
@@ -35,57 +41,7 @@ FIRST_FILE = {
 }
 
 
-def images(name: str, n: int, seed: int) -> np.ndarray:
-    """(n, C, H, W) uint8, the layout the loaders should hand back."""
-    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPES[name]), dtype=np.uint8)
-
-
-def write_cifar(root: Path, train: np.ndarray, test: np.ndarray) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-
-    def batch(path: Path, x: np.ndarray, labels: list[int]) -> None:
-        entry = {
-            "batch_label": path.name,
-            "labels": labels,
-            "data": x.reshape(len(x), 3072),  # rows of 1024 R, then G, then B, row-major
-            "filenames": [f"img_{i}.png" for i in range(len(x))],
-        }
-        path.write_bytes(pickle.dumps(entry))
-
-    # 2 + 1 + 1 + 1 + 1 images over the five training batches.
-    bounds = [0, 2, 3, 4, 5, 6]
-    for k in range(5):
-        lo, hi = bounds[k], bounds[k + 1]
-        batch(folder / f"data_batch_{k + 1}", train[lo:hi], TRAIN_LABELS[lo:hi])
-    batch(folder / "test_batch", test, TEST_LABELS)
-    names = ["airplane", "automobile", "bird", "cat", "deer"]
-    names += ["dog", "frog", "horse", "ship", "truck"]
-    meta = {"num_cases_per_batch": 10000, "label_names": names, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-
-
-def write_svhn(root: Path, train: np.ndarray, test: np.ndarray) -> None:
-    def mat(path: Path, x: np.ndarray, labels: list[int]) -> None:
-        y = np.array([[10 if v == 0 else v] for v in labels], dtype=np.uint8)  # digit 0 is 10
-        scipy.io.savemat(path, {"X": x.transpose(2, 3, 1, 0), "y": y})  # (H, W, C, N)
-
-    mat(root / "train_32x32.mat", train, TRAIN_LABELS)
-    mat(root / "test_32x32.mat", test, TEST_LABELS)
-
-
-def write_stl(root: Path, train: np.ndarray, test: np.ndarray) -> None:
-    folder = root / "stl10_binary"
-    folder.mkdir()
-    for split, x, labels in (("train", train, TRAIN_LABELS), ("test", test, TEST_LABELS)):
-        # Column-major images: each channel is stored as (W, H).
-        (folder / f"{split}_X.bin").write_bytes(x.transpose(0, 1, 3, 2).tobytes())
-        (folder / f"{split}_y.bin").write_bytes((np.array(labels, dtype=np.uint8) + 1).tobytes())
-    (folder / "class_names.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
-
-
 Fixture = tuple[str, Path, np.ndarray, np.ndarray]  # name, root, train, test images
-WRITERS = {"cifar10": write_cifar, "svhn": write_svhn, "stl10": write_stl}
 
 
 @pytest.fixture(params=sorted(WRITERS))

@@ -6,17 +6,23 @@ Always read through a torchvision DataLoader with ``--num-workers`` processes, w
 cache, and RandomResizedCrop needs each image at its own size. Batches stay on the CPU (pinned when
 the run is on CUDA) and the trainer moves them to the run's device, as on the torchvision path of
 :mod:`locbench.data.torchvision_sets`.
+
+The folders are checked before training (at least 2 classes, the same in train/ and val/); each
+image only when the DataLoader first reads it (:func:`read_image`), since decoding them all up
+front would take hours: one that cannot be decoded stops the run as
+:class:`~locbench.errors.BadDataFile`, one line naming it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
 from locbench.data.base import DataBundle, DataInfo, DataRequest, register_dataset
 from locbench.data.torchvision_sets import seeded_loader
-from locbench.errors import UserError
+from locbench.errors import BadDataFile, UserError
 from locbench.settings.run_config import TrainPreset
 
 MEAN = (0.485, 0.456, 0.406)
@@ -51,6 +57,24 @@ def eval_transform() -> transforms.Compose:
     )
 
 
+def read_image(path: str) -> Image.Image:
+    """ImageFolder's loader (the file as RGB), a file that cannot be decoded reported as one
+    line naming it. Each image is checked when a DataLoader first reads it: decoding 1.28 M
+    JPEGs before training would take longer than many runs."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        if isinstance(e, UnidentifiedImageError):  # its own message shows a file object
+            reason = "not an image format PIL knows"
+        else:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadDataFile(
+            f"imagenet: cannot decode {path} ({reason}); accepted: image files PIL can read "
+            "(replace or remove it)"
+        ) from None
+
+
 def _class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
 
@@ -69,8 +93,13 @@ def check_root(request: DataRequest) -> Path:
         if not (root / split).is_dir():
             raise UserError(f"imagenet not found under {root}: missing folder {root / split}")
     train, val = (_class_folders(root / split) for split in SPLITS)
-    if not train:
-        raise UserError(f"imagenet: {root / 'train'} holds no class folders")
+    if len(train) < 2:
+        # One class trains a classifier that cannot be wrong: the accuracy means nothing.
+        held = f"only {train[0]}" if train else "none"
+        raise UserError(
+            f"imagenet: {root / 'train'} holds {len(train)} class folders ({held}); accepted: "
+            "at least 2, one per class"
+        )
     if train != val:
         only = sorted(set(train) ^ set(val))
         shown = ", ".join(only[:3]) + (", ..." if len(only) > 3 else "")
@@ -101,8 +130,10 @@ def imagenet(request: DataRequest) -> DataBundle:
         )
     root = check_root(request)
     try:
-        train_set = datasets.ImageFolder(root / "train", train_transform(request.augment))
-        val_set = datasets.ImageFolder(root / "val", eval_transform())
+        train_set = datasets.ImageFolder(
+            root / "train", train_transform(request.augment), loader=read_image
+        )
+        val_set = datasets.ImageFolder(root / "val", eval_transform(), loader=read_image)
     except Exception as e:  # e.g. a class folder without a single image file
         raise UserError(f"could not load imagenet from {root}: {type(e).__name__}: {e}") from None
     info = DataInfo("imagenet", len(train_set.classes), IMAGE_SHAPE, MEAN, STD)

@@ -17,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from locbench.data.base import DataBundle, DataInfo, DataRequest, register_dataset
 from locbench.data.tensor_loader import ImageLoader, augment_of, cached_split
+from locbench.data.validate import check_split, describe_files
 from locbench.errors import UserError
 from locbench.settings.run_config import TrainPreset
 
@@ -86,6 +88,9 @@ _SPLIT_FILES: dict[str, dict[str, list[str]]] = {
 }
 
 
+NUM_CLASSES = 10  # each of the three
+
+
 def _missing(root: Path, files: list[str]) -> list[Path]:
     return [root / f for f in files if not (root / f).is_file()]
 
@@ -97,6 +102,7 @@ class _Spec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_augment: Callable[[], list[Callable]]
+    stored_labels: str = ""  # how the files store the labels 0..9, when otherwise
 
 
 # Normalisation as in the AugLocal/InfoPro code: CIFAR-10 uses their per-channel constants (in
@@ -122,6 +128,7 @@ _SPECS: dict[str, _Spec] = {
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         lambda: [transforms.RandomCrop(32, padding=2)],
+        "1..10 (digit 0 as 10)",
     ),
     # The labelled 5,000 / 8,000 images in 10 classes (the AugLocal code's 100 is a typo).
     "stl10": _Spec(
@@ -132,6 +139,7 @@ _SPECS: dict[str, _Spec] = {
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         lambda: [transforms.RandomCrop(96, padding=4), transforms.RandomHorizontalFlip()],
+        "bytes 1..10",
     ),
 }
 
@@ -168,21 +176,47 @@ def _check_channels(name: str, request: DataRequest) -> None:
         )
 
 
+def _arrays(name: str, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A torchvision dataset's images as (N, C, H, W) and its labels as (N,), unconverted, so
+    that :func:`~locbench.data.validate.check_split` sees the file's own types."""
+    if name == "cifar10":  # (N, H, W, C) and a list of labels
+        return dataset.data.transpose(0, 3, 1, 2), np.asarray(dataset.targets).reshape(-1)
+    return dataset.data, np.asarray(dataset.labels).reshape(-1)  # (N, C, H, W)
+
+
+def _check(name: str, root: Path, split: str) -> Callable[[object, object], None]:
+    """The checks of one split, its error messages naming the split's files."""
+    spec = _SPECS[name]
+    files = describe_files([root / f for f in _SPLIT_FILES[name][split]])
+
+    def check(images: object, labels: object) -> None:
+        check_split(
+            images, labels, num_classes=NUM_CLASSES, image_shape=spec.image_shape,
+            source=f"{name} {split} split in {files}", stored_as=spec.stored_labels,
+        )  # fmt: skip
+
+    return check
+
+
+def _make(name: str, root: Path, train: bool, transform: Callable | None, download: bool):
+    """torchvision's dataset of one split, checked: a file that cannot be read or holds what
+    the dataset must refuse is a one-line error."""
+    try:
+        dataset = _SPECS[name].make(root, train, transform, download)
+    except Exception as e:
+        # Only reading and downloading happen here, so any failure is a failed download, an
+        # archive md5 mismatch or a truncated/foreign file (pickle, scipy and numpy each raise
+        # their own types for those): report it in one line.
+        raise UserError(f"could not load {name} from {root}: {type(e).__name__}: {e}") from None
+    _check(name, root, "train" if train else "test")(*_arrays(name, dataset))
+    return dataset
+
+
 def _decode(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, ...]:
     """One split as (N, C, H, W) uint8 images and int64 labels, read by torchvision's classes
     (which also download), so both loaders see the same pixels and labels."""
-    try:
-        dataset = _SPECS[name].make(root, train, None, download)
-    except Exception as e:
-        # As in load_torchvision: a failed download or a truncated/foreign file.
-        raise UserError(f"could not load {name} from {root}: {type(e).__name__}: {e}") from None
-    if name == "cifar10":  # (N, H, W, C) and a list of labels
-        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2)
-        labels = torch.tensor(dataset.targets, dtype=torch.int64)
-    else:  # (N, C, H, W) and a numpy array of labels
-        images = torch.from_numpy(dataset.data)
-        labels = torch.from_numpy(dataset.labels.astype("int64").reshape(-1))
-    return images.contiguous(), labels
+    images, labels = _arrays(name, _make(name, root, train, None, download))
+    return torch.from_numpy(images).contiguous(), torch.from_numpy(labels.astype(np.int64))
 
 
 def load_tensor(name: str, request: DataRequest) -> DataBundle:
@@ -198,14 +232,15 @@ def load_tensor(name: str, request: DataRequest) -> DataBundle:
         files = [root / f for f in _SPLIT_FILES[name][split]]
         train = split == "train"
         images, labels = cached_split(
-            root, name, split, files, lambda t=train: _decode(name, root, t, request.download)
-        )
+            root, name, split, files,
+            lambda t=train: _decode(name, root, t, request.download), _check(name, root, split),
+        )  # fmt: skip
         loaded[split] = images.to(device), labels.to(device)
     augment = augment_of(spec.train_augment()) if request.augment else None
     stats = (request.batch_size, spec.mean, spec.std)
     train = ImageLoader(*loaded["train"], *stats, shuffle=True, seed=request.seed, augment=augment)
     test = ImageLoader(*loaded["test"], *stats, shuffle=False)
-    info = DataInfo(name, 10, spec.image_shape, spec.mean, spec.std)
+    info = DataInfo(name, NUM_CLASSES, spec.image_shape, spec.mean, spec.std)
     return DataBundle(info, train, test, len(loaded["train"][0]))
 
 
@@ -241,16 +276,9 @@ def load_torchvision(name: str, request: DataRequest) -> DataBundle:
     root = _check_files(name, request)
     to_tensor = [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
     augment = spec.train_augment() if request.augment else []
-    try:
-        train_set = spec.make(root, True, transforms.Compose(augment + to_tensor), request.download)
-        test_set = spec.make(root, False, transforms.Compose(to_tensor), request.download)
-    except Exception as e:
-        # Only reading and downloading happen here, so any failure is a failed download, an
-        # archive md5 mismatch or a truncated/foreign file (pickle, scipy and numpy each raise
-        # their own types for those): report it in one line.
-        raise UserError(f"could not load {name} from {root}: {type(e).__name__}: {e}") from None
-
-    info = DataInfo(name, 10, spec.image_shape, spec.mean, spec.std)
+    train_set = _make(name, root, True, transforms.Compose(augment + to_tensor), request.download)
+    test_set = _make(name, root, False, transforms.Compose(to_tensor), request.download)
+    info = DataInfo(name, NUM_CLASSES, spec.image_shape, spec.mean, spec.std)
     train, test = seeded_loader(train_set, request, True), seeded_loader(test_set, request, False)
     return DataBundle(info, train, test, len(train_set))
 
@@ -262,7 +290,10 @@ STL10_PRESET = TrainPreset(epochs=400, batch_size=128, lr=0.1, warmup_epochs=10)
 
 
 @register_dataset(
-    "cifar10", num_classes=10, image_shape=_SPECS["cifar10"].image_shape, preset=CIFAR_PRESET
+    "cifar10",
+    num_classes=NUM_CLASSES,
+    image_shape=_SPECS["cifar10"].image_shape,
+    preset=CIFAR_PRESET,
 )
 def cifar10(request: DataRequest) -> DataBundle:
     """CIFAR-10: 50,000 / 10,000 32x32 colour images from ``ROOT/cifar-10-batches-py``."""
@@ -270,7 +301,7 @@ def cifar10(request: DataRequest) -> DataBundle:
 
 
 @register_dataset(
-    "svhn", num_classes=10, image_shape=_SPECS["svhn"].image_shape, preset=CIFAR_PRESET
+    "svhn", num_classes=NUM_CLASSES, image_shape=_SPECS["svhn"].image_shape, preset=CIFAR_PRESET
 )
 def svhn(request: DataRequest) -> DataBundle:
     """SVHN: 73,257 / 26,032 32x32 digits from ``ROOT/{train,test}_32x32.mat``; digit 0 is
@@ -279,7 +310,7 @@ def svhn(request: DataRequest) -> DataBundle:
 
 
 @register_dataset(
-    "stl10", num_classes=10, image_shape=_SPECS["stl10"].image_shape, preset=STL10_PRESET
+    "stl10", num_classes=NUM_CLASSES, image_shape=_SPECS["stl10"].image_shape, preset=STL10_PRESET
 )
 def stl10(request: DataRequest) -> DataBundle:
     """STL-10: the labelled 5,000 / 8,000 96x96 images from ``ROOT/stl10_binary``."""

@@ -11,7 +11,7 @@ import torch
 
 from locbench.data.base import DataBundle, DataRequest
 from locbench.data.catalog import load_dataset
-from locbench.errors import UserError
+from locbench.errors import BadDataFile, UserError
 from locbench.harness.build import Resolved, build, input_shape, resolve
 from locbench.harness.distributed import Ranks
 from locbench.harness.environment import check_device, machine_held, timed_threads
@@ -74,7 +74,9 @@ def execute(
     lock: TimingLock | None = None,
 ) -> RunRecord:
     """Train and evaluate one configuration. User errors raise; failures during training
-    (out of memory, NaN loss, anything else) come back as a record with that status.
+    (out of memory, NaN loss, anything else) come back as a record with that status. A data
+    file found unreadable during training raises :class:`~locbench.errors.BadDataFile`
+    holding the run's record (status ``error``).
 
     ``ranks``: this process is one rank of a data-parallel run (:mod:`locbench.harness.distributed`,
     process group started); the record then also holds every rank's peaks. ``lock``: this
@@ -117,6 +119,12 @@ def _execute(
     except torch.cuda.OutOfMemoryError as e:
         record.status, record.message = "oom", first_line(e)
         return finish(record, t0)
+    except BadDataFile as e:
+        # Found mid-run (images are decoded lazily): the run keeps its record, then the caller
+        # reports the file as bad input.
+        record.status, record.message = "error", str(e)
+        e.record = finish(record, t0)
+        raise
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a failed run is a row, not a crash

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from locbench.cli.command import Command
 from locbench.cli.flags import add_setting_flags, config_from_args
-from locbench.errors import UserError
+from locbench.errors import BadDataFile, UserError
 from locbench.settings.schema import SECTIONS
 
 
@@ -35,10 +35,15 @@ def run_one(config, out: Path, progress: bool, ranks=None):
     total = cfg.epochs * len(prepared.data.train)
     label = f"{cfg.method} {cfg.net} K={prepared.split.K}"
     shown = progress and leader
-    with tqdm(total=total, desc=label, disable=not shown, unit="step", leave=False) as bar:
-        record = execute(
-            cfg, on_step=lambda step, info: bar.update(1), prepared=prepared, ranks=ranks
-        )
+    try:
+        with tqdm(total=total, desc=label, disable=not shown, unit="step", leave=False) as bar:
+            record = execute(
+                cfg, on_step=lambda step, info: bar.update(1), prepared=prepared, ranks=ranks
+            )
+    except BadDataFile as e:  # found mid-run: the failed run's record, then the one line
+        if leader and e.record is not None:
+            save_record(e.record, out)
+        raise
     return record, save_record(record, out) if leader else None
 
 
