@@ -1,0 +1,49 @@
+"""What third-party libraries may print on stderr: without ``--verbose``, only their errors.
+
+Ray, submitit and torch.distributed log warnings (a token set-up notice, a GCS that is slow to
+answer, a peer that went away) that would come before locbench's own one-line error or
+summary. :func:`third_party_output` keeps them off stderr for one command, and restores what it
+changed afterwards (a command may run inside another program, e.g. the tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+#: The libraries whose warnings and logs need ``--verbose``.
+LIBRARIES = ("ray", "submitit", "torch.distributed", "torch.multiprocessing")
+#: Their C++ parts log to the process's stderr at the level these variables say (read when the
+#: library starts: Ray's driver, each rank's torch).
+LOG_LEVEL_ENV = {"RAY_BACKEND_LOG_LEVEL": "error", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+
+
+@contextlib.contextmanager
+def third_party_output(verbose: bool) -> Iterator[None]:
+    """Meanwhile, unless ``verbose``: the libraries of :data:`LIBRARIES` log errors only and
+    their Python warnings are ignored; their C++ log levels are set for what starts now."""
+    if verbose:
+        yield
+        return
+    loggers = {name: logging.getLogger(name) for name in LIBRARIES}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    env = {name: os.environ.get(name) for name in LOG_LEVEL_ENV}
+    try:
+        for logger in loggers.values():
+            logger.setLevel(logging.ERROR)
+        for name, level in LOG_LEVEL_ENV.items():
+            os.environ.setdefault(name, level)  # a level the user set stays
+        with warnings.catch_warnings():
+            for name in LIBRARIES:
+                warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+            yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
