@@ -16,9 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from locbench.errors import UserError
 from locbench.harness.build import resolve
 from locbench.harness.children import start_child, terminate_all
-from locbench.harness.environment import TIMED_THREADS_ENV
+from locbench.harness.environment import TIMED_THREADS_ENV, cores
 from locbench.records import RunRecord, read_record, save_record
 from locbench.settings.run_config import RunConfig
 from locbench.settings.schema import check, specs
@@ -44,6 +45,19 @@ def worker_slots(workers: int, gpus: int, serial_threads: int) -> list[dict[str,
     threads = max(1, (os.cpu_count() or 1) // workers)
     slot = {"OMP_NUM_THREADS": str(threads), TIMED_THREADS_ENV: str(serial_threads)}
     return [dict(slot) for _ in range(workers)]
+
+
+def check_workers_fit(workers: int) -> None:
+    """On a machine without GPUs, at most one worker per core: more only queue for the cores
+    (and thousands of processes exhaust the memory). GPU machines run one per GPU, whatever
+    ``workers`` asks beyond that."""
+    import torch
+
+    if not torch.cuda.device_count() and workers > cores():
+        raise UserError(
+            f"{KIND.flag(WORKERS)} {workers}: a CPU machine runs a worker per core, this one "
+            f"gives locbench {cores()}; use {KIND.flag(WORKERS)} 1..{cores()}"
+        )
 
 
 class _Children:
@@ -105,6 +119,7 @@ class LocalExecutor(RunExecutor):
 
     def __init__(self, workers: int = 1) -> None:
         check(WORKERS, workers, KIND.flag(WORKERS))  # the flag's rule, for API callers too
+        check_workers_fit(workers)
         self.workers = workers
         self.children = _Children()
         self._stopped: list[subprocess.Popen] = []
