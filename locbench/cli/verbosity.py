@@ -13,26 +13,26 @@ import os
 import warnings
 from collections.abc import Iterator
 
-#: The libraries whose warnings and logs need ``--verbose``.
+#: The libraries whose Python warnings need ``--verbose``.
 LIBRARIES = ("ray", "submitit", "torch.distributed", "torch.multiprocessing")
-#: Their C++ parts log to the process's stderr at the level these variables say (read when the
-#: library starts: Ray's driver, each rank's torch).
-LOG_LEVEL_ENV = {"RAY_BACKEND_LOG_LEVEL": "error", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+#: Their C++ parts log to stderr at the level these variables say, read as a process starts
+#: (each rank's torch.distributed). Not Ray's RAY_BACKEND_LOG_LEVEL: setting it prints a line.
+LOG_LEVEL_ENV = {"TORCH_CPP_LOG_LEVEL": "ERROR"}
 
 
 @contextlib.contextmanager
 def third_party_output(verbose: bool) -> Iterator[None]:
-    """Meanwhile, unless ``verbose``: the libraries of :data:`LIBRARIES` log errors only and
-    their Python warnings are ignored; their C++ log levels are set for what starts now."""
+    """Meanwhile, unless ``verbose``: logging passes errors only and the Python warnings of
+    :data:`LIBRARIES` are ignored; their C++ log levels are set for what starts now."""
     if verbose:
         yield
         return
-    loggers = {name: logging.getLogger(name) for name in LIBRARIES}
-    levels = {name: logger.level for name, logger in loggers.items()}
+    disabled = logging.root.manager.disable
     env = {name: os.environ.get(name) for name in LOG_LEVEL_ENV}
     try:
-        for logger in loggers.values():
-            logger.setLevel(logging.ERROR)
+        # Every logger, not each library's: importing Ray (lazily, later) resets its own.
+        # locbench itself does not log; it prints its lines.
+        logging.disable(logging.WARNING)
         for name, level in LOG_LEVEL_ENV.items():
             os.environ.setdefault(name, level)  # a level the user set stays
         with warnings.catch_warnings():
@@ -40,8 +40,7 @@ def third_party_output(verbose: bool) -> Iterator[None]:
                 warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
             yield
     finally:
-        for name, logger in loggers.items():
-            logger.setLevel(levels[name])
+        logging.disable(disabled)
         for name, value in env.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -367,8 +367,6 @@ def _launch(argv: list[str], nproc: int, held: bool, verbose: bool) -> int:
         "MASTER_PORT": str(free_port()),
     }
     base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    if not verbose:
-        base.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's warnings as ranks come and go
     procs: list[subprocess.Popen] = []
     outputs: list[_RankOutput] = []
     with _sigterm_as_interrupt():

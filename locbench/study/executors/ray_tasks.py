@@ -72,10 +72,7 @@ class RayExecutor(RunExecutor):
         self._stopped: list[Any] = []
 
     def _init(self) -> None:
-        # Ray's own logs at the level its logger was given (locbench's CLI: errors only unless
-        # --verbose), never chattier than warnings.
-        level = max(logging.WARNING, logging.getLogger("ray").getEffectiveLevel())
-        quiet = {"logging_level": level, "log_to_driver": False}
+        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
         address = self.options.address
         if address:
             check_address(address)  # before ray.init, which waits forever for a silent one
