@@ -35,11 +35,8 @@ COMMANDS = {
     ],  # fmt: skip
 }
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
-    pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores"),
-]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+TWO_CORES = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")
 
 
 def marked(tag: str) -> list[int]:
@@ -58,6 +55,8 @@ def marked(tag: str) -> list[int]:
 SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
 
 
+@pytest.mark.integration
+@TWO_CORES
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
 def test_no_child_outlives_its_parent(tmp_path, command, sig):
@@ -95,6 +94,7 @@ def test_no_child_outlives_its_parent(tmp_path, command, sig):
         parent.stderr.close()
 
 
+@pytest.mark.integration
 def test_a_ray_sweep_prints_only_locbench_lines_unless_verbose(tmp_path):
     pytest.importorskip("ray")
     tag = uuid.uuid4().hex
@@ -111,3 +111,51 @@ def test_a_ray_sweep_prints_only_locbench_lines_unless_verbose(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "1 configurations, 0 already done, 1 run, 0 failed" in done.stdout
+
+
+# A parent that starts one child the way the ranks and workers are started, but with the
+# kernel's guard (prctl) off: the child's watchdog alone must end it.
+WATCHED = """
+import subprocess, sys, time
+from locbench.harness import children
+children._PRCTL = None  # as on macOS
+child = children.start_child(
+    [sys.executable, "-c", "from locbench.harness.children import end_with_parent;"
+     "import time; end_with_parent(); time.sleep(120)"],
+    dict(__import__("os").environ), stdout=subprocess.DEVNULL)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_without_prctl_the_child_still_ends_with_its_parent(tmp_path):
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(REPO), MARKER: tag}
+    parent = subprocess.Popen([sys.executable, "-c", WATCHED], env=env, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)  # fmt: skip
+    try:
+        child = int(parent.stdout.readline())
+        assert child in marked(tag)  # it runs: the test can fail
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: child not in marked(tag), timeout=10, what="the child to end")
+    finally:
+        for pid in marked(tag):
+            os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()
+
+
+@pytest.mark.integration
+@TWO_CORES
+def test_ranks_that_fail_alike_print_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    argv = [sys.executable, "-m", "locbench", "run", "--dataset", "cifar10", "--data-root",
+            str(tmp_path / "empty"), "--epochs", "1", "--no-progress", "--device", "cpu",
+            "--nproc", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("locbench: error: cifar10 not found under"), line

@@ -76,13 +76,14 @@ def start_child(command: Sequence[str], env: dict[str, str], **popen: Any) -> su
 def end_with_parent() -> None:
     """In a process started by :func:`start_child`: watch the parent from a daemon thread and
     SIGKILL this process once it is gone (the kernel does it first on Linux). Does nothing in a
-    process that was not (no :data:`PARENT_ENV`, or a stale one inherited from elsewhere)."""
+    process that was not (no :data:`PARENT_ENV`). The variable is taken out of the
+    environment, so that no process started from here inherits it as its own."""
     try:
-        parent = int(os.environ.get(PARENT_ENV, ""))
+        parent = int(os.environ.pop(PARENT_ENV, ""))
     except ValueError:
         return
-    if os.getppid() != parent:  # inherited by a process the parent did not start itself
-        return
+    if os.getppid() != parent:  # the parent died while this process was starting
+        os.kill(os.getpid(), signal.SIGKILL)
     threading.Thread(target=_watch, args=(parent,), name="end-with-parent", daemon=True).start()
 
 
