@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from locbench.cli.main import main
-from tests import bad_inputs_data, bad_inputs_out
+from tests import bad_inputs_data, bad_inputs_exec, bad_inputs_out
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--no-progress"]
 RUN = ["run", *FAST, "--out", "{out}"]
@@ -280,7 +280,7 @@ FILES = {
 # The groups of cases added for faults at the edges, each in its own module: its CASES (argv,
 # expected texts and, optionally, environment variables set for the case) and the fixtures it
 # writes into the workspace (write_fixtures).
-GROUPS = [bad_inputs_out, bad_inputs_data]
+GROUPS = [bad_inputs_out, bad_inputs_data, bad_inputs_exec]
 for group in GROUPS:
     CASES.update(group.CASES)
 

@@ -19,4 +19,10 @@ class Command:
     def add_parser(self, subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(self.name, help=self.help)
         self.add_arguments(parser)
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also show the warnings and logs of the libraries locbench runs on (Ray, "
+            "submitit, torch.distributed); without it they print errors only",
+        )
         return parser

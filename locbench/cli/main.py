@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from locbench.cli.commands import COMMANDS
+from locbench.cli.verbosity import third_party_output
 from locbench.errors import UserError
 
 
@@ -29,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # `run --nproc N` starts its ranks with the same arguments
     run = {c.name: c.run for c in COMMANDS}[args.command]
     try:
-        return run(args) or 0
+        with third_party_output(args.verbose):
+            return run(args) or 0
     except UserError as e:
         print(f"locbench: error: {e}", file=sys.stderr)
         return 2

@@ -25,24 +25,56 @@ What the harness guarantees in such a run:
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 
 from locbench.errors import UserError
+from locbench.harness.children import start_child, terminate_all
 from locbench.harness.environment import MACHINE_HELD_ENV
 from locbench.measure.isolation import TimingLock
 
 #: The environment every rank reads (set by torchrun, or by :func:`launch`).
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+NEEDED = "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
+#: Seconds the ranks have to meet at MASTER_ADDR:MASTER_PORT (default
+#: :data:`RENDEZVOUS_TIMEOUT_S`): long enough for ranks that start seconds apart.
+RENDEZVOUS_TIMEOUT_ENV = "LOCBENCH_RENDEZVOUS_TIMEOUT_S"
+RENDEZVOUS_TIMEOUT_S = 60.0
+
+
+def rendezvous_timeout() -> float:
+    """How long a rank waits for the others to meet (:data:`RENDEZVOUS_TIMEOUT_ENV`)."""
+    text = os.environ.get(RENDEZVOUS_TIMEOUT_ENV)
+    if text is None:
+        return RENDEZVOUS_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < float("inf")):
+        raise UserError(f"{RENDEZVOUS_TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -55,9 +87,19 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> Ranks | None:
-        """The ranks torchrun (or :func:`launch`) described, or None outside such a run."""
-        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        """The ranks torchrun (or :func:`launch`) described, or None outside such a run.
+        Variables that describe no rank (one of RANK and WORLD_SIZE, no rendezvous address)
+        are refused here, before anything trains."""
+        given = [name for name in ("RANK", "WORLD_SIZE") if name in os.environ]
+        if not given:
             return None
+        if len(given) == 1:
+            other = "WORLD_SIZE" if given == ["RANK"] else "RANK"
+            raise UserError(
+                f"{given[0]} is set but {other} is not: a data-parallel rank needs {NEEDED} "
+                f"(torchrun sets them; `locbench run --nproc N` starts its own ranks); unset "
+                f"{given[0]} to run one process"
+            )
         try:
             rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
             local = int(os.environ.get("LOCAL_RANK", rank))
@@ -65,6 +107,16 @@ class Ranks:
             raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
         if not 0 <= rank < world:
             raise UserError(f"RANK must be in 0..WORLD_SIZE-1, got {rank} of {world}")
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise UserError(
+                f"RANK and WORLD_SIZE are set but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not: a data-parallel rank needs "
+                f"{NEEDED} (torchrun sets them; `locbench run --nproc N` starts its own ranks)"
+            )
+        port = os.environ["MASTER_PORT"]
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise UserError(f"MASTER_PORT must be a port number 1..65535, got {port!r}")
         return cls(rank, world, local)
 
     @property
@@ -76,11 +128,41 @@ class Ranks:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
 
     def start(self, device: torch.device) -> None:
-        """Join the process group: NCCL between GPUs, gloo on the CPU."""
+        """Join the process group: NCCL between GPUs, gloo on the CPU. The ranks must meet at
+        MASTER_ADDR:MASTER_PORT within :func:`rendezvous_timeout`, or this is one line."""
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if dist.is_initialized():
+            return
+        store = self._rendezvous(rendezvous_timeout())
+        store.set_timeout(default_pg_timeout)  # the short wait was for the meeting only
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
+
+    def _rendezvous(self, timeout_s: float) -> dist.Store:
+        """torch's own env:// rendezvous (torchrun's agent store included), but bounded: its
+        default wait is 30 minutes, a hang for a rank whose peers never come."""
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        try:
+            store, _, _ = next(
+                dist.rendezvous(
+                    "env://", self.rank, self.world, timeout=timedelta(seconds=timeout_s)
+                )
+            )
+        except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError, DistStoreError
+            how = _first_line(e)
+            if self.leader:
+                what = f"rank 0 of {self.world} listened at {where}"
+                waited = f"the other {self.world - 1} rank(s) did not all arrive"
+            else:
+                what = f"rank {self.rank} of {self.world} found no rendezvous at {where}"
+                waited = "rank 0 did not answer"
+            raise UserError(
+                f"{what}: {waited} within {timeout_s:g} s ({how}); start the ranks together "
+                f"(torchrun, or `locbench run --nproc N`), or unset RANK and WORLD_SIZE to run "
+                f"one process; {RENDEZVOUS_TIMEOUT_ENV} sets the wait"
+            ) from None
+        return store
 
     def stop(self) -> None:
         if dist.is_initialized():
@@ -258,21 +340,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(argv: list[str], nproc: int, lock: TimingLock | None = None) -> int:
+def launch(
+    argv: list[str], nproc: int, lock: TimingLock | None = None, verbose: bool = False
+) -> int:
     """Run ``python -m locbench ARGV`` as ``nproc`` ranks on this machine and wait for them.
 
-    Rank 0 keeps the terminal (progress bar, summary); the others' error output is shown only
-    when a rank fails. When one rank fails the others are stopped, so none waits forever in a
-    collective. The CPU cores are shared out (``OMP_NUM_THREADS``) unless already set. With a
-    timing ``lock``, the ranks run with the machine to themselves: the lock is held
-    (exclusively) from their start to their end, and they know it (``MACHINE_HELD_ENV``)."""
+    Rank 0's progress bar and summary are shown; diagnostics (torch.distributed's warnings, a
+    traceback) only with ``verbose``. When a rank fails, the others are stopped, so none waits
+    forever in a collective, and one line says why. The ranks end with this process, whatever
+    ends it (:mod:`locbench.harness.children`): SIGTERM and SIGINT stop them first. The CPU
+    cores are shared out (``OMP_NUM_THREADS``) unless already set. With a timing ``lock``, the
+    ranks run with the machine to themselves: the lock is held (exclusively) from their start
+    to their end, and they know it (``MACHINE_HELD_ENV``)."""
     if lock is None:
-        return _launch(argv, nproc, held=False)
+        return _launch(argv, nproc, held=False, verbose=verbose)
     with lock.window():
-        return _launch(argv, nproc, held=True)
+        return _launch(argv, nproc, held=True, verbose=verbose)
 
 
-def _launch(argv: list[str], nproc: int, held: bool) -> int:
+def _launch(argv: list[str], nproc: int, held: bool, verbose: bool) -> int:
     base = {
         **os.environ,
         MACHINE_HELD_ENV: "1" if held else "0",
@@ -281,62 +367,146 @@ def _launch(argv: list[str], nproc: int, held: bool) -> int:
         "MASTER_PORT": str(free_port()),
     }
     base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    procs = []
-    for rank in range(nproc):
-        env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "locbench", *argv],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=None if rank == 0 else subprocess.DEVNULL,
-                stderr=None if rank == 0 else subprocess.PIPE,
-                text=True,
-                errors="replace",
-            )
-        )
-    errors: dict[int, str] = {}
-    readers = [
-        threading.Thread(target=lambda r=r, p=p: errors.__setitem__(r, p.stderr.read()))
-        for r, p in enumerate(procs)
-        if p.stderr is not None
-    ]
-    for t in readers:
-        t.start()
-    try:
-        failed = _wait_all(procs)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        raise
-    finally:
-        for p in procs:
-            p.wait()
-        for t in readers:
-            t.join()
+    procs: list[subprocess.Popen] = []
+    outputs: list[_RankOutput] = []
+    with _sigterm_as_interrupt():
+        try:
+            for rank in range(nproc):
+                env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+                proc = start_child(
+                    [sys.executable, "-m", "locbench", *argv],
+                    env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=None if rank == 0 else subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                procs.append(proc)
+                outputs.append(_RankOutput(proc, shown=rank == 0, verbose=verbose))
+            failed = _wait_all(procs)
+        except BaseException:  # KeyboardInterrupt (SIGINT, SIGTERM) or a failed start
+            terminate_all(procs)
+            raise
+        finally:
+            if any(p.poll() not in (None, 0) for p in procs):
+                for output in outputs:
+                    output.silence()  # the others are stopping: their last words are noise
+            for p in procs:
+                p.wait()
+            for output in outputs:
+                output.join()
     if failed is None:
         return 0
     rank, code = failed
-    lines = [line for line in errors.get(rank, "").splitlines() if line.strip()]
-    if rank != 0 and lines:
-        print(f"locbench: rank {rank} failed: {lines[-1].strip()}", file=sys.stderr)
-    elif rank != 0:
-        print(f"locbench: rank {rank} failed with exit status {code}", file=sys.stderr)
+    line = _failure_line(rank, code, outputs)
+    if line:
+        print(line, file=sys.stderr)
     return code if code > 0 else 1
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile (the launcher stops its ranks, as on
+    Ctrl-C), where this is the main thread (only it may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+#: Lines of a rank's stderr held back (unless verbose): a rank's own error line (the launcher
+#: prints one line for the run), a traceback, torch's C++ log lines ([W ...], [E ...]).
+_HELD = ("locbench: ", "Traceback", "[W", "[E", "[I")
+
+
+class _RankOutput:
+    """One rank's stderr, read by a thread: shown as it comes (rank 0: its progress bar) but
+    for the diagnostics of :data:`_HELD` (and what follows a traceback), which are kept for
+    :func:`_failure_line`; with ``verbose`` all of it is shown."""
+
+    def __init__(self, proc: subprocess.Popen, shown: bool, verbose: bool) -> None:
+        self.shown, self.verbose = shown, verbose
+        self.lines: list[str] = []  # every complete line, held or shown
+        self._silenced = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def silence(self) -> None:
+        self._silenced.set()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _show(self, text: str) -> None:
+        if self.shown and (self.verbose or not self._silenced.is_set()):
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    def _read(self, stream: object) -> None:
+        pending, holding = "", False
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := os.read(stream.fileno(), 65536):
+            pending += decoder.decode(chunk)
+            # Complete pieces end at a newline or a carriage return (a progress bar's update).
+            while (end := _piece_end(pending)) is not None:
+                piece, pending = pending[: end + 1], pending[end + 1 :]
+                if piece.endswith("\n") and piece.strip():
+                    self.lines.append(piece.strip("\r\n"))
+                held = holding or piece.lstrip("\r").startswith(_HELD)
+                holding = holding or piece.lstrip("\r").startswith("Traceback")
+                if self.verbose or not held:
+                    self._show(piece)
+            if pending and not holding and not _may_become_held(pending):
+                self._show(pending)  # a partial progress bar: shown at once
+                pending = ""
+        stream.close()
+        if pending.strip():
+            self.lines.append(pending.strip("\r\n"))
+            if self.verbose or not (holding or pending.lstrip("\r").startswith(_HELD)):
+                self._show(pending)
+
+
+def _piece_end(text: str) -> int | None:
+    ends = [i for i in (text.find("\n"), text.find("\r", 1)) if i >= 0]
+    return min(ends) if ends else None
+
+
+def _may_become_held(text: str) -> bool:
+    start = text.lstrip("\r")
+    return any(start.startswith(p) or p.startswith(start) for p in _HELD)
+
+
+def _failure_line(rank: int, code: int, outputs: list[_RankOutput]) -> str | None:
+    """One line for a run whose ``rank`` failed first: a rank's own error line (every rank
+    checks the same input: the first one that said it), else that rank's last words."""
+    for output in (outputs[rank], *outputs):
+        said = [line for line in output.lines if line.startswith("locbench: error: ")]
+        if said:
+            return said[0]
+    lines = outputs[rank].lines
+    if rank == 0 and not any(line.lstrip("\r").startswith(_HELD) for line in lines):
+        return None  # rank 0 said what it had to (its summary line on stdout)
+    last = lines[-1].strip().rsplit("\r", 1)[-1] if lines else ""
+    if last:
+        return f"locbench: rank {rank} failed: {last}"
+    return f"locbench: rank {rank} failed with exit status {code}"
 
 
 def _wait_all(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
     """Wait until every rank ended; at the first failure stop the others and return (rank,
     exit status)."""
-    import time
-
     while True:
         codes = [p.poll() for p in procs]
         for rank, code in enumerate(codes):
             if code not in (None, 0):
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
+                terminate_all(procs)
                 return rank, code
         if all(c == 0 for c in codes):
             return None

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from locbench.harness.build import resolve
+    from locbench.harness.children import end_with_parent
     from locbench.harness.distributed import Ranks, launch
 
     config = config_from_args(args)
@@ -73,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
         resolved = resolve(config).config
         check_nproc(resolved)  # bad input fails here, once, not in every rank
         check_out_dir(args.out)
-        return launch(args.argv, config.nproc, timing_lock(resolved))
+        return launch(args.argv, config.nproc, timing_lock(resolved), verbose=args.verbose)
     if ranks is None:
         record, path = run_one(config, args.out, not args.no_progress)
         print(summary_line(record, path))
         return 0 if record.status == "ok" else 1
+    end_with_parent()  # a rank of `run --nproc N`: it ends with its launcher, however it ends
     if args.nproc is not None and config.nproc != ranks.world:
         raise UserError(f"--nproc {config.nproc}, but this run was started with {ranks.world}")
     config = dataclasses.replace(config, nproc=ranks.world)
@@ -120,16 +122,22 @@ def torch_device(config):
 
 
 def check_nproc(config) -> None:
-    """A CUDA data-parallel run needs a GPU per rank."""
+    """The ranks fit this machine: a GPU per rank on CUDA, a CPU core per rank elsewhere (more
+    ranks than cores only queue for them, and thousands of processes exhaust the memory)."""
     import torch
 
-    from locbench.harness.environment import check_device
+    from locbench.harness.environment import check_device, cores
 
     check_device(config.device)
     if config.device.startswith("cuda") and config.nproc > torch.cuda.device_count():
         raise UserError(
             f"--nproc {config.nproc} needs {config.nproc} GPUs, this machine has "
             f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --device cpu"
+        )
+    if not config.device.startswith("cuda") and config.nproc > cores():
+        raise UserError(
+            f"--nproc {config.nproc} on the CPU needs a core per rank, this machine gives "
+            f"locbench {cores()}; use --nproc 1..{cores()}"
         )
 
 

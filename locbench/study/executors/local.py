@@ -7,8 +7,6 @@ sweep (SIGTERM, then SIGKILL) leaves nothing, so that its configuration runs on 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import signal
@@ -17,10 +15,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
+from locbench.errors import UserError
 from locbench.harness.build import resolve
-from locbench.harness.environment import TIMED_THREADS_ENV
+from locbench.harness.children import start_child, terminate_all
+from locbench.harness.environment import TIMED_THREADS_ENV, cores
 from locbench.records import RunRecord, read_record, save_record
 from locbench.settings.run_config import RunConfig
 from locbench.settings.schema import check, specs
@@ -33,24 +32,6 @@ from locbench.study.sweep import (
     record_files,
     stat_key,
 )
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Any:
-    # Looked up here, once: the child runs it between fork and exec, where loading a library
-    # (or importing) could deadlock on a lock another thread of the sweep held at fork time.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
 
 
 def worker_slots(workers: int, gpus: int, serial_threads: int) -> list[dict[str, str]]:
@@ -66,16 +47,17 @@ def worker_slots(workers: int, gpus: int, serial_threads: int) -> list[dict[str,
     return [dict(slot) for _ in range(workers)]
 
 
-def _child_setup(parent: int) -> None:
-    # Runs in the child between fork and exec: nothing here may import or allocate much.
-    # Its own process group: a Ctrl-C at the terminal reaches the sweep, which stops its
-    # workers itself (and knows it did) instead of every worker dying on its own.
-    os.setpgid(0, 0)
-    if _PRCTL is not None:
-        # Linux: the child gets SIGKILL when the sweep dies, so no orphan writes a record later.
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the sweep died before the line above took effect
-            os._exit(1)
+def check_workers_fit(workers: int) -> None:
+    """On a machine without GPUs, at most one worker per core: more only queue for the cores
+    (and thousands of processes exhaust the memory). GPU machines run one per GPU, whatever
+    ``workers`` asks beyond that."""
+    import torch
+
+    if not torch.cuda.device_count() and workers > cores():
+        raise UserError(
+            f"{KIND.flag(WORKERS)} {workers}: a CPU machine runs a worker per core, this one "
+            f"gives locbench {cores()}; use {KIND.flag(WORKERS)} 1..{cores()}"
+        )
 
 
 class _Children:
@@ -90,15 +72,15 @@ class _Children:
         with self.lock:  # checked under the lock: a stop never misses a child started now
             if self.stopping:
                 return None
-            proc = subprocess.Popen(
+            # Ends with the sweep, however it ends: no orphan writes a record later.
+            proc = start_child(
                 command,
-                env={**os.environ, **env},
+                {**os.environ, **env},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                preexec_fn=functools.partial(_child_setup, os.getpid()),
             )
             self.running.add(proc)
             return proc
@@ -113,12 +95,6 @@ class _Children:
         with self.lock:
             self.stopping = True
             return list(self.running)
-
-
-def _signal_each(procs: list[subprocess.Popen], sig: int) -> None:
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)  # no-op once reaped: never hits a recycled pid
 
 
 def _died_message(returncode: int, stderr: str) -> str:
@@ -143,6 +119,7 @@ class LocalExecutor(RunExecutor):
 
     def __init__(self, workers: int = 1) -> None:
         check(WORKERS, workers, KIND.flag(WORKERS))  # the flag's rule, for API callers too
+        check_workers_fit(workers)
         self.workers = workers
         self.children = _Children()
         self._stopped: list[subprocess.Popen] = []
@@ -158,11 +135,11 @@ class LocalExecutor(RunExecutor):
 
     def stop(self) -> int:
         self._stopped = self.children.stop()
-        _signal_each(self._stopped, signal.SIGTERM)
+        terminate_all(self._stopped, signal.SIGTERM)
         return len(self._stopped)
 
     def kill(self) -> None:
-        _signal_each(self._stopped, signal.SIGKILL)
+        terminate_all(self._stopped, signal.SIGKILL)
 
 
 def run_child(

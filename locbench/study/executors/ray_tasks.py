@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ class RayExecutor(RunExecutor):
     def _init(self) -> None:
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
         address = self.options.address
+        if address:
+            check_address(address)  # before ray.init, which waits forever for a silent one
         try:
             if address:
                 self.ray.init(address=address, **quiet)
@@ -150,6 +153,45 @@ class RayExecutor(RunExecutor):
     def close(self) -> None:
         if self._owns:  # stops a Ray this executor started; only disconnects from a cluster
             self.ray.shutdown()
+
+
+#: Seconds a Ray address has to accept a connection before the sweep gives up on it.
+CONNECT_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001  # Ray Client's default (ray://HOST)
+ADDRESSES = (
+    "auto, HOST:PORT (a Ray head's GCS, e.g. 10.0.0.1:6379) or ray://HOST[:PORT] (Ray Client)"
+)
+
+
+def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A ``--ray-address`` Ray can connect to: its form, and something listening there within
+    ``timeout_s`` (``auto`` is Ray's to find)."""
+    if address == "auto":
+        return
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else _one_line(e)
+        raise UserError(
+            f"--ray-address {address}: nothing answers at {host}:{port} within {timeout_s:g} s "
+            f"({why}); start the cluster there (ray start --head), or leave --ray-address out "
+            "to start a local Ray"
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    scheme, sep, rest = address.rpartition("://")
+    if sep and scheme != "ray":
+        raise UserError(f"--ray-address must be {ADDRESSES}, got {address!r}")
+    host, colon, port = rest.rpartition(":")
+    if not colon and sep:  # ray://HOST: Ray Client's port
+        host, port = rest, str(RAY_CLIENT_PORT)
+    host = host.strip("[]")  # [IPv6]:PORT
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in host:
+        raise UserError(f"--ray-address must be {ADDRESSES}, got {address!r}")
+    return host, int(port)
 
 
 def _one_line(e: BaseException) -> str:

@@ -33,6 +33,7 @@ import getpass
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,36 @@ def job_states(jobs: list[LedgerJob]) -> dict[str, str] | None:
             job_id, _, state = line.strip().partition("|")
             states[job_id] = state.split()[0] if state else "UNKNOWN"
     return states
+
+
+#: Seconds SLURM's controller has to answer ``squeue`` before the sweep gives up on it.
+CONTROLLER_TIMEOUT_S = 15.0
+NO_SLURM_HINT = "run the sweep where sbatch works, or try it with --slurm-cluster local"
+
+
+def check_slurm(timeout_s: float = CONTROLLER_TIMEOUT_S) -> None:
+    """SLURM answers here: its commands are on PATH and its controller answers ``squeue``
+    within ``timeout_s``; else one line saying which is missing."""
+    missing = [command for command in ("sbatch", "squeue") if shutil.which(command) is None]
+    if missing:
+        raise UserError(
+            f"--executor slurm: no SLURM on this machine ({' and '.join(missing)} not on "
+            f"PATH); {NO_SLURM_HINT}"
+        )
+    command = ["squeue", "--noheader", "--format", "%i", "--user", getpass.getuser()]
+    try:
+        said = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"--executor slurm: the SLURM controller did not answer squeue within "
+            f"{timeout_s:g} s; {NO_SLURM_HINT}"
+        ) from None
+    except OSError as e:
+        raise UserError(f"--executor slurm: cannot run squeue ({e}); {NO_SLURM_HINT}") from None
+    if said.returncode != 0:
+        lines = [line.strip() for line in said.stderr.splitlines() if line.strip()]
+        why = lines[-1][:300] if lines else f"exit status {said.returncode}"
+        raise UserError(f"--executor slurm: SLURM does not answer (squeue: {why}); {NO_SLURM_HINT}")
 
 
 def _is_local_job(pid: int) -> bool:
@@ -296,6 +327,8 @@ class SlurmExecutor:
 
     def __init__(self, options: SlurmOptions) -> None:
         import_extra("submitit", "slurm", "--executor slurm")
+        if options.cluster == "slurm":
+            check_slurm()  # before planning: a sweep without SLURM fails as it starts
         self.options = options
         # A job gets the GPUs it asks for, wherever it runs: "auto" resolves to that device
         # here (a login node without GPUs included), so the run ids planned are the jobs' own.

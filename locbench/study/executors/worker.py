@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from locbench.records import RunRecord
     from locbench.settings.run_config import RunConfig
 
-# Only the standard library above: the handlers go in before the slow imports (torch), so a
-# signal at any point of the run leaves no record.
+from locbench.harness.children import end_with_parent
+
+# Only the standard library above (locbench.harness.children is too): the handlers go in
+# before the slow imports (torch), so a signal at any point of the run leaves no record.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -64,6 +66,7 @@ def run_config(config: RunConfig, lock: TimingLock | None = None) -> RunRecord:
 
 def main(argv: list[str]) -> int:
     catch_stop_signals()
+    end_with_parent()  # the sweep may die by SIGKILL: no run goes on without it
     try:
         from pathlib import Path
 
