@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and not 1 <= args.image_size <= 8192:
         raise UserError(f"--image-size must be between 1 and 8192, got {args.image_size}")
     budget = parse_bytes(args.budget) if args.max_batch else None
-    config = config_from_args(args)
+    config = config_from_args(args, methods)
     jobs = jobs_from(args, methods, search=args.max_batch)
     rows = estimate_methods(
         config, methods, args.batch_size, args.image_size, args.classes, budget, args.timeline, jobs
