@@ -104,6 +104,23 @@ class Ledger:
             raise UserError(f"{self.path}: not a job ledger (a JSON object of run id -> job)")
         return {run_id: ledger_job(run_id, entry, self.path) for run_id, entry in data.items()}
 
+    @contextlib.contextmanager
+    def _locked(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "jobs.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def add(self, jobs: list[LedgerJob]) -> None:
+        with self._locked():
+            entries = {k: asdict(v) for k, v in self.read().items()}
+            entries.update({job.run_id: asdict(job) for job in jobs})
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".jobs-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the others sharing --out
+            os.replace(tmp, self.path)
+
 
 #: Where submitit ran a ledger's jobs (SlurmOptions.cluster's choices).
 CLUSTERS = ("slurm", "local")
@@ -134,23 +151,6 @@ def ledger_job(run_id: str, entry: object, path: Path) -> LedgerJob:
     if entry["cluster"] == "local" and not entry["job_id"].isdigit():
         raise UserError(f"{where}: a local job's job_id is a process id, got {entry['job_id']!r}")
     return LedgerJob(**entry)
-
-    @contextlib.contextmanager
-    def _locked(self):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "jobs.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def add(self, jobs: list[LedgerJob]) -> None:
-        with self._locked():
-            entries = {k: asdict(v) for k, v in self.read().items()}
-            entries.update({job.run_id: asdict(job) for job in jobs})
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".jobs-", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(entries, f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the others sharing --out
-            os.replace(tmp, self.path)
 
 
 def job_states(jobs: list[LedgerJob]) -> dict[str, str] | None:
