@@ -112,7 +112,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "estimate aux depth no selected method has": (
         [*EST, "--methods", "bp,dgl", "--aux-depth", "2"],
-        ["--hp depth: none of ['bp', 'dgl'] has a hyperparameter 'depth'"],
+        ["--aux-depth: none of ['bp', 'dgl'] has a hyperparameter 'depth'"],
     ),
     "run hp scoped to another method": (
         [*RUN, "--method", "dgl", "--hp", "auglocal.widen=2"],
@@ -145,7 +145,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "sweep config method table typo": (
         [*SWEEP, "--config", "{tmp}/decl/method_typo.toml"],
-        ["[method.dgl] dgl.hiden_dim: method 'dgl' has no parameter hiden_dim"],
+        ["[method.dgl] hiden_dim: method 'dgl' has no parameter hiden_dim"],
     ),
     "sweep config methods not names": (
         [*SWEEP, "--config", "{tmp}/decl/methods_numbers.toml"],

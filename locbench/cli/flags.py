@@ -100,14 +100,17 @@ def hyperparameters(args: argparse.Namespace, methods: list[str]) -> dict[str, s
     ``methods`` (:func:`~locbench.methods.params.hp_targets`: ``KEY`` or ``METHOD.KEY``); the
     method converts the values. With one method, its own names (the scope dropped)."""
     from locbench.methods.loading import resolve_method
-    from locbench.methods.params import assign_hyperparameters
+    from locbench.methods.params import assign_hyperparameters, hp_targets
 
     params = dict(split_hp(h) for h in args.hp)
-    if args.aux_depth is not None:
-        params["depth"] = args.aux_depth
     classes = {m: resolve_method(m) for m in methods}
     selection = "the run" if len(methods) == 1 else "--methods"
     assigned = assign_hyperparameters(params, classes, selection)
+    if args.aux_depth is not None:
+        having, _ = hp_targets("depth", classes, selection, where="--aux-depth")
+        params["depth"] = args.aux_depth
+        for m in having:
+            assigned[m]["depth"] = args.aux_depth
     return assigned[methods[0]] if len(methods) == 1 else params
 
 

@@ -117,33 +117,30 @@ def hp_targets(
     selection: str,
     *,
     required: bool = True,
-    where: str = "--hp",
+    where: str | None = None,
 ) -> tuple[list[str], str]:
     """The selected methods (keys of ``classes``) that hyperparameter key ``key`` sets, and the
     hyperparameter's name. ``KEY`` sets every selected method that has it, ``METHOD.KEY`` that
     method alone. An empty scope or name, a scope not selected and a key no selected method has
     are one-line errors (``selection`` says where the methods were selected: "the sweep");
-    ``required=False`` gives no methods instead for the last two. ``where``: what gave the key
-    (``--hp``, a TOML table), as the error names it."""
+    ``required=False`` gives no methods instead for the last two. ``where``: what gave the key,
+    as the error names it (default ``--hp KEY``)."""
+    where = where or f"--hp {key}"
     scope, dot, name = key.rpartition(".")
     if dot and not scope:
-        raise UserError(f"{where} {key}: no method before '.'; give KEY or METHOD.KEY")
+        raise UserError(f"{where}: no method before '.'; give KEY or METHOD.KEY")
     if not name.isidentifier():
-        raise UserError(
-            f"{where} {key}: {name!r} is not a hyperparameter name; give KEY or METHOD.KEY"
-        )
+        raise UserError(f"{where}: {name!r} is not a hyperparameter name; give KEY or METHOD.KEY")
     if scope and scope not in classes:
         if not required:
             return [], name
-        raise UserError(
-            f"{where} {key}: method {scope!r} is not in {selection} ({', '.join(classes)})"
-        )
+        raise UserError(f"{where}: method {scope!r} is not in {selection} ({', '.join(classes)})")
     targets = [scope] if scope else list(classes)
     having = [m for m in targets if has_param(classes[m], name)]
     if not having and required:
         if len(targets) == 1:
-            raise UserError(f"{where} {key}: {no_parameter(classes[targets[0]], name)}")
-        raise UserError(f"{where} {key}: none of {targets} has a hyperparameter {name!r}")
+            raise UserError(f"{where}: {no_parameter(classes[targets[0]], name)}")
+        raise UserError(f"{where}: none of {targets} has a hyperparameter {name!r}")
     return having, name
 
 

@@ -109,15 +109,15 @@ class Grid:
         # (key, values, where it was given, required): a key that no method has is an error,
         # except aux_depth, which applies only where it means something
         entries = [
-            (k, (v,), "[run] method_params", True)
+            (k, (v,), f"[run] method_params {k}", True)
             for k, v in self.run.get("method_params", {}).items()
         ]
         entries += [
-            (f"{m}.{k}", (v,), f"[method.{m}]", True)
+            (f"{m}.{k}", (v,), f"[method.{m}] {k}", True)
             for m, table in self.method_params.items()
             for k, v in table.items()
         ]
-        entries += [(k, tuple(v), "--hp", True) for k, v in self.hp.items()]
+        entries += [(k, tuple(v), None, True) for k, v in self.hp.items()]
         depths = tuple(d for d in self.aux_depth if d is not None)
         if depths:
             entries.append(("depth", depths, "--aux-depth", False))
