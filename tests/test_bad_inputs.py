@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from locbench.cli.main import main
-from tests import bad_inputs_data, bad_inputs_exec, bad_inputs_out
+from tests import bad_inputs_data, bad_inputs_decl, bad_inputs_exec, bad_inputs_out
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--no-progress"]
 RUN = ["run", *FAST, "--out", "{out}"]
@@ -165,7 +165,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "sweep workers text": ([*SWEEP, "--workers", "two"], ["--workers must be an integer >= 1"]),
     "sweep hp no method has": (
         [*SWEEP, "--methods", "bp", "--hp", "hidden_dim=64,128"],
-        ["--hp hidden_dim: none of ['bp'] has a hyperparameter 'hidden_dim'"],
+        ["--hp hidden_dim: method 'bp' has no parameter hidden_dim"],
     ),
     "sweep hp scoped to a method not swept": (
         [*SWEEP, "--methods", "bp", "--hp", "dgl.hidden_dim=64"],
@@ -173,7 +173,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "sweep hp scoped key missing": (
         [*SWEEP, "--methods", "bp,dgl", "--hp", "dgl.nope=1"],
-        ["method 'dgl' has a hyperparameter 'nope'"],
+        ["method 'dgl' has no parameter nope"],
     ),
     "sweep hp bad value": (
         [*SWEEP, "--methods", "dgl", "--hp", "hidden_dim=64,0"],
@@ -280,7 +280,7 @@ FILES = {
 # The groups of cases added for faults at the edges, each in its own module: its CASES (argv,
 # expected texts and, optionally, environment variables set for the case) and the fixtures it
 # writes into the workspace (write_fixtures).
-GROUPS = [bad_inputs_out, bad_inputs_data, bad_inputs_exec]
+GROUPS = [bad_inputs_out, bad_inputs_data, bad_inputs_exec, bad_inputs_decl]
 for group in GROUPS:
     CASES.update(group.CASES)
 

@@ -81,7 +81,9 @@ def test_text_output_and_errors(capsys):
     assert main(["describe", "--method", "dgl", "--aux-depth", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     known = "variant, hidden_dim, mlp_layers"
-    assert err == [f"locbench: error: method 'dgl' has no parameter depth; known: {known}"]
+    assert err == [
+        f"locbench: error: --aux-depth: method 'dgl' has no parameter depth; known: {known}"
+    ]
 
 
 @pytest.mark.parametrize("net", ["resnet34", "vgg13"])

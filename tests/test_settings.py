@@ -141,10 +141,12 @@ def test_run_flags_are_generated_for_every_cli_setting():
     for spec in SPECS:
         if spec.cli:
             assert vars(run_help)[spec.name] is None, spec.name
-    args = parser.parse_args(["run", "--lr", "0.2", "--no-augment", "--hp", "depth=3"])
-    cfg = config_from_args(args)
+    # (a key the run's method has: the flags check --hp keys against it)
+    argv = ["run", "--lr", "0.2", "--no-augment", "--method", "auglocal", "--hp", "depth=3"]
+    cfg = config_from_args(parser.parse_args(argv))
     assert (cfg.lr, cfg.augment, cfg.method_params) == (0.2, False, {"depth": "3"})
-    assert dataclasses.replace(cfg, lr=None, augment=True, method_params={}) == RunConfig()
+    unset = dict(lr=None, augment=True, method="bp", method_params={})
+    assert dataclasses.replace(cfg, **unset) == RunConfig()
 
 
 def test_describe_keeps_its_own_default_net():

@@ -98,7 +98,15 @@ def test_end_to_end_and_too_many_stages_are_refused():
         check_stages(p.method, p.split, 0, torch.device("cpu"))
 
 
-def test_a_method_without_a_local_loss_is_refused(tmp_path):
+def test_a_method_without_a_local_loss_is_refused_before_any_step(tmp_path, monkeypatch):
+    """Found on a fake step: neither the sequential baseline nor a stage trains a step."""
+    import locbench.harness.stages as stages
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the refusal came after training started")
+
+    monkeypatch.setattr(stages, "sequential_baseline", no_training)
+    monkeypatch.setattr(stages, "run_stages", no_training)
     plugin = tmp_path / "noloss.py"
     plugin.write_text(
         "from locbench.methods.dgl import DGL\n\n\n"
@@ -227,3 +235,25 @@ def test_a_nan_loss_in_any_stage_is_diverged_as_in_the_sequential_harness(tmp_pa
     assert len(staged.curve) == 1  # the first epoch, then every stage stopped
     sequential = execute(config)
     assert (sequential.status, sequential.message) == (staged.status, staged.message)
+
+
+def test_a_diverging_pipeline_run_exits_as_the_sequential_run_does(tmp_path, capsys):
+    """``run --stages 2 --lr 1e30``: the record says what the sequential run's says
+    (diverged in epoch 1), and the command exits 1, not 0."""
+    import json
+
+    from locbench.cli.main import main
+
+    argv = ["run", "--net", "smallnet", "--method", "dgl", "--K", "2", "--dataset", "synthetic",
+            "--epochs", "1", "--device", "cpu", "--no-progress", "--lr", "1e30",
+            "--warmup-steps", "1", "--measure-steps", "2"]  # fmt: skip
+    records = {}
+    for stages in ("1", "2"):
+        out = tmp_path / stages
+        assert main([*argv, "--stages", stages, "--out", str(out)]) == 1
+        (path,) = out.glob("*.json")
+        records[stages] = json.loads(path.read_text())
+    capsys.readouterr()
+    sequential, staged = records["1"], records["2"]
+    assert (staged["status"], staged["message"]) == (sequential["status"], sequential["message"])
+    assert staged["status"] == "diverged"

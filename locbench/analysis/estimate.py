@@ -406,12 +406,13 @@ def method_row(
 
 
 def for_method(config: RunConfig, name: str) -> RunConfig:
-    """``config`` for method ``name``, keeping only the hyperparameters that method has."""
+    """``config`` for method ``name``, keeping only the hyperparameters that method takes
+    (``KEY`` it has, ``name.KEY``; the command checked them against all its methods)."""
     from locbench.methods.loading import resolve_method
-    from locbench.methods.params import has_param
+    from locbench.methods.params import assign_hyperparameters
 
-    method = resolve_method(name)
-    params = {k: v for k, v in config.method_params.items() if has_param(method, k)}
+    classes = {name: resolve_method(name)}
+    params = assign_hyperparameters(config.method_params, classes, name, required=False)[name]
     return dataclasses.replace(config, method=name, method_params=params)
 
 

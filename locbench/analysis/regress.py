@@ -116,7 +116,7 @@ def load_figures(path: str | Path) -> dict[str, dict[str, float]]:
         if not isinstance(extra, dict):
             raise UserError(f'{path}: benchmark {name!r}: "extra_info" is not a JSON object')
         values = {
-            k: _finite(v, path, name, f"extra_info.{k}")
+            k: _figure(v, path, name, f"extra_info.{k}", low=0)
             for k, v in extra.items()
             if k in DETERMINISTIC
         }
@@ -125,7 +125,7 @@ def load_figures(path: str | Path) -> dict[str, dict[str, float]]:
             raise UserError(f'{path}: benchmark {name!r} has no "stats" object')
         if "median" not in stats:
             raise UserError(f'{path}: benchmark {name!r} has no "stats.median"')
-        values["step_time_s"] = _finite(stats["median"], path, name, "stats.median")
+        values["step_time_s"] = _figure(stats["median"], path, name, "stats.median", above=0)
         out[case] = values
     return out
 
@@ -143,16 +143,28 @@ def _read_json(path: Path) -> object:
         raise UserError(f"{path} is not JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{path} is not pytest-benchmark JSON (nested too deeply)") from None
 
 
-def _finite(value: object, path: Path, name: str, field: str) -> float:
+def _figure(
+    value: object, path: Path, name: str, field: str, *, low: float = 0, above: float | None = None
+) -> float:
     """``value`` as a figure; a one-line error unless it is a finite number (JSON ``true`` is
-    not: Python counts it as 1)."""
+    not: Python counts it as 1) ``>= low`` (bytes and FLOPs) or ``> above`` (a step's time: a
+    zero or negative time would make every head fail, or pass, the gate)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value):
-        shown = json.dumps(value) if ok or isinstance(value, bool) else repr(value)
+        shown = json.dumps(value) if ok or isinstance(value, bool) else _short(repr(value))
         raise UserError(f"{path}: benchmark {name!r}: {field} is not a finite number ({shown})")
+    if value < low or (above is not None and value <= above):
+        bound = f"> {above:g}" if above is not None else f">= {low:g}"
+        raise UserError(f"{path}: benchmark {name!r}: {field} must be {bound}, got {value}")
     return value
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass

@@ -12,7 +12,7 @@ import argparse
 import typing
 
 from locbench.errors import UserError
-from locbench.settings.run_config import SPECS, RunConfig
+from locbench.settings.run_config import BY_NAME, SPECS, RunConfig
 from locbench.settings.schema import Spec, convert
 
 # Sweep axes read better in the plural; the singular works too.
@@ -95,12 +95,23 @@ def command_defaults(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def hyperparameters(args: argparse.Namespace) -> dict[str, str]:
-    """``--hp KEY=VALUE`` (and ``--aux-depth``) as ``name -> text``; the method converts."""
+def hyperparameters(args: argparse.Namespace, methods: list[str]) -> dict[str, str]:
+    """``--hp KEY=VALUE`` (and ``--aux-depth``) as ``key -> text``, every key checked against
+    ``methods`` (:func:`~locbench.methods.params.hp_targets`: ``KEY`` or ``METHOD.KEY``); the
+    method converts the values. With one method, its own names (the scope dropped)."""
+    from locbench.methods.loading import resolve_method
+    from locbench.methods.params import assign_hyperparameters, hp_targets
+
     params = dict(split_hp(h) for h in args.hp)
+    classes = {m: resolve_method(m) for m in methods}
+    selection = "the run" if len(methods) == 1 else "--methods"
+    assigned = assign_hyperparameters(params, classes, selection)
     if args.aux_depth is not None:
+        having, _ = hp_targets("depth", classes, selection, where="--aux-depth")
         params["depth"] = args.aux_depth
-    return params
+        for m in having:
+            assigned[m]["depth"] = args.aux_depth
+    return assigned[methods[0]] if len(methods) == 1 else params
 
 
 def split_hp(text: str) -> tuple[str, str]:
@@ -110,10 +121,15 @@ def split_hp(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run configuration the flags describe (over the command's own defaults)."""
+def config_from_args(args: argparse.Namespace, methods: list[str] | None = None) -> RunConfig:
+    """The run configuration the flags describe (over the command's own defaults). ``methods``:
+    those a comparing command (estimate, plan) selected, whose ``--hp`` keys the configuration
+    keeps as given (each method takes its own: :func:`locbench.analysis.estimate.for_method`);
+    otherwise the configuration's one method."""
     settings = {**command_defaults(args), **given_settings(args)}
-    return RunConfig(**settings, method_params=hyperparameters(args))
+    method = settings.get("method", BY_NAME["method"].default)
+    params = hyperparameters(args, methods or [method])
+    return RunConfig(**settings, method_params=params)
 
 
 def axes_from_args(args: argparse.Namespace) -> dict[str, tuple]:

@@ -110,6 +110,26 @@ def check_stages(method: Method, split: Split, P: int, device: torch.device) -> 
         raise UserError(f"--stages runs on cpu or cuda, not {device.type}")
 
 
+def check_local_losses(p) -> None:
+    """Refuse, before any training step, a method with no local loss for some module before
+    the last (prepared run ``p``): its modules' losses are counted on one step on fake tensors
+    (shapes only; the global random state is left as it was). A method that cannot step on
+    fake tensors is left to the same count on the sequential baseline's first real step
+    (:func:`sequential_times`), the one check that can still see it."""
+    from locbench.harness.fake import fake_batch, fake_modes, fake_trainer
+
+    try:
+        with torch.random.fork_rng(devices=[]), fake_modes(p.run):
+            trainer, shape = fake_trainer(p.run, None, p.data.info.num_classes)
+            local = trainer.train_step(*fake_batch(trainer, shape, p.config.batch_size)).local
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - not steppable on fake tensors: counted on the real step
+        return
+    if len(local) < p.split.K - 1:
+        refuse_missing_loss(p.method)
+
+
 def refuse_missing_loss(method: Method) -> None:
     name = _name(method)
     raise UserError(
@@ -346,8 +366,8 @@ def sequential_times(
 ) -> dict:
     """The sequential harness's own timed window (:func:`~locbench.harness.loop.fit`, the
     one step loop) over ``steps`` steps after the warm-up: the median step time and each
-    module's forward + local loss + backward (medians). Refuses first, after one step, a
-    method with no local loss for some module before the last."""
+    module's forward + local loss + backward (medians). Its first step also counts the local
+    losses, for a method :func:`check_local_losses` could not step on fake tensors."""
     x, y = trainer.to_device(*next(iter(p.data.train)))
     if len(trainer.train_step(x, y).local) < trainer.split.K - 1:
         refuse_missing_loss(trainer.method)
@@ -422,6 +442,7 @@ def execute_stages(
     P = cfg.stages
     device = torch.device(cfg.device)
     check_stages(p.method, p.split, P, device)
+    check_local_losses(p)  # every refusal before the first step
     groups = grouping(unit_counts(p.split), P)
     started = time.perf_counter()
     record = start_record(p)

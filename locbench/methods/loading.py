@@ -22,7 +22,9 @@ Three spellings are accepted, tried in this order:
   declare with different values, is refused with a one-line error naming both whenever that
   name is asked for, and ``locbench list`` refuses to list it.
 
-Every failure is a one-line :class:`~locbench.errors.UserError`.
+Every failure is a one-line :class:`~locbench.errors.UserError`, a plug-in's ``Params``
+declaration included (checked whenever the class is loaded:
+:func:`~locbench.methods.params.check_declaration`).
 
 Naming: a class loaded from a file keeps the name its own ``@register("x")`` gave it; a class
 that was never registered is named ``ClassName.lower()`` (an entry-point class: the entry
@@ -42,6 +44,7 @@ from pathlib import Path
 
 from locbench.errors import UserError
 from locbench.methods.base import METHODS, Method
+from locbench.methods.params import check_declaration
 
 #: Entry-point group through which installed packages provide methods.
 ENTRY_POINT_GROUP = "locbench.methods"
@@ -103,13 +106,9 @@ def load_from_file(spec: str) -> type[Method]:
         defined = methods_defined_in(module)
         listing = f"it defines {', '.join(defined)}" if defined else "it defines no Method subclass"
         raise UserError(f"{path} has no class {class_name!r}; {listing}")
-    cls = getattr(module, class_name)
-    check_method_class(cls, f"{class_name} in {path}")
-    if "name" not in vars(cls) or not cls.name:
-        # Not registered by the file itself (a subclass would otherwise inherit its parent's
-        # registered name, e.g. "dgl", and be mistaken for it in messages).
-        cls.name = class_name.lower()
-    return cls
+    # Not registered by the file itself: named after its class (a subclass would otherwise
+    # inherit its parent's registered name, e.g. "dgl", and be mistaken for it in messages).
+    return loaded(getattr(module, class_name), f"{class_name} in {path}", class_name.lower())
 
 
 def import_file(path: Path):
@@ -160,6 +159,17 @@ def methods_defined_in(module) -> list[str]:
         and obj is not Method
         and obj.__module__ == module.__name__
     )
+
+
+def loaded(obj: object, what: str, name: str) -> type[Method]:
+    """The plug-in class ``obj`` (``what``: where it came from), checked once, as it is
+    loaded: a Method subclass whose ``Params`` declaration holds
+    (:func:`~locbench.methods.params.check_declaration`); ``name`` when it registered none."""
+    check_method_class(obj, what)
+    if "name" not in vars(obj) or not obj.name:
+        obj.name = name
+    check_declaration(obj, f"method {obj.name!r} ({what})")
+    return obj
 
 
 def check_method_class(obj: object, what: str) -> None:
@@ -225,10 +235,7 @@ def load_entry_point(ep) -> type[Method]:
         cls = ep.load()
     except Exception as e:  # noqa: BLE001 - a broken plugin package becomes one line
         raise UserError(f"loading {what} failed: {type(e).__name__}: {first_line(e)}") from None
-    check_method_class(cls, what)
-    if "name" not in vars(cls) or not cls.name:
-        cls.name = ep.name
-    return cls
+    return loaded(cls, what, ep.name)
 
 
 def first_line(e: BaseException) -> str:

@@ -158,7 +158,7 @@ class Claims:
         try:
             info = json.loads(raw)
             host, pid = str(info["host"]), int(info["pid"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             info = None  # empty: its owner is between creating and writing it, or died there
         if info is not None and host == self.host:
             if not _pid_alive(pid):
@@ -253,7 +253,7 @@ class JobClaims(Claims):
     def stale(self, raw: bytes, mtime: float) -> bool:
         try:
             job = json.loads(raw).get("job")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             job = None
         return job in self.ended or super().stale(raw, mtime)
 
@@ -262,6 +262,6 @@ class JobClaims(Claims):
         path = self.path(run_id)
         try:
             raw, mtime = path.read_bytes(), path.stat().st_mtime
-        except FileNotFoundError:
+        except OSError:  # gone, or not a file a sweep wrote (a folder): no live claim
             return False
         return not self.stale(raw, mtime)

@@ -12,6 +12,7 @@ from pathlib import Path
 from locbench.errors import UserError
 from locbench.harness.build import check_split, resolve
 from locbench.settings.run_config import BY_NAME, RunConfig, flatten_sections
+from locbench.settings.schema import convert
 
 BASELINES = ("none", "equal-memory")
 
@@ -98,34 +99,30 @@ class Grid:
         """``method -> {key: values}``: fixed values are axes of one value. An unscoped key goes
         to the selected methods that have it; a key no selected method has is an error."""
         from locbench.methods.loading import resolve_method
-        from locbench.methods.params import has_param
+        from locbench.methods.params import hp_targets
 
         classes = {m: resolve_method(m) for m in methods}
         out: dict[str, dict[str, tuple]] = {m: {} for m in methods}
         for method in self.method_params:
             if method not in classes:
                 raise UserError(f"[method.{method}] names a method not in the sweep: {methods}")
-        # (key, values, required): a key that no method has is an error, except aux_depth,
-        # which applies only where it means something
-        entries = [(k, (v,), True) for k, v in self.run.get("method_params", {}).items()]
+        # (key, values, where it was given, required): a key that no method has is an error,
+        # except aux_depth, which applies only where it means something
+        entries = [
+            (k, (v,), f"[run] method_params {k}", True)
+            for k, v in self.run.get("method_params", {}).items()
+        ]
         entries += [
-            (f"{m}.{k}", (v,), True)
+            (f"{m}.{k}", (v,), f"[method.{m}] {k}", True)
             for m, table in self.method_params.items()
             for k, v in table.items()
         ]
-        entries += [(k, tuple(v), True) for k, v in self.hp.items()]
+        entries += [(k, tuple(v), None, True) for k, v in self.hp.items()]
         depths = tuple(d for d in self.aux_depth if d is not None)
         if depths:
-            entries.append(("depth", depths, False))
-        for key, values, required in entries:
-            method, _, name = key.rpartition(".")
-            if method and method not in classes:
-                raise UserError(f"--hp {key}: method {method!r} is not in the sweep {methods}")
-            targets = [method] if method else list(methods)
-            having = [m for m in targets if has_param(classes[m], name)]
-            if not having and required:
-                where = f"method {method!r} has" if method else f"none of {list(methods)} has"
-                raise UserError(f"--hp {key}: {where} a hyperparameter {name!r}")
+            entries.append(("depth", depths, "--aux-depth", False))
+        for key, values, where, required in entries:
+            having, name = hp_targets(key, classes, "the sweep", required=required, where=where)
             for m in having:
                 out[m][name] = values
         return out
@@ -201,10 +198,23 @@ def load_grid(path: str | Path) -> Grid:
             f"{path}: unknown [grid] keys {bad}; accepted: {sorted(names)}, hp, or a run setting "
             "(see `locbench config --list`)"
         )
+    not_axes = sorted(k for k in grid if k in BY_NAME and not BY_NAME[k].cli)
+    if not_axes:
+        hint = (
+            "hyperparameter axes go in [grid.hp], fixed hyperparameters in [method.NAME]"
+            if not_axes[0] == "method_params"
+            else "no command-line flag sets it either"
+        )
+        raise UserError(f"{path}: [grid] {not_axes[0]} is not an axis; {hint}")
     for key, value in {**grid, **{f"hp.{k}": v for k, v in hp.items()}}.items():
         if not isinstance(value, list) or not value:
-            raise UserError(f"{path}: [grid] {key} must be a non-empty list, got {value!r}")
+            raise UserError(f"{path}: [grid] {key} must be a non-empty list, got {_short(value)}")
+    grid = {
+        k: [axis_value(k, v, f"{path}: [grid] {k}") for v in values] for k, values in grid.items()
+    }
     run = data.get("run", {})
+    if not isinstance(run.get("method_params", {}), dict):
+        raise UserError(f"{path}: [run] method_params must be a table of hyperparameters")
     fixed = {k: v for k, v in run.items() if k != "method_params"}
     RunConfig.from_dict(fixed, where=f"{path} [run]")  # unknown keys, bad values: one line
     methods = data.get("method", {})
@@ -220,3 +230,17 @@ def load_grid(path: str | Path) -> Grid:
         )
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+
+
+def axis_value(key: str, value: object, where: str) -> object:
+    """One value of the [grid] axis ``key``, typed as its run setting (``aux_depth``: a depth)."""
+    if key == "aux_depth":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{where} must be integers >= 1, got {_short(value)}")
+        return value
+    return convert(BY_NAME[NAMED_AXES.get(key, key)], value, where)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

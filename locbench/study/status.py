@@ -44,7 +44,7 @@ def _record(out: Path, run_id: str) -> dict | None:
         return None
     try:
         data = json.loads(seen.best.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # deeply nested: not a record either
         data = None
     if isinstance(data, dict) and str(data.get("status", "")) == seen.status:
         return data
@@ -80,12 +80,13 @@ def status_of(out: Path, run_id: str, trackers: list[JobTracker], claims: JobCla
 
 
 def print_status(out: Path) -> int:
-    """Print one line per configuration known in ``out`` and a count line; exit status 0."""
+    """Print one line per configuration known in ``out`` and a count line; exit status 0. A
+    folder without records, job ledger or claims is not a sweep's: one line."""
     out = Path(out)
     if not out.is_dir():
         what = "is not a folder" if out.exists() else "does not exist"
         raise UserError(f"--out {out} {what}; give the results folder of a sweep")
-    run_ids = {p.stem.rsplit("-", 1)[-1] for p in out.glob("*.json")}
+    run_ids = {p.stem.rsplit("-", 1)[-1] for p in out.glob("*.json") if p.is_file()}
     trackers = []
     for name in EXECUTORS.names():
         kind = EXECUTORS.get(name)
@@ -95,8 +96,16 @@ def print_status(out: Path) -> int:
         run_ids |= tracker.run_ids()
     claims = None  # no claims folder: no sweep ever claimed anything here
     if (out / CLAIMS).is_dir():
-        run_ids |= {p.name.removesuffix(".claim") for p in (out / CLAIMS).glob("*.claim")}
+        claimed = (out / CLAIMS).glob("*.claim")
+        run_ids |= {p.name.removesuffix(".claim") for p in claimed if p.is_file()}
         claims = JobClaims(out, set().union(*(t.ended() for t in trackers)))
+    if not run_ids and claims is None:
+        nested = sorted(p.parent for p in out.glob("*/*.json") if p.is_file())
+        hint = f" ({nested[0]} holds records: that one?)" if nested else ""
+        raise UserError(
+            f"--out {out} holds no sweep (no records, job ledger or claims); give the results "
+            f"folder of a sweep{hint}"
+        )
     rows = [status_of(out, run_id, trackers, claims) for run_id in run_ids]
     for row in sorted(rows, key=lambda r: (STATES.index(r.state), r.line())):
         print(row.line())

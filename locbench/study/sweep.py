@@ -84,7 +84,7 @@ def _outcome(path: Path) -> tuple[int, str, bool]:
     try:
         data = json.loads(path.read_text())
         status, died = str(data.get("status", "error")), bool(data.get("worker_died", False))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         # Unknown content is never rerun nor replaced: it may be someone's result.
         return 2, "unreadable", False
     return (3 if status == "ok" else 1 if died else 2), status, died

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.budget) if args.max_batch else None
     if args.timeline:  # before any estimate: the files it will write
         check_timeline(args.timeline)
-    config = config_from_args(args)
+    config = config_from_args(args, methods)
     jobs = jobs_from(args, methods, search=args.max_batch)
     rows = estimate_methods(
         config, methods, args.batch_size, args.image_size, args.classes, budget, args.timeline, jobs

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     methods = methods_from(args, "plan")
     check_probe(args)
     budget = parse_bytes(args.budget)
-    config = config_from_args(args)
+    config = config_from_args(args, methods)
     jobs = jobs_from(args, methods, search=True)
     rows = plan(config, methods, budget, args.batch_size, args.classes, jobs)
     failed = [r for r in rows if "error" in r]  # each costs only its own row

@@ -98,9 +98,12 @@ class Ledger:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
-            raise UserError(f"{self.path}: not a readable job ledger ({e})") from None
-        return {run_id: LedgerJob(**entry) for run_id, entry in data.items()}
+        except (OSError, ValueError, RecursionError) as e:
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{self.path}: not a readable job ledger ({text})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path}: not a job ledger (a JSON object of run id -> job)")
+        return {run_id: ledger_job(run_id, entry, self.path) for run_id, entry in data.items()}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -118,6 +121,37 @@ class Ledger:
                 json.dump(entries, f, indent=1, sort_keys=True)
             os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the others sharing --out
             os.replace(tmp, self.path)
+
+
+#: Where submitit ran a ledger's jobs (SlurmOptions.cluster's choices).
+CLUSTERS = ("slurm", "local")
+#: The type of each field of a ledger entry (LedgerJob's, as JSON gives them back).
+LEDGER_TYPES = {
+    "run_id": str, "job_id": str, "cluster": str, "folder": str, "config": dict,
+    "submitted_at": str,
+}  # fmt: skip
+
+
+def ledger_job(run_id: str, entry: object, path: Path) -> LedgerJob:
+    """One entry of the ledger at ``path``, its fields checked: a damaged ledger is one line."""
+    where = f"{path}: damaged job ledger, entry {run_id!r}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where} is not a JSON object")
+    missing = [k for k in LEDGER_TYPES if k not in entry]
+    extra = sorted(set(entry) - set(LEDGER_TYPES))
+    if missing or extra:
+        raise UserError(
+            f"{where}: missing {missing}, unknown {extra}; fields: {list(LEDGER_TYPES)}"
+        )
+    for field, kind in LEDGER_TYPES.items():
+        if not isinstance(entry[field], kind):
+            got = type(entry[field]).__name__
+            raise UserError(f"{where}: {field} must be a {kind.__name__}, got a {got}")
+    if entry["run_id"] != run_id or entry["cluster"] not in CLUSTERS:
+        raise UserError(f"{where}: run_id must be its key and cluster one of {', '.join(CLUSTERS)}")
+    if entry["cluster"] == "local" and not entry["job_id"].isdigit():
+        raise UserError(f"{where}: a local job's job_id is a process id, got {entry['job_id']!r}")
+    return LedgerJob(**entry)
 
 
 def job_states(jobs: list[LedgerJob]) -> dict[str, str] | None:
