@@ -30,9 +30,9 @@ def _free_port() -> int:
 
 
 def _ranks(rank: str, port: str, **more: str) -> dict[str, str]:
-    """The variables of one rank of two, meeting at 127.0.0.1:``port``, waiting 2 s."""
+    """The variables of one rank of two, meeting at 127.0.0.1:``port``, waiting 0.5 s."""
     return {"RANK": rank, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-            RENDEZVOUS_TIMEOUT_ENV: "2", **more}  # fmt: skip
+            RENDEZVOUS_TIMEOUT_ENV: "0.5", **more}  # fmt: skip
 
 
 CASES: dict[str, tuple] = {
@@ -104,12 +104,12 @@ CASES: dict[str, tuple] = {
     ),
     "run rank 1 and a closed MASTER_PORT": (
         RUN,
-        ["rank 1 of 2 found no rendezvous at 127.0.0.1:1", "rank 0 did not answer within 2 s"],
+        ["rank 1 of 2 found no rendezvous at 127.0.0.1:1", "rank 0 did not answer within 0.5 s"],
         _ranks("1", "1"),
     ),
     "run rank 0 whose peer never comes": (
         RUN,
-        ["rank 0 of 2 listened at 127.0.0.1:", "did not all arrive within 2 s", "torchrun"],
+        ["rank 0 of 2 listened at 127.0.0.1:", "did not all arrive within 0.5 s", "torchrun"],
         _ranks("0", str(_free_port())),
     ),
     "run rendezvous wait text": (

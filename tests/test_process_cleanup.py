@@ -94,25 +94,6 @@ def test_no_child_outlives_its_parent(tmp_path, command, sig):
         parent.stderr.close()
 
 
-@pytest.mark.integration
-def test_a_ray_sweep_prints_only_locbench_lines_unless_verbose(tmp_path):
-    pytest.importorskip("ray")
-    tag = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": str(REPO), MARKER: tag}
-    argv = [sys.executable, "-m", "locbench", "sweep", "--executor", "ray", "--dataset",
-            "synthetic", "--epochs", "1", "--nets", "smallnet", "--methods", "bp",
-            "--no-progress", "--out", str(tmp_path / "out")]  # fmt: skip
-    try:
-        done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
-    finally:
-        for pid in marked(tag):  # a Ray left behind fails the test below, but ends here
-            os.kill(pid, signal.SIGKILL)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
-    assert "1 configurations, 0 already done, 1 run, 0 failed" in done.stdout
-
-
 # A parent that starts one child the way the ranks and workers are started, but with the
 # kernel's guard (prctl) off: the child's watchdog alone must end it.
 WATCHED = """

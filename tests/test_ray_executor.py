@@ -179,3 +179,15 @@ def test_a_run_larger_than_the_local_ray_is_refused_before_anything_runs(tmp_pat
         "machine's Ray"
     )
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+def test_a_ray_sweep_prints_only_locbench_lines_unless_verbose(cluster, tmp_path):
+    # Ray's own notices (connecting, a token set up, a slow GCS) need --verbose
+    address, env = cluster
+    out = tmp_path / "out"
+    proc = sweep(address, env, out, "--methods", "bp", "--epochs", "1")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert stderr == ""
+    assert "1 configurations, 0 already done, 1 run, 0 failed" in stdout
