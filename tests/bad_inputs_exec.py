@@ -36,6 +36,11 @@ def _ranks(rank: str, port: str, **more: str) -> dict[str, str]:
 
 
 CASES: dict[str, tuple] = {
+    # ---- run --nproc: what every rank would find wrong is found once, before the launch
+    "run nproc 2 without the dataset": (
+        [*RUN, "--dataset", "cifar10", "--data-root", "{tmp}/no-data", "--nproc", "2"],
+        ["cifar10 not found under {tmp}/no-data"],
+    ),
     # ---- sweep on Ray: an address is checked before Ray waits on it (forever, for a silent one)
     "sweep ray address on a closed port": (
         [*RAY, "127.0.0.1:1"],
@@ -132,6 +137,7 @@ def write_fixtures(root: Path) -> None:
     """An empty PATH folder (no SLURM), and one whose sbatch and squeue fail as they do where
     the controller is down."""
     (root / "no-slurm").mkdir()
+    (root / "no-data").mkdir()
     down = root / "slurm-down"
     down.mkdir()
     for command in ("sbatch", "squeue", "sinfo"):

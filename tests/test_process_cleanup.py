@@ -131,12 +131,28 @@ def test_without_prctl_the_child_still_ends_with_its_parent(tmp_path):
 @pytest.mark.integration
 @TWO_CORES
 def test_ranks_that_fail_alike_print_one_line(tmp_path):
-    (tmp_path / "empty").mkdir()
-    argv = [sys.executable, "-m", "locbench", "run", "--dataset", "cifar10", "--data-root",
-            str(tmp_path / "empty"), "--epochs", "1", "--no-progress", "--device", "cpu",
-            "--nproc", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    # a failure only the ranks meet (the launcher's own check builds the method as one
+    # process): both ranks print their error, the launcher shows one line
+    (tmp_path / "solo.py").write_text(SOLO_ONLY)
+    argv = [sys.executable, "-m", "locbench", "run", "--dataset", "synthetic", "--net",
+            "smallnet", "--method", "solo.py:SoloOnly", "--epochs", "1", "--no-progress",
+            "--device", "cpu", "--nproc", "2", "--out", str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.splitlines()
-    assert line.startswith("locbench: error: cifar10 not found under"), line
+    assert line == "locbench: error: SoloOnly runs in one process only", line
+
+
+SOLO_ONLY = """
+import torch.distributed as dist
+
+from locbench import Method, UserError
+
+
+class SoloOnly(Method):
+    def __init__(self, *args):
+        super().__init__(*args)
+        if dist.is_available() and dist.is_initialized():
+            raise UserError("SoloOnly runs in one process only")
+"""

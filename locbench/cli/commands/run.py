@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         resolved = resolve(config).config
         check_nproc(resolved)  # bad input fails here, once, not in every rank
         check_out_dir(args.out)
+        check_before_the_ranks(resolved)
         return launch(args.argv, config.nproc, timing_lock(resolved), verbose=args.verbose)
     if ranks is None:
         record, path = run_one(config, args.out, not args.no_progress)
@@ -119,6 +120,18 @@ def torch_device(config):
     from locbench.harness.environment import pick_device
 
     return torch.device(pick_device(config.device))
+
+
+def check_before_the_ranks(config) -> None:
+    """What every rank would find wrong with the data, the net or the method (a dataset that
+    is missing or damaged, a method that cannot be built), found once, here: the run prepared
+    as one process on the CPU, then let go. Ranks take seconds to start and meet, and would
+    all fail alike."""
+    import dataclasses
+
+    from locbench.harness.run import prepare
+
+    prepare(dataclasses.replace(config, device="cpu", nproc=1))
 
 
 def check_nproc(config) -> None:
