@@ -13,8 +13,6 @@ normalises the whole batch with tensor ops on the device.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 
 from locbench.errors import UserError
+from locbench.outputs import write_atomic
 
 CACHE_DIR = ".locbench-cache"
 # Bump when the cached layout or the decoding changes: old caches are then rebuilt.
@@ -248,9 +247,9 @@ def cached_split(
         "checksum": checksum(images, labels),
     }
     try:
-        _write_atomically(blob, path)
-    except OSError as e:
-        warnings.warn(f"could not cache {name} {split} at {path}: {e}", stacklevel=2)
+        write_atomic(path, lambda f: torch.save(blob, f))
+    except UserError as e:  # no cache is slower, not wrong: the split is decoded
+        warnings.warn(f"could not cache {name} {split}: {e}", stacklevel=2)
     return images, labels
 
 
@@ -278,15 +277,3 @@ def _valid(blob: object, key: dict, check: Callable[[torch.Tensor, torch.Tensor]
     except UserError:
         return False
     return blob.get("checksum") == checksum(images, labels)
-
-
-def _write_atomically(blob: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
